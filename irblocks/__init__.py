@@ -1,0 +1,30 @@
+"""irblocks: a PyTorch component library for all-in-one image restoration.
+
+Three ways in:
+
+* import blocks: ``from irblocks import MDTA, GDFN, TransformerBlock``;
+* build whole models from YAML recipes: ``irblocks.create_model("restormer")``;
+* microbenchmark the kernels (``pytest tests/benchmarks --benchmark-only``).
+
+Everything built in registers when ``irblocks`` is imported (no other import
+needed); third-party plug-ins register through the ``irblocks.plugins`` entry
+point group, loaded lazily on the first lookup.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from irblocks import registry  # noqa: F401  (irblocks.registry)
+from irblocks.aux import aux_losses, clear_aux_losses, record_aux_loss, total_aux_loss  # noqa: F401
+from irblocks.errors import InputError  # noqa: F401
+from irblocks.execution import set_execution  # noqa: F401
+from irblocks.guidance import Guidance, GuidanceError, GuidedBlock  # noqa: F401
+
+# --- blocks (each file registers its entries) ---
+from irblocks.norm import ChannelLayerNorm  # noqa: F401
+from irblocks.gdfn import GDFN  # noqa: F401
+from irblocks.mdta import MDTA  # noqa: F401
+from irblocks.transformer_block import TransformerBlock  # noqa: F401
+from irblocks.sampling import Downsample, PatchEmbed, Upsample  # noqa: F401
+from irblocks.prompt import PromptGenBlock, PromptInteraction  # noqa: F401
+from irblocks.unet import UNetRestorer  # noqa: F401

@@ -1,0 +1,49 @@
+"""Multi-Dconv head Transposed Attention (Restormer's MDTA): attention across channels."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irblocks.registry import Context, register
+from irblocks.kernels.mdta import channel_attention
+
+__all__ = ["MDTA"]
+
+
+@register("block", "mdta", aliases=("channel_attention", "transposed_attention"))
+class MDTA(nn.Module):
+    """1x1 C -> 3C, depthwise 3x3, split q k v; per head L2-normalise q, k over H*W,
+    softmax(q k^T * temperature) v; optional 1x1 projection C -> C.
+
+    Args:
+        dim: channels C (context); heads: attention heads (context; must divide C).
+        bias: conv biases. project: keep the output projection (AnyIR's attention
+            path drops it).
+
+    Shapes: (B, C, H, W) -> (B, C, H, W). Cost is linear in H*W.
+    """
+
+    execution = "fast"
+
+    def __init__(self, dim: Context[int], heads: Context[int] = 1, bias: bool = False, project: bool = True):
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"mdta: heads={heads} must divide dim={dim}")
+        self.dim, self.heads = dim, heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias) if project else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        if self.execution == "official":
+            b, c, h, w = q.shape
+            q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+            out = (attn @ v).reshape(b, c, h, w)
+        else:
+            out = channel_attention(q, k, v, self.temperature, self.heads)
+        return self.project_out(out) if self.project_out is not None else out
