@@ -28,3 +28,8 @@ from irblocks.transformer_block import TransformerBlock  # noqa: F401
 from irblocks.sampling import Downsample, PatchEmbed, Upsample  # noqa: F401
 from irblocks.prompt import PromptGenBlock, PromptInteraction  # noqa: F401
 from irblocks.unet import UNetRestorer  # noqa: F401
+
+# --- paper blocks (each subpackage's __init__ imports its files) ---
+from irblocks.anyir import *  # noqa: F401,F403,E402
+from irblocks.clusir import *  # noqa: F401,F403,E402
+from irblocks.clearair import *  # noqa: F401,F403,E402

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size"]
+__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty", "OUTPUT_FILL"]
 
 ENV = "IRBLOCKS_KERNELS"
 IMPLS = ("auto", "triton", "reference")
@@ -59,3 +59,15 @@ def select(impl: str | None, *tensors: torch.Tensor) -> str:
 def block_size(gpu: int, interpreter: int) -> int:
     """Interpreter-friendly blocks are small; GPU blocks are sized for registers."""
     return interpreter if interpreting() else gpu
+
+
+# Tests set this to float("nan") so a Triton kernel that skips writing an element fails.
+OUTPUT_FILL: list = [None]
+
+
+def empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None, memory_format=torch.contiguous_format):
+    """Output allocation for Triton kernels (``torch.empty``; NaN-filled under tests)."""
+    out = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format)
+    if OUTPUT_FILL[0] is not None:
+        out.fill_(OUTPUT_FILL[0])
+    return out

@@ -1,0 +1,2 @@
+"""anyir blocks."""
+__all__: list[str] = []

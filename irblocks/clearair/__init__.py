@@ -1,0 +1,2 @@
+"""clearair blocks."""
+__all__: list[str] = []

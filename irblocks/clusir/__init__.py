@@ -1,0 +1,2 @@
+"""clusir blocks."""
+__all__: list[str] = []
