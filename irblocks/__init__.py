@@ -33,3 +33,5 @@ from irblocks.unet import UNetRestorer  # noqa: F401
 from irblocks.anyir import *  # noqa: F401,F403,E402
 from irblocks.clusir import *  # noqa: F401,F403,E402
 from irblocks.clearair import *  # noqa: F401,F403,E402
+
+from irblocks import convert  # noqa: F401,E402  (registers the official-weight converters)

@@ -9,7 +9,7 @@ from torch import nn
 
 from irblocks.errors import InputError, check_image
 from irblocks.guidance import Guidance, call, check_wiring
-from irblocks.registry import BlockSpec, PriorSpec, build, register
+from irblocks.registry import BlockMap, BlockSpec, PriorMap, build, register
 
 __all__ = ["UNetRestorer", "pad_to_multiple"]
 
@@ -103,7 +103,7 @@ class UNetRestorer(nn.Module):
                  latent_block: BlockSpec = None, decoder_block: BlockSpec = None,
                  refinement_block: BlockSpec = None, mid_block: BlockSpec = None,
                  encoder_end: BlockSpec = None, latent_end: BlockSpec = None, decoder_end: BlockSpec = None,
-                 latent_reduce: bool = False, priors: Optional[dict] = None, shared: Optional[dict] = None,
+                 latent_reduce: bool = False, priors: PriorMap = None, shared: BlockMap = None,
                  bias: bool = False, global_residual: bool = True, pad_multiple: int = 8,
                  channels_last: bool = True, check_finite: bool = False):
         super().__init__()

@@ -6,7 +6,7 @@
 >>> reg.build({"type": "gdfn", "expansion": 2}, "block", dim=32)
 """
 from .core import (  # noqa: F401
-    KINDS, BlockSpec, ConfigError, Context, DuplicateError, Entry, LossSpec, PriorSpec,
+    KINDS, BlockMap, BlockSpec, PriorMap, SpecMap, ConfigError, Context, DuplicateError, Entry, LossSpec, PriorSpec,
     RegistryError, Spec, UnknownNameError, WrongKindError, build, entries, get, info,
     json_schema, load_plugins, lookup, register, spec_of, suggest,
 )

@@ -34,7 +34,7 @@ import pydantic
 KINDS = ("block", "model", "kernel", "loss", "prior", "degradation")
 
 __all__ = [
-    "KINDS", "Context", "Spec", "BlockSpec", "LossSpec", "PriorSpec", "Entry",
+    "KINDS", "Context", "Spec", "SpecMap", "BlockSpec", "LossSpec", "PriorSpec", "BlockMap", "PriorMap", "Entry",
     "RegistryError", "UnknownNameError", "WrongKindError", "DuplicateError",
     "ConfigError", "register", "get", "lookup", "list_names", "info", "build", "entries",
     "load_plugins", "spec_of",
@@ -81,18 +81,28 @@ class Context:
 @dataclasses.dataclass(frozen=True)
 class _ComponentMarker:
     kind: str
+    mapping: bool = False     # a name -> spec mapping (priors, shared modules)
 
 
 def Spec(kind: str):
     """Annotation of a nested-component parameter of the given kind."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
-    return typing.Annotated[typing.Union[str, dict, Callable, None], _ComponentMarker(kind)]
+    return typing.Annotated[typing.Union[str, dict, list, Callable, None], _ComponentMarker(kind)]
+
+
+def SpecMap(kind: str):
+    """Annotation of a ``{name: component spec}`` mapping parameter (e.g. priors)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
+    return typing.Annotated[typing.Optional[dict], _ComponentMarker(kind, mapping=True)]
 
 
 BlockSpec = Spec("block")
 LossSpec = Spec("loss")
 PriorSpec = Spec("prior")
+BlockMap = SpecMap("block")
+PriorMap = SpecMap("prior")
 
 
 # --------------------------------------------------------------------------- entries
@@ -103,6 +113,7 @@ class Param:
     default: Any             # inspect.Parameter.empty when required
     context: bool = False
     component: str | None = None   # kind of a nested component, else None
+    mapping: bool = False          # a {name: spec} mapping of components
 
     @property
     def required(self) -> bool:
@@ -158,16 +169,16 @@ def _source_of(obj) -> str:
 
 def _strip(annotation):
     """Split an annotation into (bare type, is_context, component_kind)."""
-    context, component = False, None
+    context, component, mapping = False, None, False
     if typing.get_origin(annotation) is typing.Annotated:
         args = typing.get_args(annotation)
         for meta in args[1:]:
             if meta is _CONTEXT:
                 context = True
             elif isinstance(meta, _ComponentMarker):
-                component = meta.kind
+                component, mapping = meta.kind, meta.mapping
         annotation = args[0]
-    return annotation, context, component
+    return annotation, context, component, mapping
 
 
 def _params_of(obj, name: str) -> dict[str, Param]:
@@ -184,8 +195,8 @@ def _params_of(obj, name: str) -> dict[str, Param]:
         if p.name not in hints:
             raise TypeError(f"registered {name!r}: parameter {p.name!r} of {obj.__qualname__} "
                             "has no type annotation (every constructor argument needs one)")
-        bare, context, component = _strip(hints[p.name])
-        out[p.name] = Param(p.name, bare, p.default, context, component)
+        bare, context, component, mapping = _strip(hints[p.name])
+        out[p.name] = Param(p.name, bare, p.default, context, component, mapping)
     return out
 
 
@@ -194,7 +205,12 @@ def _schema_for(name: str, params: dict[str, Param]) -> type[pydantic.BaseModel]
     for p in params.values():
         if p.context:
             continue
-        tp = typing.Union[str, dict, None] if p.component else p.annotation
+        if p.mapping:
+            tp = typing.Optional[typing.Dict[str, typing.Union[str, dict]]]
+        elif p.component:
+            tp = typing.Union[str, dict, typing.List[typing.Union[str, dict, None]], None]
+        else:
+            tp = p.annotation
         if not p.is_sequence and not p.component:
             # a per-level list is allowed for any scalar parameter
             tp = typing.Union[tp, typing.List[tp]]
@@ -444,9 +460,9 @@ def build(spec, kind: str = "block", path: str = "", **context):
     values = {k: getattr(validated, k) for k in kwargs}
     for k, v in values.items():   # nested components keep their raw spec; give them their path
         p = entry.params.get(k)
-        if p is not None and p.component and isinstance(v, dict):
-            values[k] = dict(v)
-    ctx = {k: v for k, v in context.items() if k in entry.params}
+        if p is not None and p.component and kwargs.get(k) is not None:
+            values[k] = kwargs[k]       # keep the raw spec (pydantic must not coerce it)
+    ctx = {k: v for k, v in context.items() if k in entry.params and entry.params[k].context}
     missing = [n for n, p in entry.params.items() if p.context and p.required and n not in ctx]
     if missing:
         raise ConfigError(f"{where}: context {missing} must be supplied by the container "
