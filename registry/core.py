@@ -348,7 +348,7 @@ def lookup(kind: str, name: str) -> Entry:
     hint = suggest(name, kind)
     msg = f"unknown {kind} {name!r}."
     msg += f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else \
-        f" Registered {kind}s: {', '.join(_all_names(kind)) or '(none)'}"
+        f" Registered {kind} entries: {', '.join(_all_names(kind)) or '(none)'}"
     raise UnknownNameError(msg)
 
 

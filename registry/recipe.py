@@ -1,0 +1,314 @@
+"""Recipe files: YAML (safe loader only) naming registered components only.
+
+A recipe is validated completely before anything is built; every problem is
+reported at once, each on one line with ``file:line``, the path as the user
+wrote it (``model.block.ffn.expansion``) and a suggestion::
+
+    recipes/mine.yaml:7: model.block.ffn.expanson: unknown parameter of gdfn; did you mean 'expansion'?
+
+Top-level keys: ``recipe`` (format version, 1), ``description``, ``extends``
+(another recipe's name or a path relative to this file; maps merge, lists
+replace), ``model`` (a ``{type: <model>, ...}`` spec), ``loss`` (a list of
+``{type: <loss>, weight: w, ...}``), ``optimizer``, ``schedule``, ``train``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from . import core
+
+__all__ = ["RecipeError", "Problem", "Recipe", "load", "validate", "find", "names", "deep_merge",
+           "TOP_KEYS", "RECIPE_VERSION"]
+
+RECIPE_VERSION = 1
+TOP_KEYS = ("recipe", "description", "extends", "model", "loss", "optimizer", "schedule", "train", "eval")
+
+
+@dataclasses.dataclass
+class Problem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '<recipe>'}: {self.message}"
+
+
+class RecipeError(ValueError):
+    """One or more recipe problems; ``str()`` lists one problem per line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A loaded (merged) recipe: the data plus where each path was written."""
+    data: dict
+    source: str
+    lines: dict[str, tuple[str, int]]
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem if self.source.endswith((".yaml", ".yml")) else self.source
+
+    def where(self, path: str) -> tuple[str, int | None]:
+        p = path
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p.rsplit(".", 1)[0] if "." in p else (p.split("[")[0] if "[" in p else "")
+        return self.source, None
+
+
+# ----------------------------------------------------------------------------- finding files
+def _recipe_dir():
+    return resources.files("irblocks.recipes")
+
+
+def names(pattern: str = "*") -> list[str]:
+    """Names of the shipped recipes (``recipes/*.yaml``) matching a wildcard."""
+    import fnmatch
+    out = []
+    for f in _recipe_dir().iterdir():
+        if f.name.endswith(".yaml") and fnmatch.fnmatchcase(f.name[:-5], pattern):
+            out.append(f.name[:-5])
+    return sorted(out)
+
+
+def find(name_or_path: str | Path, relative_to: Path | None = None, path: str = "",
+         origin: tuple[str, int | None] | None = None) -> Path:
+    """Resolve a recipe name or path to a file (shipped names first, then paths)."""
+    s = str(name_or_path)
+    if relative_to is not None and s.endswith((".yaml", ".yml")):
+        cand = (relative_to / s)
+        if cand.is_file():
+            return cand
+    p = Path(s)
+    if s.endswith((".yaml", ".yml")) or "/" in s or p.is_file():
+        if p.is_file():
+            return p
+        file, line = origin or (s, None)
+        raise RecipeError([Problem(file, line, path, f"recipe file {s!r} does not exist")])
+    f = _recipe_dir() / f"{s}.yaml"
+    if f.is_file():
+        return Path(str(f))
+    hint = difflib.get_close_matches(s, names(), n=3, cutoff=0.5)
+    file, line = origin or ("<recipe>", None)
+    msg = f"unknown recipe {s!r}"
+    msg += f"; did you mean {', '.join(map(repr, hint))}?" if hint else f"; shipped recipes: {', '.join(names())}"
+    raise RecipeError([Problem(file, line, path, msg)])
+
+
+# ----------------------------------------------------------------------------- YAML with lines
+def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise RecipeError([Problem(file, 1, "", "empty recipe: expected a mapping with a 'model' key")])
+        data = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise RecipeError([Problem(file, line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    finally:
+        loader.dispose()
+    lines: dict[str, tuple[str, int]] = {}
+
+    def walk(n, path):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{path}.{k.value}" if path else str(k.value)
+                lines[key] = (file, k.start_mark.line + 1)
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                key = f"{path}[{i}]"
+                lines[key] = (file, v.start_mark.line + 1)
+                walk(v, key)
+
+    walk(node, "")
+    if not isinstance(data, dict):
+        raise RecipeError([Problem(file, node.start_mark.line + 1, "",
+                                   f"a recipe must be a YAML mapping (with a 'model' key), got a {type(data).__name__}")])
+    return data, lines
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Maps merge recursively; anything else (lists included) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
+    """Load a recipe (name, path or an already-parsed mapping), following ``extends``."""
+    if isinstance(name_or_path, dict):
+        data, lines, file = copy.deepcopy(name_or_path), {}, "<dict>"
+    else:
+        path = find(name_or_path)
+        file = str(path)
+        data, lines = _parse(Path(path).read_text(), file)
+    if "extends" in data:
+        parent_ref = data.pop("extends")
+        origin = lines.get("extends", (file, None))
+        if not isinstance(parent_ref, str):
+            raise RecipeError([Problem(*origin, "extends", f"expected a recipe name or path (string), "
+                                       f"got {type(parent_ref).__name__}")])
+        rel = Path(file).parent if file != "<dict>" else None
+        parent_path = find(parent_ref, rel, "extends", origin)
+        if str(parent_path) in _seen:
+            raise RecipeError([Problem(*origin, "extends", f"circular extends: {parent_ref!r}")])
+        parent = load(parent_path, _seen + (file,))
+        merged_lines = dict(parent.lines)
+        merged_lines.update(lines)
+        data = deep_merge(parent.data, data)
+        lines = merged_lines
+    return Recipe(data=data, source=file, lines=lines)
+
+
+# ----------------------------------------------------------------------------- validation
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return str(tp).replace("typing.", "")
+
+
+def _check_value(entry: core.Entry, key: str, value, path: str, out: list[tuple[str, str]]) -> None:
+    field = entry.schema.model_fields.get(key)
+    if field is None:
+        return
+    try:
+        pydantic.TypeAdapter(field.annotation).validate_python(value)
+    except pydantic.ValidationError:
+        p = entry.params[key]
+        expected = _type_name(p.annotation)
+        if not p.is_sequence:
+            expected += " (or a per-level list of them)"
+        out.append((path, f"expected {expected}, got {value!r} ({type(value).__name__})"))
+
+
+def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allow_list: bool = False,
+                    ignore: tuple[str, ...] = ()) -> None:
+    """Collect (path, message) problems of a component spec, recursively."""
+    if spec is None:
+        return
+    if isinstance(spec, list) and allow_list:
+        for i, s in enumerate(spec):
+            check_component(s, kind, f"{path}[{i}]", out)
+        return
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, dict):
+        if "type" not in spec:
+            out.append((path, f"a {kind} mapping needs a 'type' key naming a registered {kind}"))
+            return
+        name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type" and k not in ignore}
+    else:
+        out.append((path, f"expected a {kind} name or a mapping with 'type', got {type(spec).__name__} {spec!r}"))
+        return
+    try:
+        entry = core.lookup(kind, name)
+    except core.RegistryError as e:
+        out.append((f"{path}.type" if isinstance(spec, dict) else path, str(e)))
+        return
+    params = entry.params
+    for k, v in kwargs.items():
+        kp = f"{path}.{k}"
+        if k not in params:
+            allowed = [n for n, p in params.items() if not p.context]
+            hint = difflib.get_close_matches(k, allowed, n=1, cutoff=0.5)
+            msg = f"unknown parameter of {entry.name}"
+            msg += f"; did you mean {hint[0]!r}?" if hint else f"; parameters: {', '.join(allowed) or '(none)'}"
+            out.append((kp, msg))
+            continue
+        p = params[k]
+        if p.context:
+            out.append((kp, f"{k!r} is supplied by the container (context) and must not be set in a recipe"))
+        elif p.mapping:
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                out.append((kp, f"expected a mapping of names to {p.component} specs, got {type(v).__name__}"))
+                continue
+            for name2, s in v.items():
+                check_component(s, p.component, f"{kp}.{name2}", out)
+        elif p.component:
+            check_component(v, p.component, kp, out, allow_list=True)
+        else:
+            _check_value(entry, k, v, kp, out)
+    for n, p in params.items():
+        if p.required and not p.context and n not in kwargs:
+            out.append((path, f"missing required parameter {n!r} of {entry.name} (expected {_type_name(p.annotation)})"))
+
+
+def validate(recipe: Recipe) -> list[Problem]:
+    """Every problem of a loaded recipe (empty list when it is valid)."""
+    data, found = recipe.data, []
+    for k in data:
+        if k not in TOP_KEYS:
+            hint = difflib.get_close_matches(k, TOP_KEYS, n=1)
+            found.append((k, "unknown top-level key" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                         f"; allowed: {', '.join(TOP_KEYS)}")))
+    version = data.get("recipe", RECIPE_VERSION)
+    if version != RECIPE_VERSION:
+        found.append(("recipe", f"unsupported recipe format {version!r}; this irblocks reads format {RECIPE_VERSION}"))
+    if "model" not in data:
+        found.append(("", "missing required key 'model' (a {type: <model>, ...} mapping)"))
+    else:
+        check_component(data["model"], "model", "model", found)
+    loss = data.get("loss")
+    if loss is not None:
+        if not isinstance(loss, list):
+            found.append(("loss", f"expected a list of {{type: <loss>, weight: w}}, got {type(loss).__name__}"))
+        else:
+            for i, item in enumerate(loss):
+                check_component(item, "loss", f"loss[{i}]", found, ignore=("weight",))
+                if isinstance(item, dict) and "weight" in item and not isinstance(item["weight"], (int, float)):
+                    found.append((f"loss[{i}].weight", f"expected a number, got {item['weight']!r}"))
+    for p, msg in _validate_training_sections(data):
+        found.append((p, msg))
+    problems = [Problem(*recipe.where(p), p, msg) for p, msg in found]
+    return sorted(problems, key=lambda pr: (pr.file, pr.line or 0))
+
+
+def _validate_training_sections(data: dict) -> list[tuple[str, str]]:
+    """optimizer / schedule / train sections: validated by irblocks.train.config when present."""
+    try:
+        from irblocks.train.config import validate_sections
+    except ImportError:
+        return []
+    out = []
+    for err in validate_sections(data):
+        if isinstance(err, tuple):
+            out.append(err)
+        else:
+            head = str(err).split(":", 1)
+            out.append((head[0].strip(), head[1].strip()) if len(head) == 2 else ("", str(err)))
+    return out
