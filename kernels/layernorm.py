@@ -1,19 +1,36 @@
 """Channel LayerNorm over dim 1 of a B x C x H x W tensor (WithBias and BiasFree).
 
-Reference: ``F.layer_norm`` on the channels-last view (a view, no copy, when the
-input is channels_last). BiasFree (``bias is None``): ``x / sqrt(var + eps) * w``
-with the variance taken around the mean but the mean NOT subtracted.
+WithBias (``bias`` given): ``(x - mean) / sqrt(var + eps) * w + b``.
+BiasFree (``bias is None``): ``x / sqrt(var + eps) * w`` with the variance taken
+around the mean but the mean NOT subtracted (Restormer's BiasFree_LayerNorm).
+Population variance, eps 1e-5 by default.
+
+Implementations
+- reference: ``F.layer_norm`` on the channels-last view (a view, no copy, when the
+  input is channels_last); plain torch ops, so autograd, torch.compile and
+  FlopCounterMode see through it.
+- triton: one program normalises ``BLOCK_P`` pixels x all channels, reading the
+  input through its own strides (NCHW, channels_last or any view: no permute copy);
+  the backward recomputes mean/rstd from x (nothing but x is saved), writes dx and
+  per-program partial sums for dw/db (summed in torch: deterministic, no atomics).
+  One pass over x forward, one pass over (x, dy) backward.
+  Exposed as the custom ops ``irblocks::channel_layer_norm`` and
+  ``irblocks::channel_layer_norm_backward`` (fake impls, autograd, FLOP formula 0).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from ._dispatch import select
+from ._dispatch import block_size, empty, select, triton_available
 
-__all__ = ["channel_layer_norm", "channel_layer_norm_reference"]
+__all__ = ["channel_layer_norm", "channel_layer_norm_reference", "COMPILE_SPECS"]
 
 
+# --------------------------------------------------------------------------- reference
 def channel_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                  eps: float = 1e-5) -> torch.Tensor:
     xl = x.permute(0, 2, 3, 1)                         # B H W C (a view)
@@ -25,8 +42,205 @@ def channel_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
     return y.permute(0, 3, 1, 2)
 
 
+def _out_format(x: torch.Tensor) -> torch.memory_format:
+    """Outputs follow the input: channels_last when channels are the fastest axis."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# --------------------------------------------------------------------------- triton
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _ln_fwd_kernel(X, Wt, Bs, Y, P, C, HW, Wd,
+                       sxb, sxc, sxh, sxw, syb, syc, syh, syw, eps,
+                       HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0)
+        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        pm = p < P
+        cm = c < C
+        b = p // HW
+        hw = p % HW
+        h = hw // Wd
+        w = hw % Wd
+        mask = pm[:, None] & cm[None, :]
+        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
+        x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1) / C
+        rstd = 1.0 / tl.sqrt(var + eps)
+        wv = tl.load(Wt + c, mask=cm, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bv = tl.load(Bs + c, mask=cm, other=0.0).to(tl.float32)
+            y = xc * rstd[:, None] * wv[None, :] + bv[None, :]
+        else:
+            y = x * rstd[:, None] * wv[None, :]
+        yo = (b * syb + h * syh + w * syw)[:, None] + (c * syc)[None, :]
+        tl.store(Y + yo, y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _ln_bwd_kernel(DY, X, Wt, DX, DWP, DBP, P, C, HW, Wd,
+                       sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, eps,
+                       HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0)
+        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        pm = p < P
+        cm = c < C
+        b = p // HW
+        hw = p % HW
+        h = hw // Wd
+        w = hw % Wd
+        mask = pm[:, None] & cm[None, :]
+        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
+        do = (b * sdb + h * sdh + w * sdw)[:, None] + (c * sdc)[None, :]
+        x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + do, mask=mask, other=0.0).to(tl.float32)
+        wv = tl.load(Wt + c, mask=cm, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1) / C
+        rstd = 1.0 / tl.sqrt(var + eps)
+        g = dy * wv[None, :]
+        if HAS_BIAS:
+            xhat = xc * rstd[:, None]
+            m1 = tl.sum(g, axis=1) / C
+            m2 = tl.sum(g * xhat, axis=1) / C
+            dx = rstd[:, None] * (g - m1[:, None] - xhat * m2[:, None])
+            dwp = tl.sum(dy * xhat, axis=0)
+        else:
+            # y = x * rstd * w; d rstd / d x_i = -rstd^3 (x_i - mean) / C
+            m = tl.sum(g * x, axis=1) / C
+            dx = rstd[:, None] * g - (rstd * rstd * rstd * m)[:, None] * xc
+            dwp = tl.sum(dy * x * rstd[:, None], axis=0)
+        dbp = tl.sum(dy, axis=0)
+        go = (b * sgb + h * sgh + w * sgw)[:, None] + (c * sgc)[None, :]
+        tl.store(DX + go, dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DWP + pid * C + c, dwp, mask=cm)
+        tl.store(DBP + pid * C + c, dbp, mask=cm)
+
+    def _blocks(c: int, gpu_elems: int) -> tuple[int, int, int]:
+        block_c = triton.next_power_of_2(max(c, 1))
+        block_p = block_size(gpu=max(1, min(256, gpu_elems // block_c)), interpreter=16)
+        num_warps = 4 if block_c * block_p <= 4096 else 8
+        return block_p, block_c, num_warps
+
+    def _fwd_triton(x, weight, bias, eps):
+        b, c, h, w = x.shape
+        y = empty(b, c, h, w, like=x, memory_format=_out_format(x))
+        p = b * h * w
+        if p == 0 or c == 0:
+            return y
+        block_p, block_c, nw = _blocks(c, 4096)
+        grid = (triton.cdiv(p, block_p),)
+        _ln_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, p, c, h * w, w,
+                             *x.stride(), *y.stride(), eps,
+                             HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        return y
+
+    def _bwd_triton(dy, x, weight, has_bias, eps):
+        b, c, h, w = x.shape
+        dx = empty(b, c, h, w, like=x, memory_format=_out_format(x))
+        p = b * h * w
+        block_p, block_c, nw = _blocks(c, 2048)
+        n = triton.cdiv(p, block_p)
+        dwp = empty(n, c, like=x, dtype=torch.float32)
+        dbp = empty(n, c, like=x, dtype=torch.float32)
+        if n > 0 and c > 0:
+            _ln_bwd_kernel[(n,)](dy, x, weight, dx, dwp, dbp, p, c, h * w, w,
+                                 *dy.stride(), *x.stride(), *dx.stride(), eps,
+                                 HAS_BIAS=has_bias, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        return dx, dwp.sum(0).to(weight.dtype), dbp.sum(0).to(weight.dtype)
+
+    # sm_90 compile specs (GPU block sizes), used by tests/kernels/test_compile_sm90.py
+    def _specs():
+        specs = []
+        for bias in (True, False):
+            for c, bc in ((48, 64), (384, 512)):
+                bp = max(1, min(256, 4096 // bc))
+                specs.append((_ln_fwd_kernel,
+                              {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "P": "i32", "C": "i32",
+                               "HW": "i32", "Wd": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
+                               "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32", "eps": "fp32",
+                               "HAS_BIAS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+                              {"HAS_BIAS": bias, "BLOCK_P": bp, "BLOCK_C": bc}))
+                bp = max(1, min(256, 2048 // bc))
+                specs.append((_ln_bwd_kernel,
+                              {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
+                               "DBP": "*fp32", "P": "i32", "C": "i32", "HW": "i32", "Wd": "i32",
+                               **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
+                               "HAS_BIAS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+                              {"HAS_BIAS": bias, "BLOCK_P": bp, "BLOCK_C": bc}))
+        return specs
+
+    COMPILE_SPECS = _specs()
+else:  # pragma: no cover - Triton missing
+    COMPILE_SPECS = []
+
+    def _fwd_triton(*a, **k):
+        raise RuntimeError("Triton is not importable")
+
+    _bwd_triton = _fwd_triton
+
+
+# --------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("irblocks::channel_layer_norm", mutates_args=())
+def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    return _fwd_triton(x, weight, bias, eps)
+
+
+@_ln_op.register_fake
+def _ln_op_fake(x, weight, bias, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+
+
+@torch.library.custom_op("irblocks::channel_layer_norm_backward", mutates_args=())
+def _ln_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_triton(dy, x, weight, has_bias, eps)
+
+
+@_ln_bwd_op.register_fake
+def _ln_bwd_op_fake(dy, x, weight, has_bias, eps):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    return dx, torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _ln_setup(ctx, inputs, output):
+    x, weight, bias, eps = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.eps = eps
+
+
+def _ln_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw, db = torch.ops.irblocks.channel_layer_norm_backward(dy, x, weight, ctx.has_bias, ctx.eps)
+    return dx, dw, (db if ctx.has_bias else None), None
+
+
+_ln_op.register_autograd(_ln_backward, setup_context=_ln_setup)
+
+for _op in (torch.ops.irblocks.channel_layer_norm, torch.ops.irblocks.channel_layer_norm_backward):
+    if _op not in flop_registry:
+        register_flop_formula(_op)(lambda *args, out_shape=None, **kwargs: 0)  # elementwise: no MACs
+
+
+# --------------------------------------------------------------------------- entry point
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                        eps: float = 1e-5, impl: str | None = None) -> torch.Tensor:
-    """LayerNorm over channels. x: (B, C, H, W) any strides -> (B, C, H, W)."""
-    select(impl, x)  # the Triton path lands with the kernels issue
+    """LayerNorm over channels. x: (B, C, H, W) any strides -> (B, C, H, W).
+
+    ``bias=None`` is Restormer's BiasFree variant. The output follows the input's
+    memory format (channels_last in, channels_last out).
+    """
+    if select(impl, x) == "triton":
+        return torch.ops.irblocks.channel_layer_norm(x, weight, bias, float(eps))
     return channel_layer_norm_reference(x, weight, bias, eps)

@@ -1,12 +1,40 @@
-"""MDTA channel attention core: L2-normalise q, k over H*W, q k^T * temperature, softmax, @ v."""
+"""MDTA channel attention core: L2-normalise q, k over H*W, q k^T * temperature, softmax, @ v.
+
+Per batch b and head h (d = C / heads channels, N = H * W pixels):
+``qn = q / max(|q|, 1e-12)`` (row-wise over N, like ``F.normalize``), same for k;
+``A = softmax(qn kn^T * t_h)`` (d x d); ``out = A v``.
+
+Implementations
+- reference: batched matmuls on (B, heads, d, N) views; plain torch ops.
+- triton (two passes over H*W forward, two backward; everything else is d x d):
+  forward pass 1 ``_gram_kernel``: raw gram ``q k^T`` and the row sums of squares of q
+  and k, split over N across programs (partials summed in torch, deterministic); the
+  d x d normalisation + softmax run in torch on tiny tensors; pass 2 ``_apply_kernel``:
+  ``out = A v`` tile by tile. Backward pass 1: ``dA = dout v^T`` (same gram kernel);
+  d x d algebra in torch (softmax backward, temperature grad, the normalisation's
+  projection terms, which reduce to row/column sums of ``dG * Gn`` so no extra pass);
+  pass 2 ``_bwd_apply_kernel`` writes ``dq = Mq k + aq * q``, ``dk = Mk q + ak * k``,
+  ``dv = A^T dout`` in one go. Inputs are read through their strides (NCHW,
+  channels_last, chunk views), outputs follow the input's memory format.
+  ``tl.dot`` always sees tiles with M, N, K >= 16 (d is padded to >= 16 and masked), in
+  float32 with ``input_precision="ieee"`` (no TF32: matches the reference to ~1e-6).
+  Heads with d > 128 take the reference path (the d x d tiles would spill registers).
+  Custom ops ``irblocks::channel_attention`` / ``irblocks::channel_attention_backward``
+  with fake impls, autograd and FLOP formulas counting the matmuls like aten's
+  (forward: 2 matmuls of 2*B*heads*d*d*N flops each; backward: 4).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from ._dispatch import select
+from ._dispatch import block_size, empty, interpreting, select, triton_available
 
-__all__ = ["channel_attention", "channel_attention_reference"]
+__all__ = ["channel_attention", "channel_attention_reference", "COMPILE_SPECS", "MAX_TRITON_HEAD_DIM"]
+
+MAX_TRITON_HEAD_DIM = 128
+_EPS = 1e-12  # F.normalize's clamp
 
 
 def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -29,8 +57,296 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.permute(0, 3, 1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
+def _out_format(x: torch.Tensor) -> torch.memory_format:
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _like(x: torch.Tensor, shape=None) -> torch.Tensor:
+    return empty(*(shape or x.shape), like=x, memory_format=_out_format(x))
+
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _gram_kernel(X, Y, G, SX, SY, d, heads, N, Wd, N_PER_SPLIT, n_split,
+                     sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+                     NORMS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row sum-squares."""
+        bh = tl.program_id(0)
+        sp = tl.program_id(1)
+        b = bh // heads
+        hd = bh % heads
+        i = tl.arange(0, BLOCK_D)
+        im = i < d
+        xrow = X + b * sxb + (hd * d + i) * sxc
+        yrow = Y + b * syb + (hd * d + i) * syc
+        acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+        sqx = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        sqy = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        n0 = sp * N_PER_SPLIT
+        for s in range(0, N_PER_SPLIT, BLOCK_N):
+            n = n0 + s + tl.arange(0, BLOCK_N)
+            nm = n < N
+            m = im[:, None] & nm[None, :]
+            hh = n // Wd
+            ww = n % Wd
+            x = tl.load(xrow[:, None] + (hh * sxh + ww * sxw)[None, :], mask=m, other=0.0).to(tl.float32)
+            y = tl.load(yrow[:, None] + (hh * syh + ww * syw)[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += tl.dot(x, tl.trans(y), input_precision="ieee")
+            if NORMS:
+                sqx += tl.sum(x * x, axis=1)
+                sqy += tl.sum(y * y, axis=1)
+        j = tl.arange(0, BLOCK_D)
+        base = bh * n_split + sp
+        tl.store(G + base * d * d + i[:, None] * d + j[None, :], acc, mask=im[:, None] & (j < d)[None, :])
+        if NORMS:
+            tl.store(SX + base * d + i, sqx, mask=im)
+            tl.store(SY + base * d + i, sqy, mask=im)
+
+    @triton.jit
+    def _load_dd(M, bh, d, BLOCK_D: tl.constexpr):
+        i = tl.arange(0, BLOCK_D)
+        m = (i < d)[:, None] & (i < d)[None, :]
+        return tl.load(M + bh * d * d + i[:, None] * d + i[None, :], mask=m, other=0.0)
+
+    @triton.jit
+    def _apply_kernel(A, V, O, d, heads, N, Wd, svb, svc, svh, svw, sob, soc, soh, sow,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """O[:, tile] = A @ V[:, tile] for one (batch, head) and one tile of N."""
+        bh = tl.program_id(0)
+        b = bh // heads
+        hd = bh % heads
+        i = tl.arange(0, BLOCK_D)
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = (i < d)[:, None] & (n < N)[None, :]
+        hh = n // Wd
+        ww = n % Wd
+        a = _load_dd(A, bh, d, BLOCK_D)
+        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None] + (hh * svh + ww * svw)[None, :],
+                    mask=m, other=0.0).to(tl.float32)
+        o = tl.dot(a, v, input_precision="ieee")
+        tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + (hh * soh + ww * sow)[None, :],
+                 o.to(O.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _bwd_apply_kernel(Q, K, DO, MQ, AQ, MK, AK, AT, DQ, DK, DV, d, heads, N, Wd,
+                          sqb, sqc, sqh, sqw, skb, skc, skh, skw, sdb, sdc, sdh, sdw,
+                          s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, s3b, s3c, s3h, s3w,
+                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """dq = Mq k + aq*q, dk = Mk q + ak*k, dv = A^T dout on one tile of N."""
+        bh = tl.program_id(0)
+        b = bh // heads
+        hd = bh % heads
+        i = tl.arange(0, BLOCK_D)
+        im = i < d
+        ch = hd * d + i
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = im[:, None] & (n < N)[None, :]
+        hh = n // Wd
+        ww = n % Wd
+        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + (hh * sqh + ww * sqw)[None, :], mask=m, other=0.0)
+        k = tl.load(K + b * skb + (ch * skc)[:, None] + (hh * skh + ww * skw)[None, :], mask=m, other=0.0)
+        do = tl.load(DO + b * sdb + (ch * sdc)[:, None] + (hh * sdh + ww * sdw)[None, :], mask=m, other=0.0)
+        q = q.to(tl.float32)
+        k = k.to(tl.float32)
+        do = do.to(tl.float32)
+        aq = tl.load(AQ + bh * d + i, mask=im, other=0.0)
+        ak = tl.load(AK + bh * d + i, mask=im, other=0.0)
+        dq = tl.dot(_load_dd(MQ, bh, d, BLOCK_D), k, input_precision="ieee") + aq[:, None] * q
+        tl.store(DQ + b * s1b + (ch * s1c)[:, None] + (hh * s1h + ww * s1w)[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=m)
+        dk = tl.dot(_load_dd(MK, bh, d, BLOCK_D), q, input_precision="ieee") + ak[:, None] * k
+        tl.store(DK + b * s2b + (ch * s2c)[:, None] + (hh * s2h + ww * s2w)[None, :],
+                 dk.to(DK.dtype.element_ty), mask=m)
+        dv = tl.dot(_load_dd(AT, bh, d, BLOCK_D), do, input_precision="ieee")
+        tl.store(DV + b * s3b + (ch * s3c)[:, None] + (hh * s3h + ww * s3w)[None, :],
+                 dv.to(DV.dtype.element_ty), mask=m)
+
+    def _cfg(d: int):
+        block_d = max(16, triton.next_power_of_2(d))
+        gram_n = block_size(gpu=64 if block_d <= 64 else 32, interpreter=16)
+        apply_n = block_size(gpu=64 if block_d <= 64 else 32, interpreter=16)
+        bwd_n = block_size(gpu=32 if block_d <= 64 else 16, interpreter=16)
+        warps = 4 if block_d <= 64 else 8
+        return block_d, gram_n, apply_n, bwd_n, warps
+
+    def _splits(bh: int, n: int, block_n: int, x: torch.Tensor) -> tuple[int, int]:
+        tiles = triton.cdiv(n, block_n)
+        if interpreting() or not x.is_cuda:
+            want = 2
+        else:
+            want = max(1, (4 * torch.cuda.get_device_properties(x.device).multi_processor_count) // max(bh, 1))
+        per = triton.cdiv(tiles, max(1, min(want, tiles)))
+        return triton.cdiv(tiles, per), per * block_n
+
+    def _gram(x, y, heads, norms):
+        b, c, h, w = x.shape
+        d, n, bh = c // heads, h * w, b * heads
+        block_d, gram_n, _, _, warps = _cfg(d)
+        n_split, n_per = _splits(bh, n, gram_n, x)
+        g = empty(bh, n_split, d, d, like=x, dtype=torch.float32)
+        sx = empty(bh, n_split, d, like=x, dtype=torch.float32)
+        sy = empty(bh, n_split, d, like=x, dtype=torch.float32)
+        _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(), *y.stride(),
+                                    NORMS=norms, BLOCK_D=block_d, BLOCK_N=gram_n, num_warps=warps)
+        g = g.sum(1).view(b, heads, d, d)
+        if not norms:
+            return g
+        return g, sx.sum(1).view(b, heads, d), sy.sum(1).view(b, heads, d)
+
+    def _fwd_triton(q, k, v, t, heads):
+        b, c, h, w = q.shape
+        d, n, bh = c // heads, h * w, b * heads
+        out = _like(q)
+        g, sq, sk = _gram(q, k, heads, True)
+        nq = sq.sqrt().clamp_min(_EPS)
+        nk = sk.sqrt().clamp_min(_EPS)
+        gn = g / nq[..., :, None] / nk[..., None, :]
+        attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
+        block_d, _, apply_n, _, warps = _cfg(d)
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(), *out.stride(),
+                                                     BLOCK_D=block_d, BLOCK_N=apply_n, num_warps=warps)
+        return out, gn, nq, nk
+
+    def _bwd_triton(dout, q, k, v, t, gn, nq, nk, heads):
+        b, c, h, w = q.shape
+        d, n, bh = c // heads, h * w, b * heads
+        tf = t.float().view(1, heads, 1, 1)
+        attn = torch.softmax(gn * tf, dim=-1)
+        da = _gram(dout, v, heads, False)                      # dA_ij = sum_n dout_in v_jn
+        ds = attn * (da - (da * attn).sum(-1, keepdim=True))
+        dt = (ds * gn).sum((0, 2, 3)).to(t.dtype)
+        dg = ds * tf
+        r = (dg * gn).sum(-1)                                   # <d qn_i, qn_i>
+        cc = (dg * gn).sum(-2)                                  # <d kn_j, kn_j>
+        aq = torch.where(nq > _EPS, -r / (nq * nq), torch.zeros_like(r)).contiguous()
+        ak = torch.where(nk > _EPS, -cc / (nk * nk), torch.zeros_like(cc)).contiguous()
+        mq = (dg / nq[..., :, None] / nk[..., None, :]).contiguous()
+        mk = mq.transpose(-1, -2).contiguous()
+        at = attn.transpose(-1, -2).contiguous()
+        dq, dk, dv = _like(q), _like(k), _like(v)
+        block_d, _, _, bwd_n, warps = _cfg(d)
+        _bwd_apply_kernel[(bh, triton.cdiv(n, bwd_n))](
+            q, k, dout, mq, aq, mk, ak, at, dq, dk, dv, d, heads, n, w,
+            *q.stride(), *k.stride(), *dout.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
+            BLOCK_D=block_d, BLOCK_N=bwd_n, num_warps=warps)
+        return dq, dk, dv, dt
+
+    def _specs():
+        i4 = lambda pre: {f"s{pre}{a}": "i32" for a in "bchw"}  # noqa: E731
+        specs = []
+        for bd in (64, 128):
+            block_d, gram_n, apply_n, bwd_n, warps = bd, 64 if bd <= 64 else 32, 64 if bd <= 64 else 32, \
+                32 if bd <= 64 else 16, 4 if bd <= 64 else 8
+            for norms in (True, False):
+                specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32",
+                                             "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
+                                             "N_PER_SPLIT": "i32", "n_split": "i32", **i4("x"), **i4("y"),
+                                             "NORMS": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
+                              {"NORMS": norms, "BLOCK_D": block_d, "BLOCK_N": gram_n}, {"num_warps": warps}))
+            specs.append((_apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
+                                          "N": "i32", "Wd": "i32", **i4("v"), **i4("o"),
+                                          "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
+                          {"BLOCK_D": block_d, "BLOCK_N": apply_n}, {"num_warps": warps}))
+            specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "DO", "MQ", "AQ", "MK", "AK", "AT",
+                                                                      "DQ", "DK", "DV")},
+                                              "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
+                                              **i4("q"), **i4("k"), **i4("d"), **i4("1"), **i4("2"), **i4("3"),
+                                              "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
+                          {"BLOCK_D": block_d, "BLOCK_N": bwd_n}, {"num_warps": warps}))
+        return specs
+
+    COMPILE_SPECS = _specs()
+else:  # pragma: no cover
+    COMPILE_SPECS = []
+
+    def _fwd_triton(*a, **k):
+        raise RuntimeError("Triton is not importable")
+
+    _bwd_triton = _fwd_triton
+
+
+# --------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("irblocks::channel_attention", mutates_args=())
+def _attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
+             heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out, normalised gram Gn, |q| rows, |k| rows); the last three are saved for backward."""
+    return _fwd_triton(q, k, v, temperature, heads)
+
+
+@_attn_op.register_fake
+def _attn_op_fake(q, k, v, temperature, heads):
+    b, c = q.shape[:2]
+    d = c // heads
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device, memory_format=_out_format(q))
+    return (out, q.new_empty(b, heads, d, d, dtype=torch.float32), q.new_empty(b, heads, d, dtype=torch.float32),
+            q.new_empty(b, heads, d, dtype=torch.float32))
+
+
+@torch.library.custom_op("irblocks::channel_attention_backward", mutates_args=())
+def _attn_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
+                 gn: torch.Tensor, nq: torch.Tensor, nk: torch.Tensor,
+                 heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_triton(dout, q, k, v, temperature, gn, nq, nk, heads)
+
+
+@_attn_bwd_op.register_fake
+def _attn_bwd_op_fake(dout, q, k, v, temperature, gn, nq, nk, heads):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_out_format(t))
+                 for t in (q, k, v)) + (torch.empty_like(temperature),)
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, t, heads = inputs
+    _, gn, nq, nk = output
+    ctx.mark_non_differentiable(gn, nq, nk)
+    ctx.save_for_backward(q, k, v, t, gn, nq, nk)
+    ctx.heads = heads
+
+
+def _attn_backward(ctx, dout, _dgn, _dnq, _dnk):
+    q, k, v, t, gn, nq, nk = ctx.saved_tensors
+    dq, dk, dv, dt = torch.ops.irblocks.channel_attention_backward(dout, q, k, v, t, gn, nq, nk, ctx.heads)
+    return dq, dk, dv, dt, None
+
+
+_attn_op.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+def _matmul_flops(q_shape, heads) -> int:
+    b, c, h, w = q_shape
+    d = c // heads
+    return 2 * b * heads * d * d * h * w          # one (d x N) @ (N x d) matmul, 2 flops per MAC
+
+
+if torch.ops.irblocks.channel_attention not in flop_registry:
+    @register_flop_formula(torch.ops.irblocks.channel_attention)
+    def _attn_flops(q_shape, k_shape, v_shape, t_shape, heads, *args, out_shape=None, **kwargs) -> int:
+        return 2 * _matmul_flops(q_shape, heads)      # q k^T and attn v
+
+    @register_flop_formula(torch.ops.irblocks.channel_attention_backward)
+    def _attn_bwd_flops(dout_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
+        heads = args[-1] if args and isinstance(args[-1], int) else kwargs["heads"]
+        return 4 * _matmul_flops(q_shape, heads)      # dA, dq/dk (via Mq k, Mk q), dv
+
+
+# --------------------------------------------------------------------------- entry point
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
                       heads: int, impl: str | None = None) -> torch.Tensor:
     """q, k, v: (B, C, H, W); temperature: (heads,) or (heads,1,1) -> (B, C, H, W)."""
-    select(impl, q, k, v)
-    return channel_attention_reference(q, k, v, temperature.reshape(-1), heads)
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"channel_attention: q, k, v must share one (B, C, H, W) shape, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if heads < 1 or q.shape[1] % heads or temperature.numel() != heads:
+        raise ValueError(f"channel_attention: heads={heads} must divide C={q.shape[1]} and match "
+                         f"temperature.numel()={temperature.numel()}")
+    t = temperature.reshape(-1)
+    if select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM:
+        return torch.ops.irblocks.channel_attention(q, k, v, t, int(heads))[0]
+    return channel_attention_reference(q, k, v, t, heads)
