@@ -52,9 +52,13 @@ def create_model(name_or_path: str | Path | dict, **overrides) -> nn.Module:
     r = resolve_recipe(name_or_path, **overrides)
     try:
         model = core.build(r.data["model"], "model", path="model")
-    except core.ConfigError as e:  # a constructor-level check (value ranges, divisibility)
-        file, line = r.where(str(e).split(":", 1)[0])
-        raise recipes.RecipeError([recipes.Problem(file, line, "model", str(e))]) from None
+    except (core.ConfigError, ValueError) as e:  # constructor-level checks (ranges, divisibility)
+        if isinstance(e, recipes.RecipeError):
+            raise
+        head = str(e).split(":", 1)[0]
+        path = head if head.startswith("model") else "model"
+        file, line = r.where(path)
+        raise recipes.RecipeError([recipes.Problem(file, line, path, str(e))]) from None
     resolved = copy.deepcopy(r.data)
     resolved.setdefault("recipe", recipes.RECIPE_VERSION)
     object.__setattr__(model, "_irblocks_recipe", resolved)

@@ -394,6 +394,23 @@ def json_schema(entry: Entry) -> dict:
 
 
 # --------------------------------------------------------------------------- build
+def type_name(tp) -> str:
+    """Readable name of an annotation for error messages."""
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, typing.Sequence):
+        args = typing.get_args(tp)
+        return f"list of {type_name(args[0])}" if args else "list"
+    return str(tp).replace("typing.", "")
+
+
 def _split_spec(spec, kind, path) -> tuple[str, dict]:
     if isinstance(spec, str):
         return spec, {}
@@ -455,8 +472,17 @@ def build(spec, kind: str = "block", path: str = "", **context):
         validated = entry.schema.model_validate(kwargs)
     except pydantic.ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{where}.{loc}: {err['msg']} (got {err.get('input')!r})") from None
+        field = str(err["loc"][0]) if err["loc"] else ""
+        p = entry.params.get(field)
+        if err["type"] == "missing":
+            raise ConfigError(f"{where}: missing required parameter {field!r} of {entry.name}"
+                              + (f" (expected {type_name(p.annotation)})" if p else "")) from None
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(field, [n for n, q in entry.params.items() if not q.context], n=1)
+            raise ConfigError(f"{where}.{field}: unknown parameter of {entry.name}"
+                              + (f"; did you mean {hint[0]!r}?" if hint else "")) from None
+        expected = type_name(p.annotation) if p else "a valid value"
+        raise ConfigError(f"{where}.{field}: expected {expected}, got {err.get('input')!r}") from None
     values = {k: getattr(validated, k) for k in kwargs}
     for k, v in values.items():   # nested components keep their raw spec; give them their path
         p = entry.params.get(k)

@@ -148,8 +148,11 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
 
 
 def deep_merge(base: Any, over: Any) -> Any:
-    """Maps merge recursively; anything else (lists included) is replaced."""
-    if isinstance(base, dict) and isinstance(over, dict):
+    """Maps merge recursively; anything else (lists included) is replaced. A component
+    mapping whose ``type`` changes is replaced whole (the old parameters belong to
+    the old type)."""
+    if isinstance(base, dict) and isinstance(over, dict) and not (
+            "type" in base and "type" in over and base["type"] != over["type"]):
         out = dict(base)
         for k, v in over.items():
             out[k] = deep_merge(base[k], v) if k in base else copy.deepcopy(v)
@@ -184,20 +187,7 @@ def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
 
 
 # ----------------------------------------------------------------------------- validation
-def _type_name(tp) -> str:
-    if tp is type(None):
-        return "null"
-    if isinstance(tp, type):
-        return tp.__name__
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is typing.Union:
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"list of {_type_name(args[0])}" if args else "list"
-    return str(tp).replace("typing.", "")
+_type_name = core.type_name
 
 
 def _check_value(entry: core.Entry, key: str, value, path: str, out: list[tuple[str, str]]) -> None:
