@@ -1,0 +1,131 @@
+"""AnyIR fusion kernel: Triton (interpreter) vs reference vs the released FFT formulation.
+
+Tolerances: float32 uses kutil's 1e-4 (forward is element-wise: observed ~2e-7; the lam
+gradient is a sum over all elements, summed per block then in torch: observed ~4e-6).
+float16: kutil's 2e-3 (forward only; the kernel computes in float32 and rounds once).
+"""
+import pytest
+import torch
+
+from irblocks.kernels.anyir_fusion import (COMPILE_SPECS, anyir_fusion, anyir_fusion_naive,
+                                           anyir_fusion_reference, bytes_moved)
+from kutil import assert_close, cases, grads, make, SMALL_SHAPES
+
+C_HALF = 3   # C' (odd on purpose: the released layout interleaves c0, c0, c1, c1, ...)
+
+
+def _lam(v=0.3, dtype=torch.float32):
+    return torch.tensor(v, dtype=dtype, requires_grad=True)
+
+
+@pytest.mark.parametrize("shape,layout", cases())
+def test_triton_matches_reference_forward_and_grads(shape, layout, triton_interp):
+    b, h, w = shape
+    a = make(b, C_HALF, h, w, layout, requires_grad=True)
+    g = make(b, C_HALF, h, w, layout, requires_grad=True)
+    lam = _lam()
+    out_r, gr = grads(lambda x, y, l: anyir_fusion(x, y, l, impl="reference"), [a, g, lam])
+    out_t, gt = grads(lambda x, y, l: anyir_fusion(x, y, l, impl="triton"), [a, g, lam])
+    assert out_t.shape == (b, 2 * C_HALF, h, w)
+    assert_close(out_t, out_r, msg="forward")
+    assert_close(gt, gr, grad=True, msg="grads a, g, lam")
+
+
+def test_mixed_layouts(triton_interp):
+    a = make(2, 4, 5, 6, "channels_last", requires_grad=True)
+    g = make(2, 4, 5, 6, "strided", requires_grad=True)
+    lam = _lam(0.7)
+    out_r, gr = grads(lambda x, y, l: anyir_fusion(x, y, l, impl="reference"), [a, g, lam])
+    out_t, gt = grads(lambda x, y, l: anyir_fusion(x, y, l, impl="triton"), [a, g, lam])
+    assert_close(out_t, out_r)
+    assert_close(gt, gr, grad=True)
+
+
+def test_channels_last_output_stays_channels_last(triton_interp):
+    a = make(1, 4, 5, 6, "channels_last")
+    g = make(1, 4, 5, 6, "channels_last")
+    for impl in ("reference", "triton"):
+        out = anyir_fusion(a, g, _lam(), impl=impl)
+        assert out.is_contiguous(memory_format=torch.channels_last), impl
+
+
+def test_float16_forward(triton_interp):
+    a = make(1, 4, 5, 7, "nchw", dtype=torch.float16)
+    g = make(1, 4, 5, 7, "nchw", dtype=torch.float16)
+    lam = torch.tensor(0.4)
+    ref = anyir_fusion_reference(a.float(), g.float(), lam)
+    out = anyir_fusion(a, g, lam, impl="triton")
+    assert out.dtype == torch.float16
+    assert_close(out, ref, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("shape,layout", cases(SMALL_SHAPES, ("nchw", "channels_last")))
+def test_reference_equals_released_fft_formulation(shape, layout):
+    b, h, w = shape
+    a = make(b, C_HALF, h, w, layout, requires_grad=True)
+    g = make(b, C_HALF, h, w, layout, requires_grad=True)
+    out_n, gn = grads(anyir_fusion_naive, [a, g, _lam()])
+    out_r, gr = grads(anyir_fusion_reference, [a, g, _lam()])
+    torch.testing.assert_close(out_r, out_n, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gr, gn, atol=1e-5, rtol=1e-5)
+
+
+def test_released_channel_layout():
+    a = torch.arange(2.0).reshape(1, 2, 1, 1)
+    g = 10 + torch.arange(2.0).reshape(1, 2, 1, 1)
+    out = anyir_fusion_reference(a, g, torch.tensor(1.0)).flatten()
+    exp = torch.cat([a + torch.sigmoid(g), g + torch.sigmoid(a)], 1).flatten()
+    torch.testing.assert_close(out, exp)
+    out = anyir_fusion_reference(a, g, torch.tensor(0.0)).flatten()   # (a+g) repeated c0, c0, c1, c1
+    torch.testing.assert_close(out, torch.tensor([10.0, 10.0, 12.0, 12.0]))
+
+
+def test_gradcheck_reference_float64():
+    a = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(anyir_fusion_reference, (a, g, lam))
+
+
+def test_custom_op_registrations(triton_interp):
+    a, g = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    lam = torch.tensor(0.5, requires_grad=True)
+    torch.library.opcheck(torch.ops.irblocks.anyir_fusion.default, (a.requires_grad_(), g, lam),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_flop_formula_zero(triton_interp):
+    from torch.utils.flop_counter import FlopCounterMode
+    a, g = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    with FlopCounterMode(display=False) as fc:
+        anyir_fusion(a, g, torch.tensor(0.5), impl="triton")
+    assert fc.get_total_flops() == 0
+
+
+def test_block_same_output_and_grads_both_paths(force_triton, monkeypatch):
+    from irblocks.anyir import SpatialFrequencyFusion
+    blk = SpatialFrequencyFusion(dim=6)
+    a = make(2, 3, 5, 4, "channels_last", requires_grad=True)
+    g = make(2, 3, 5, 4, "channels_last", requires_grad=True)
+    out_t, gt = grads(blk, [a, g])
+    pt = [p.grad.clone() for p in blk.parameters()]
+    blk.zero_grad()
+    monkeypatch.setenv("IRBLOCKS_KERNELS", "reference")
+    out_r, gr = grads(blk, [a, g])
+    pr = [p.grad.clone() for p in blk.parameters()]
+    assert_close(out_t, out_r)
+    assert_close(gt, gr, grad=True)
+    assert_close(pt, pr, grad=True)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="same shape|B x C'"):
+        anyir_fusion(torch.randn(1, 2, 3, 3), torch.randn(1, 3, 3, 3), torch.tensor(0.5))
+
+
+def test_compile_specs_and_bytes():
+    assert len(COMPILE_SPECS) == 2
+    for fn, sig, const in COMPILE_SPECS:
+        assert set(const) <= set(sig)
+    bm = bytes_moved((1, 24, 128, 128))
+    assert bm["fused"] < bm["unfused"]
