@@ -5,7 +5,10 @@
 - ``triton_interp``: skip unless Triton imports and TRITON_INTERPRET=1 (set by tests/conftest.py
   before any kernel module is imported).
 - ``force_triton``: also sets IRBLOCKS_KERNELS=triton (monkeypatch) so blocks take the Triton path.
-Helpers (shapes, layouts, tolerances): see ``kutil.py`` in this folder (``import kutil``).
+Helpers (shapes, layouts, tolerances): ``from tests.kernels.kutil import ...`` (see its docstring).
+
+COMPILE_SPECS entries may be ``(jit_fn, signature, constexprs)`` or with a 4th dict of compile
+options, e.g. ``{"num_warps": 8}`` (tests/kernels/test_compile_sm90.py passes it to triton.compile).
 """
 import os
 import sys

@@ -1,9 +1,9 @@
 """Shared helpers for kernel tests (tests/kernels/test_<kernel>.py). Reuse them:
 
-    from kutil import SHAPES, LAYOUTS, make, make_like, grads, assert_close, tol, case_id
+    from tests.kernels.kutil import SHAPES, LAYOUTS, cases, make, make_like, grads, assert_close, tol
 
-(``tests/kernels`` is put on ``sys.path`` by ``tests/kernels/conftest.py``, so a plain
-``import kutil`` works from any test file in this folder.)
+(``tests`` is a package; a plain ``import kutil`` also works because
+``tests/kernels/conftest.py`` puts this folder on ``sys.path``, but prefer the package path.)
 
 What the conftest gives every test in tests/kernels automatically:
 - ``_dispatch.OUTPUT_FILL[0] = nan`` during each test, so a Triton kernel that
