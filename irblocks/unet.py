@@ -5,6 +5,7 @@ from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from irblocks.errors import InputError, check_image
@@ -28,15 +29,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 class _Stage(nn.Module):
-    """A run of blocks; passes guidance to guided ones."""
+    """A run of blocks; passes guidance to guided ones. With ``checkpoint`` each block's
+    activations are recomputed in backward (training with gradients only)."""
 
-    def __init__(self, blocks: list[nn.Module]):
+    def __init__(self, blocks: list[nn.Module], checkpoint: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None) -> torch.Tensor:
+        ckpt = self.checkpoint and self.training and torch.is_grad_enabled()
         for b in self.blocks:
-            x = call(b, x, guidance)
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(call, b, x, guidance, use_reentrant=False)
+            else:
+                x = call(b, x, guidance)
         return x
 
     def __len__(self) -> int:
@@ -91,6 +98,8 @@ class UNetRestorer(nn.Module):
         pad_multiple: 8 for three 2x downsamplings.
         channels_last: run in channels_last memory format (fast on CPU).
         check_finite: reject NaN/Inf inputs (one extra pass over the input).
+        checkpoint: activation checkpointing of every encoder/latent/decoder/refinement
+            block while training (recompute in backward; memory for compute).
 
     Shapes: (B, in_channels, H, W) float -> (B, out_channels, H, W), any H, W.
     """
@@ -105,7 +114,7 @@ class UNetRestorer(nn.Module):
                  encoder_end: BlockSpec = None, latent_end: BlockSpec = None, decoder_end: BlockSpec = None,
                  latent_reduce: bool = False, priors: PriorMap = None, shared: BlockMap = None,
                  bias: bool = False, global_residual: bool = True, pad_multiple: int = 8,
-                 channels_last: bool = True, check_finite: bool = False):
+                 channels_last: bool = True, check_finite: bool = False, checkpoint: bool = False):
         super().__init__()
         blocks, heads = list(blocks), list(heads)
         if len(blocks) != LEVELS or any(n < 0 for n in blocks):
@@ -167,11 +176,11 @@ class UNetRestorer(nn.Module):
             end = per_level(encoder_end, lvl)
             if end is not None:
                 stage.append(build(end, "block", **ctx("encoder", lvl, dim, blocks[lvl])))
-            self.encoders.append(_Stage(stage))
+            self.encoders.append(_Stage(stage, checkpoint))
             self.downs.append(build("downsample", "block", dim=dim))
         dim8 = d * 8
         lat = level_blocks("latent", 3, dim8, blocks[3], latent_block or block)
-        self.latent = _Stage(lat)
+        self.latent = _Stage(lat, checkpoint)
         out_lat = d * 4 if latent_reduce else dim8
         self.latent_end = None
         reduce_needed = latent_reduce
@@ -199,12 +208,13 @@ class UNetRestorer(nn.Module):
             else:
                 self.reduces.append(nn.Identity())
                 dim = cat
-            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, blocks[lvl], dec_spec)))
+            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, blocks[lvl], dec_spec), checkpoint))
             end = per_level(decoder_end, lvl)
             self.decoder_ends.append(build(end, "block", **ctx("decoder", lvl, dim, blocks[lvl]))
                                      if end is not None else nn.Identity())
             up_in = dim
-        self.refinement = _Stage(level_blocks("refinement", 0, up_in, refinement, refinement_block or block))
+        self.refinement = _Stage(level_blocks("refinement", 0, up_in, refinement, refinement_block or block),
+                                 checkpoint)
         self.output = nn.Conv2d(up_in, out_channels, 3, padding=1, bias=bias)
 
         provided = set()

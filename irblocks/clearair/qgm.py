@@ -1,0 +1,119 @@
+"""Quality guidance: the shared quality adapter and the per-level Quality Guidance Module."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from irblocks.errors import InputError
+from irblocks.guidance import Guidance, GuidedBlock
+from irblocks.registry import Context, build, register
+
+from .priors_common import QUALITY_DIM
+
+__all__ = ["QualityAdapter", "QualityGuidance", "shared_or_own", "guidance_vector"]
+
+
+def shared_or_own(owner: nn.Module, attr: str, shared, key: str, spec, **context) -> nn.Module:
+    """Set ``owner.<attr>`` to the shared module ``key`` when the container shares one,
+    else to a private one built from ``spec`` (registered as ``own_<key>``). The
+    attribute is a plain reference, so a shared module is not registered twice (it
+    lives in the U-Net's ``shared`` mapping and appears once in the state_dict)."""
+    if shared is not None and key in shared:
+        mod = shared[key]
+    else:
+        mod = build(spec, "block", **context)
+        owner.add_module(f"own_{key}", mod)
+    object.__setattr__(owner, attr, mod)
+    return mod
+
+
+def guidance_vector(guidance: Guidance, key: str, dim: int, batch: int, where: str, prior: str) -> torch.Tensor:
+    """Read a (B, dim) prior embedding, failing with one line naming the prior and shape."""
+    t = guidance.get(key)
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != (batch, dim):
+        got = "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise InputError(f"{where}: guidance {key!r} from the {prior} prior must be {batch} x {dim} "
+                         f"(B x {dim}), got {got}")
+    return t
+
+
+@register("block", "quality_adapter", aliases=("iqa_adapter",))
+class QualityAdapter(nn.Module):
+    """Maps the quality embedding to per-width conditioning vectors (ClearAIR Eq. 3).
+
+    An MLP in_dim -> hidden -> hidden (GELU), then one Linear hidden -> w per width
+    ``w`` in (d, 2d, 4d, 8d). Built once and shared by every QGM (the U-Net's
+    ``shared`` mapping); the decoder's level-1 blocks run at 2d and use the 2d head,
+    as in the authors' scaffold.
+
+    Args:
+        dim: d, the base width (context). in_dim: quality interface size (256).
+        hidden: MLP width (default 4d).
+
+    Shapes: forward(fq (B, in_dim), width) -> (B, width).
+    """
+
+    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0):
+        super().__init__()
+        hidden = hidden or 4 * dim
+        if dim < 1 or in_dim < 1 or hidden < 1:
+            raise ValueError(f"quality_adapter: dim, in_dim and hidden must be >= 1, got {dim}, {in_dim}, {hidden}")
+        self.dim, self.in_dim = dim, in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i) for i in range(4)})
+
+    def forward(self, fq: torch.Tensor, width: int) -> torch.Tensor:
+        head = self.heads[str(width)] if str(width) in self.heads else None
+        if head is None:
+            raise InputError(f"quality_adapter: no head for width {width} (has {sorted(map(int, self.heads))})")
+        return head(self.net(fq))
+
+
+@register("block", "quality_guidance", aliases=("qgm",))
+class QualityGuidance(GuidedBlock):
+    """Quality Guidance Module (ClearAIR Eq. 4): FiLM of the normalised feature by the
+    image-level quality embedding: LN(x) * (1 + Linear_s(f)) + Linear_b(f), with
+    f = quality_adapter(prior.quality, C). As in the authors' scaffold there is no
+    residual around it.
+
+    Args:
+        dim: channels C (context). shared: the U-Net's shared modules (context); uses
+            ``shared[adapter]`` if present, else builds a private adapter.
+        adapter: key of the shared quality adapter. source: ``"prior"`` reads
+            ``prior.quality`` (B x 256); ``"learned"`` replaces it by a learnable
+            constant (the paper's Table 7 ablation).
+        quality_dim: the interface size (256).
+
+    Shapes: (B, C, H, W) -> (B, C, H, W). Reads ``prior.quality`` (source="prior").
+    """
+
+    def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None,
+                 adapter: str = "quality_adapter", source: Literal["prior", "learned"] = "prior",
+                 quality_dim: int = QUALITY_DIM, key: str = "prior.quality"):
+        super().__init__()
+        self.dim, self.source, self.key, self.quality_dim = dim, source, key, quality_dim
+        # a private adapter (no shared one) takes the block's own width as its 'd'
+        shared_or_own(self, "adapter", shared, adapter, {"type": "quality_adapter", "in_dim": quality_dim},
+                                     dim=dim)
+        self.norm = build("layernorm", "block", dim=dim)
+        self.scale = nn.Linear(dim, dim)
+        self.shift = nn.Linear(dim, dim)
+        self.learned = nn.Parameter(torch.randn(quality_dim) * 0.02) if source == "learned" else None
+
+    def guidance_io(self):
+        return set(), ({self.key} if self.source == "prior" else set())
+
+    def embedding(self, batch: int, guidance: Guidance, like: torch.Tensor) -> torch.Tensor:
+        if self.learned is not None:
+            return self.learned.to(like.dtype).expand(batch, -1)
+        return guidance_vector(guidance, self.key, self.quality_dim, batch, "quality_guidance",
+                               "quality").to(like.dtype)
+
+    def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
+        guidance = guidance if guidance is not None else Guidance()
+        f = self.adapter(self.embedding(x.shape[0], guidance, x), self.dim)
+        gamma = self.scale(f)[:, :, None, None]
+        beta = self.shift(f)[:, :, None, None]
+        return self.norm(x) * (1 + gamma) + beta

@@ -1,0 +1,456 @@
+"""Pattern-token semantic cross-attention (ClearAIR's SCA without the (HW)^2 matrix).
+
+ClearAIR's SCA attends from every pixel to the mask-average-pooled (MAP) map. The
+MAP feature at a pixel depends only on the set of masks covering it (its
+*membership pattern*; the empty pattern gives 0), and keys/values are pointwise
+projections of it, so they are constant on every pattern. Dense attention over
+H*W keys therefore equals attention over one token per distinct pattern present,
+with log(pattern area) added to that token's logit:
+
+    sum_j exp(s_ij) v_j / sum_j exp(s_ij)
+        = sum_p n_p exp(s_ip) v_p / sum_p n_p exp(s_ip)
+        = softmax_p(s_ip + log n_p) v_p.
+
+Three pieces live here:
+
+* :func:`membership_codes` -- a 64-bit code per pixel (bit k set when mask k
+  covers it; K <= 62), Triton kernel + torch reference.
+* :func:`pattern_tokens` -- distinct patterns (``torch.unique`` on the codes), their
+  areas n_p, per-pattern feature sums (one pass over the feature; Triton kernel
+  with atomics, or ``index_add``), and from them the per-mask means and the
+  pattern tokens (sum of the means of the masks in the pattern). Returns tokens
+  (B, P, C), the log-area bias (B, P) (``-inf`` on padding when images of a batch
+  have different P) and the per-pixel pattern index.
+* :func:`pattern_attention` -- the functional entry point the SCA block calls:
+  softmax(q k^T * scale + bias) v of N pixel queries over P tokens per batch item,
+  forward and backward. Reference: ``scaled_dot_product_attention`` with the bias as
+  a float mask (no N x P matrix on the fused CPU path); Triton: a flash-style
+  forward (online softmax over token blocks, saves the log-sum-exp), a dq kernel
+  and a dk/dv kernel that reduces over pixel chunks into a partial buffer
+  (deterministic, no atomics).
+
+Dispatch: ``impl`` / ``IRBLOCKS_KERNELS`` (see ``irblocks.kernels._dispatch``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import block_size, empty, select, triton_available
+
+__all__ = ["membership_codes", "membership_codes_reference", "pattern_tokens",
+           "pattern_attention", "pattern_attention_reference", "COMPILE_SPECS", "MAX_CODE_BITS"]
+
+MAX_CODE_BITS = 62
+
+
+# =========================================================================== references
+def membership_codes_reference(masks: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) binary (bool or {0,1}) -> (B, H*W) int64 codes, K <= 62."""
+    b, k = masks.shape[:2]
+    if k > MAX_CODE_BITS:
+        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
+    m = masks.reshape(b, k, -1).to(torch.int64)
+    shifts = torch.arange(k, device=masks.device, dtype=torch.int64).view(1, k, 1)
+    return (m << shifts).sum(1)
+
+
+def pattern_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (B, h, N, d), k/v (B, h, P, d), bias (B, P) -> (B, h, N, d)."""
+    mask = bias[:, None, None, :].to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# =========================================================================== triton
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _codes_kernel(m_ptr, out_ptr, K, N, s_mb, s_mk, s_mn, BLOCK_N: tl.constexpr):
+        b = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid = offs < N
+        code = tl.zeros([BLOCK_N], dtype=tl.int64)
+        for kk in range(0, K):
+            bit = tl.load(m_ptr + b * s_mb + kk * s_mk + offs * s_mn, mask=valid, other=0)
+            code += (bit != 0).to(tl.int64) << kk
+        tl.store(out_ptr + b * N + offs, code, mask=valid)
+
+    @triton.jit
+    def _segment_sum_kernel(x_ptr, idx_ptr, out_ptr, N, C, P, s_xb, s_xn, s_xc,
+                            BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        b = tl.program_id(0)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        vn = offs_n < N
+        vc = offs_c < C
+        m2 = vn[:, None] & vc[None, :]
+        x = tl.load(x_ptr + b * s_xb + offs_n[:, None] * s_xn + offs_c[None, :] * s_xc, mask=m2, other=0.0)
+        p = tl.load(idx_ptr + b * N + offs_n, mask=vn, other=0)
+        tl.atomic_add(out_ptr + (b * P + p[:, None]) * C + offs_c[None, :], x.to(tl.float32), mask=m2)
+
+    @triton.jit
+    def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr,
+                         N, P, HEADS, D, scale,
+                         s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
+                         s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
+                         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        bh = tl.program_id(0)
+        b = bh // HEADS
+        h = bh % HEADS
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        vn = offs_n < N
+        vd = offs_d < D
+        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
+                    mask=vn[:, None] & vd[None, :], other=0.0).to(tl.float32)
+        m_i = tl.full([BLOCK_N], -float("inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            vp = offs_p < P
+            kt = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[None, :] * s_kp + offs_d[:, None] * s_kd,
+                         mask=vp[None, :] & vd[:, None], other=0.0).to(tl.float32)      # (D, P)
+            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
+                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)      # (P, D)
+            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+            s = tl.dot(q, kt) * scale + bias[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # rows whose every logit so far is -inf keep m = -inf; guard the exp
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            pexp = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(pexp, 1)
+            acc = acc * alpha[:, None] + tl.dot(pexp, vv)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], out,
+                 mask=vn[:, None] & vd[None, :])
+        tl.store(lse_ptr + bh * N + offs_n, m_i + tl.log(l_i), mask=vn)
+
+    @triton.jit
+    def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                            N, P, HEADS, D, scale,
+                            s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
+                            s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
+                            BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        bh = tl.program_id(0)
+        b = bh // HEADS
+        h = bh % HEADS
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        vn = offs_n < N
+        vd = offs_d < D
+        m2 = vn[:, None] & vd[None, :]
+        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
+                    mask=m2, other=0.0).to(tl.float32)
+        do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
+        lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=0.0)
+        delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
+        dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            vp = offs_p < P
+            kk = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
+                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)      # (P, D)
+            vt = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[None, :] * s_vp + offs_d[:, None] * s_vd,
+                         mask=vp[None, :] & vd[:, None], other=0.0).to(tl.float32)      # (D, P)
+            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+            s = tl.dot(q, tl.trans(kk)) * scale + bias[None, :]
+            p = tl.exp(s - lse[:, None])
+            dp = tl.dot(do, vt)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds, kk)
+        tl.store(dq_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq * scale, mask=m2)
+
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr,
+                              dk_ptr, dv_ptr, N, P, HEADS, D, scale, CHUNK,
+                              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
+                              s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
+                              BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        # program (bh, token block, pixel chunk): partial dk, dv of its tokens over its pixels
+        bh = tl.program_id(0)
+        b = bh // HEADS
+        h = bh % HEADS
+        pb = tl.program_id(1)
+        ch = tl.program_id(2)
+        offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+        offs_d = tl.arange(0, BLOCK_D)
+        vp = offs_p < P
+        vd = offs_d < D
+        mp = vp[:, None] & vd[None, :]
+        kk = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
+                     mask=mp, other=0.0).to(tl.float32)                                  # (P, D)
+        vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
+                     mask=mp, other=0.0).to(tl.float32)                                  # (P, D)
+        bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+        dk = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        n_start = ch * CHUNK
+        for n0 in range(n_start, n_start + CHUNK, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            vn = (offs_n < N) & (offs_n < n_start + CHUNK)
+            m2 = vn[:, None] & vd[None, :]
+            q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
+                        mask=m2, other=0.0).to(tl.float32)                               # (N, D)
+            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
+            lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=float("inf"))
+            delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
+            s = tl.dot(q, tl.trans(kk)) * scale + bias[None, :]                          # (N, P)
+            p = tl.exp(s - lse[:, None])
+            p = tl.where(vn[:, None], p, 0.0)
+            dv += tl.dot(tl.trans(p), do)
+            dp = tl.dot(do, tl.trans(vv))
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds), q)
+        # partial buffers are (n_chunks, B * heads, P, D)
+        out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_d[None, :]
+        tl.store(dk_ptr + out_off, dk * scale, mask=mp)
+        tl.store(dv_ptr + out_off, dv, mask=mp)
+
+    COMPILE_SPECS = []   # filled below (after the launch helpers)
+else:  # pragma: no cover
+    COMPILE_SPECS = []
+
+
+def _blocks(d: int):
+    bd = max(16, triton.next_power_of_2(d))
+    bn = block_size(gpu=64, interpreter=16)
+    bp = block_size(gpu=32, interpreter=16)
+    return bn, bp, bd
+
+
+def _attn_fwd_triton(q, k, v, bias, scale):
+    bsz, heads, n, d = q.shape
+    p = k.shape[2]
+    bn, bp, bd = _blocks(d)
+    o = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
+    lse = empty(bsz, heads, n, like=q, dtype=torch.float32)
+    grid = (bsz * heads, triton.cdiv(n, bn))
+    _attn_fwd_kernel[grid](q, k, v, bias, o, lse, n, p, heads, d, float(scale),
+                           *q.stride(), *k.stride(), *v.stride(), *bias.stride(),
+                           BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+    return o, lse
+
+
+def _attn_bwd_triton(q, k, v, bias, scale, o, lse, do):
+    bsz, heads, n, d = q.shape
+    p = k.shape[2]
+    bn, bp, bd = _blocks(d)
+    do = do.to(torch.float32).contiguous()
+    delta = (do * o).sum(-1).contiguous()                       # (B, h, N)
+    dq = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *bias.stride())
+    _attn_bwd_dq_kernel[(bsz * heads, triton.cdiv(n, bn))](
+        q, k, v, bias, do, lse, delta, dq, n, p, heads, d, float(scale), *strides,
+        BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+    chunk = max(bn, triton.cdiv(triton.cdiv(n, 8), bn) * bn)   # <= 8 pixel chunks per token block
+    n_chunks = triton.cdiv(n, chunk)
+    dk_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
+    dv_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
+    _attn_bwd_dkdv_kernel[(bsz * heads, triton.cdiv(p, bp), n_chunks)](
+        q, k, v, bias, do, lse, delta, dk_part, dv_part, n, p, heads, d, float(scale), chunk, *strides,
+        BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+    dk = dk_part.sum(0).view(bsz, heads, p, d)
+    dv = dv_part.sum(0).view(bsz, heads, p, d)
+    return dq, dk, dv
+
+
+# =========================================================================== custom op
+def _flops_attention(q_shape, k_shape) -> int:
+    bsz, heads, n, d = q_shape
+    p = k_shape[2]
+    return 2 * 2 * bsz * heads * n * p * d     # q k^T and p v, 2 flops per multiply-add
+
+
+if triton_available():
+    @torch.library.custom_op("irblocks::pattern_attention", mutates_args=())
+    def _pattern_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        o, lse = _attn_fwd_triton(q, k, v, bias, scale)
+        return o.to(q.dtype), lse
+
+    @_pattern_attention_op.register_fake
+    def _(q, k, v, bias, scale):
+        bsz, heads, n, d = q.shape
+        return q.new_empty(bsz, heads, n, d), q.new_empty(bsz, heads, n, dtype=torch.float32)
+
+    @torch.library.custom_op("irblocks::pattern_attention_bwd", mutates_args=())
+    def _pattern_attention_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                                  scale: float, o: torch.Tensor, lse: torch.Tensor,
+                                  do: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv = _attn_bwd_triton(q, k, v, bias, scale, o.to(torch.float32), lse, do)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+    @_pattern_attention_bwd_op.register_fake
+    def _(q, k, v, bias, scale, o, lse, do):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, bias, scale = inputs
+        o, lse = output
+        ctx.save_for_backward(q, k, v, bias, o, lse)
+        ctx.scale = scale
+
+    def _backward(ctx, do, dlse):
+        q, k, v, bias, o, lse = ctx.saved_tensors
+        dq, dk, dv = _pattern_attention_bwd_op(q, k, v, bias, ctx.scale, o, lse, do.contiguous())
+        return dq, dk, dv, None, None
+
+    _pattern_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+    try:
+        from torch.utils.flop_counter import register_flop_formula
+
+        @register_flop_formula(torch.ops.irblocks.pattern_attention)
+        def _flop_fwd(q_shape, k_shape, *args, **kwargs) -> int:
+            return _flops_attention(q_shape, k_shape)
+
+        @register_flop_formula(torch.ops.irblocks.pattern_attention_bwd)
+        def _flop_bwd(q_shape, k_shape, *args, **kwargs) -> int:
+            return 2 * _flops_attention(q_shape, k_shape)    # dq, dk, dv, dp: twice the forward
+    except Exception:  # pragma: no cover - older torch
+        pass
+
+
+# =========================================================================== entry points
+def membership_codes(masks: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+    """(B, K, H, W) binary masks -> (B, H*W) int64 membership codes (bit k = mask k), K <= 62."""
+    b, k, h, w = masks.shape
+    if k > MAX_CODE_BITS:
+        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
+    if select(impl, masks) == "reference" or k == 0:
+        return membership_codes_reference(masks)
+    m = masks if masks.dtype != torch.bool else masks.to(torch.uint8)
+    m = m.reshape(b, k, h * w)
+    out = empty(b, h * w, like=m, dtype=torch.int64)
+    bn = block_size(gpu=1024, interpreter=64)
+    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, *m.stride(), BLOCK_N=bn)
+    return out
+
+
+def _unique_patterns(masks: torch.Tensor, impl: str | None):
+    """Per image: inverse (N,), counts (P,), membership (P, K) bool."""
+    b, k = masks.shape[:2]
+    res = []
+    if k <= MAX_CODE_BITS:
+        codes = membership_codes(masks, impl)
+        shifts = torch.arange(k, device=masks.device, dtype=torch.int64)
+        for i in range(b):
+            uniq, inv, cnt = torch.unique(codes[i], return_inverse=True, return_counts=True)
+            res.append((inv, cnt, ((uniq[:, None] >> shifts) & 1).bool()))
+    else:
+        rows = masks.reshape(b, k, -1).transpose(1, 2).bool()
+        for i in range(b):
+            uniq, inv, cnt = torch.unique(rows[i], dim=0, return_inverse=True, return_counts=True)
+            res.append((inv, cnt, uniq))
+    return res
+
+
+def pattern_tokens(masks: torch.Tensor, src: torch.Tensor, impl: str | None = None):
+    """Pattern tokens of a feature map.
+
+    Args:
+        masks: (B, K, H, W) binary masks (bool or {0, 1}) at the feature's resolution.
+        src: (B, C, H, W) feature to pool (any memory layout).
+
+    Returns:
+        tokens (B, P, C): per pattern, the sum over its masks of the mask's mean feature
+            (the MAP value of its pixels; 0 for the empty pattern and for padding);
+        bias (B, P): log(pattern area), ``-inf`` for padding slots;
+        inverse (B, H*W) int64: pattern index of every pixel.
+    P is the largest number of distinct patterns over the batch. On the meta device
+    (size/FLOP counting) P is taken as K + 1.
+    """
+    b, k, h, w = masks.shape
+    c = src.shape[1]
+    n = h * w
+    if src.shape[0] != b or tuple(src.shape[-2:]) != (h, w):
+        raise ValueError(f"pattern_tokens: masks {tuple(masks.shape)} and feature {tuple(src.shape)} "
+                         "must share B, H and W")
+    if src.device.type == "meta" or masks.device.type == "meta":
+        p = min(n, k + 1)
+        return (src.new_zeros(b, p, c), src.new_zeros(b, p),
+                torch.zeros(b, n, dtype=torch.int64, device=src.device))
+    per = _unique_patterns(masks, impl)
+    pmax = max(int(cnt.numel()) for _, cnt, _ in per)
+    inverse = torch.stack([inv.reshape(-1) for inv, _, _ in per])                       # (B, N)
+    counts = torch.zeros(b, pmax, dtype=src.dtype, device=src.device)
+    memb = torch.zeros(b, pmax, k, dtype=src.dtype, device=src.device)
+    for i, (_, cnt, mb) in enumerate(per):
+        counts[i, : cnt.numel()] = cnt.to(src.dtype)
+        memb[i, : mb.shape[0]] = mb.to(src.dtype)
+    flat = src.permute(0, 2, 3, 1).reshape(b, n, c)   # a view for channels_last input
+    if select(impl, src) == "triton" and src.device.type != "meta" and not torch.is_grad_enabled():
+        sums = torch.zeros(b, pmax, c, device=src.device, dtype=torch.float32)
+        bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
+        inv32 = inverse.contiguous()
+        _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
+            flat, inv32, sums, n, c, pmax, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
+        sums = sums.to(src.dtype)
+    else:
+        idx = (inverse + torch.arange(b, device=src.device).view(b, 1) * pmax).reshape(-1)
+        sums = torch.zeros(b * pmax, c, device=src.device, dtype=src.dtype).index_add(
+            0, idx, flat.reshape(b * n, c)).view(b, pmax, c)
+    mt = memb.transpose(1, 2)                                    # (B, K, P)
+    area = (mt @ counts.unsqueeze(-1))                           # (B, K, 1) mask areas
+    means = (mt @ sums) / area.clamp_min(1)                      # (B, K, C) mask means
+    tokens = memb @ means                                        # (B, P, C)
+    bias = torch.where(counts > 0, counts.clamp_min(1).log(), torch.full_like(counts, -math.inf))
+    return tokens, bias, inverse
+
+
+def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                      scale: float, impl: str | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over pattern tokens.
+
+    Args:
+        q: (B, heads, N, d) pixel queries (any strides).
+        k, v: (B, heads, P, d) token keys / values.
+        bias: (B, P) log-area bias; ``-inf`` marks padding (every row needs one finite entry).
+        scale: logit scale (d ** -0.5 in ClearAIR).
+    Returns (B, heads, N, d); differentiable in q, k and v (not in bias).
+    """
+    if q.dim() != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1] \
+            or tuple(bias.shape) != (k.shape[0], k.shape[2]):
+        raise ValueError(f"pattern_attention: expected q (B,h,N,d), k = v (B,h,P,d), bias (B,P); got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, bias {tuple(bias.shape)}")
+    if select(impl, q, k, v) == "reference":
+        return pattern_attention_reference(q, k, v, bias, scale)
+    out, _ = _pattern_attention_op(q, k, v, bias.detach(), float(scale))
+    return out
+
+
+# =========================================================================== compile specs
+if triton_available():
+    _F = "*fp32"
+    COMPILE_SPECS = [
+        (_codes_kernel, {"m_ptr": "*u8", "out_ptr": "*i64", "K": "i32", "N": "i32",
+                         "s_mb": "i32", "s_mk": "i32", "s_mn": "i32", "BLOCK_N": "constexpr"},
+         {"BLOCK_N": 1024}),
+        (_segment_sum_kernel, {"x_ptr": _F, "idx_ptr": "*i64", "out_ptr": _F, "N": "i32", "C": "i32",
+                               "P": "i32", "s_xb": "i32", "s_xn": "i32", "s_xc": "i32",
+                               "BLOCK_N": "constexpr", "BLOCK_C": "constexpr"},
+         {"BLOCK_N": 128, "BLOCK_C": 32}),
+    ]
+    _attn_sig = {"N": "i32", "P": "i32", "HEADS": "i32", "D": "i32", "scale": "fp32",
+                 **{f"s_{t}{a}": "i32" for t in "qkv" for a in ("b", "h", "n" if t == "q" else "p", "d")},
+                 "s_bb": "i32", "s_bp": "i32",
+                 "BLOCK_N": "constexpr", "BLOCK_P": "constexpr", "BLOCK_D": "constexpr"}
+    _gpu = {"BLOCK_N": 64, "BLOCK_P": 32, "BLOCK_D": 32}
+    COMPILE_SPECS.append((_attn_fwd_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
+                                             "o_ptr": _F, "lse_ptr": _F, **_attn_sig}, _gpu))
+    COMPILE_SPECS.append((_attn_bwd_dq_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
+                                                "do_ptr": _F, "lse_ptr": _F, "delta_ptr": _F, "dq_ptr": _F,
+                                                **_attn_sig}, _gpu))
+    _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
+             "delta_ptr": _F, "dk_ptr": _F, "dv_ptr": _F, "N": "i32", "P": "i32", "HEADS": "i32",
+             "D": "i32", "scale": "fp32", "CHUNK": "i32"}
+    _dkdv.update({k: v for k, v in _attn_sig.items() if k.startswith("s_") or k.startswith("BLOCK")})
+    COMPILE_SPECS.append((_attn_bwd_dkdv_kernel, _dkdv, _gpu))
