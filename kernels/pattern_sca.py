@@ -52,7 +52,7 @@ def membership_codes_reference(masks: torch.Tensor) -> torch.Tensor:
     b, k = masks.shape[:2]
     if k > MAX_CODE_BITS:
         raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
-    m = masks.reshape(b, k, -1).to(torch.int64)
+    m = masks.reshape(b, k, masks.shape[2] * masks.shape[3]).to(torch.int64)
     shifts = torch.arange(k, device=masks.device, dtype=torch.int64).view(1, k, 1)
     return (m << shifts).sum(1)
 
@@ -346,7 +346,7 @@ def _unique_patterns(masks: torch.Tensor, impl: str | None):
             uniq, inv, cnt = torch.unique(codes[i], return_inverse=True, return_counts=True)
             res.append((inv, cnt, ((uniq[:, None] >> shifts) & 1).bool()))
     else:
-        rows = masks.reshape(b, k, -1).transpose(1, 2).bool()
+        rows = masks.reshape(b, k, masks.shape[2] * masks.shape[3]).transpose(1, 2).bool()
         for i in range(b):
             uniq, inv, cnt = torch.unique(rows[i], dim=0, return_inverse=True, return_counts=True)
             res.append((inv, cnt, uniq))

@@ -50,19 +50,20 @@ class QualityAdapter(nn.Module):
 
     Args:
         dim: d, the base width (context). in_dim: quality interface size (256).
-        hidden: MLP width (default 4d).
+        hidden: MLP width (default 4d). levels: heads for widths d * 2^i, i < levels.
 
     Shapes: forward(fq (B, in_dim), width) -> (B, width).
     """
 
-    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0):
+    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0, levels: int = 4):
         super().__init__()
         hidden = hidden or 4 * dim
-        if dim < 1 or in_dim < 1 or hidden < 1:
-            raise ValueError(f"quality_adapter: dim, in_dim and hidden must be >= 1, got {dim}, {in_dim}, {hidden}")
+        if dim < 1 or in_dim < 1 or hidden < 1 or levels < 1:
+            raise ValueError(f"quality_adapter: dim, in_dim, hidden and levels must be >= 1, "
+                             f"got {dim}, {in_dim}, {hidden}, {levels}")
         self.dim, self.in_dim = dim, in_dim
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i) for i in range(4)})
+        self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i) for i in range(levels)})
 
     def forward(self, fq: torch.Tensor, width: int) -> torch.Tensor:
         head = self.heads[str(width)] if str(width) in self.heads else None
@@ -95,8 +96,8 @@ class QualityGuidance(GuidedBlock):
         super().__init__()
         self.dim, self.source, self.key, self.quality_dim = dim, source, key, quality_dim
         # a private adapter (no shared one) takes the block's own width as its 'd'
-        shared_or_own(self, "adapter", shared, adapter, {"type": "quality_adapter", "in_dim": quality_dim},
-                                     dim=dim)
+        shared_or_own(self, "adapter", shared, adapter,
+                      {"type": "quality_adapter", "in_dim": quality_dim, "levels": 1}, dim=dim)
         self.norm = build("layernorm", "block", dim=dim)
         self.scale = nn.Linear(dim, dim)
         self.shift = nn.Linear(dim, dim)
