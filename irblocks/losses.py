@@ -1,0 +1,426 @@
+"""Training losses (registry kind ``"loss"``) and the composite loss of a recipe.
+
+Every loss is an ``nn.Module`` whose ``forward(pred, target)`` returns a scalar
+tensor (images B x C x H x W, range [0, 1]). Registered names:
+
+* ``l1``          mean absolute error.
+* ``l2`` (``mse``) mean squared error.
+* ``charbonnier`` sqrt((pred - target)^2 + eps^2), averaged (eps 1e-3).
+* ``ms_ssim``     1 - MS-SSIM (Gaussian 11x11, sigma 1.5, the five standard
+  scale weights; scales that no longer fit the window are dropped and the
+  remaining weights renormalised, so 32x32 training patches work).
+* ``fft``         AnyIR's frequency loss: L1 between the real and imaginary parts
+  (stacked on a last axis) of ``torch.fft.rfft2`` of prediction and target
+  (default "backward" normalisation, as in the released code).
+* ``icrm``        ClearAIR's Internal Clue Reuse Mechanism (Eq. 15-17): the
+  restored image is weakly augmented (random crop of ``crop_scale`` of each side,
+  bilinearly resized back), the weak view is strongly augmented (brightness,
+  contrast and saturation jitter of strength ``jitter`` then a ``blur_kernel``
+  Gaussian blur of ``blur_sigma``), and the loss is the mean squared difference
+  between the weak and the strong view. Only the prediction is used (the target
+  is ignored); gradients flow through both views. The paper's weights
+  (alpha = 0.25, gamma = 0.05) go into the recipe's ``weight`` (0.0125).
+* ``aux``         the sum of the auxiliary losses the model's blocks recorded in
+  their forward (``irblocks.aux_losses(model)``: MoE load balancing, prototype
+  orthogonality...). The composite loss adds it with weight 1 when the recipe
+  does not list it; list ``{type: aux, weight: w}`` to change the weight
+  (0 switches it off).
+
+A recipe's ``loss:`` section is a list of ``{type, weight, ...constructor
+args}``; :func:`build_loss` turns it into a :class:`CompositeLoss` whose
+``forward(pred, target, model=None)`` returns ``(total, parts)`` with every term
+(unweighted, detached) in ``parts``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irblocks.aux import aux_losses
+from irblocks.registry import ConfigError, build, lookup, register
+
+__all__ = [
+    "L1Loss", "L2Loss", "CharbonnierLoss", "MSSSIMLoss", "FFTLoss", "ICRMLoss", "AuxLoss",
+    "CompositeLoss", "build_loss", "validate_loss_section", "ms_ssim", "gaussian_window",
+    "icrm_views",
+]
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, where: str) -> None:
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"{where}: expected two tensors (pred, target), got "
+                        f"{type(pred).__name__} and {type(target).__name__}")
+    if pred.shape != target.shape:
+        raise ValueError(f"{where}: prediction and target shapes differ: "
+                         f"{tuple(pred.shape)} vs {tuple(target.shape)}")
+
+
+# --------------------------------------------------------------------------- pixel losses
+@register("loss", "l1")
+class L1Loss(nn.Module):
+    """Mean absolute error. (B, C, H, W) x 2 -> scalar."""
+
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target, "l1 loss")
+        return F.l1_loss(pred, target)
+
+
+@register("loss", "l2", aliases=("mse",))
+class L2Loss(nn.Module):
+    """Mean squared error. (B, C, H, W) x 2 -> scalar."""
+
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target, "l2 loss")
+        return F.mse_loss(pred, target)
+
+
+@register("loss", "charbonnier")
+class CharbonnierLoss(nn.Module):
+    """Charbonnier (smooth L1): mean of sqrt((pred - target)^2 + eps^2).
+
+    Args:
+        eps: smoothing constant (1e-3 as in MPRNet/Restormer-era code).
+    """
+
+    def __init__(self, eps: float = 1e-3):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"charbonnier: eps must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target, "charbonnier loss")
+        d = pred - target
+        return torch.sqrt(d * d + self.eps ** 2).mean()
+
+
+# --------------------------------------------------------------------------- MS-SSIM
+_MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def gaussian_window(size: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _sep_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Valid separable filtering of every channel of (B, C, H, W) with the 1-D kernel g."""
+    c = x.shape[1]
+    k = g.numel()
+    x = F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+
+
+def _ssim_terms(x, y, g, data_range, k1=0.01, k2=0.03):
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mx, my = _sep_filter(x, g), _sep_filter(y, g)
+    sxx = _sep_filter(x * x, g) - mx * mx
+    syy = _sep_filter(y * y, g) - my * my
+    sxy = _sep_filter(x * y, g) - mx * my
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    return lum * cs, cs
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+            sigma: float = 1.5, weights: Sequence[float] = _MS_WEIGHTS) -> torch.Tensor:
+    """Multi-scale SSIM (Wang et al. 2003) per image, shape (B,).
+
+    Scales whose side falls below ``win_size`` are dropped (weights renormalised);
+    negative contrast terms are clamped at 0 before the power (avoids NaN).
+    """
+    _check_pair(pred, target, "ms_ssim")
+    if min(pred.shape[-2:]) < win_size:
+        raise ValueError(f"ms_ssim: images must be at least {win_size}x{win_size} "
+                         f"(the window), got {pred.shape[-2]}x{pred.shape[-1]}")
+    g = gaussian_window(win_size, sigma, dtype=pred.dtype if pred.is_floating_point() else torch.float32,
+                        device=pred.device)
+    n = 1
+    while n < len(weights) and min(pred.shape[-2:]) // 2 ** n >= win_size:
+        n += 1
+    w = torch.tensor(list(weights[:n]), dtype=pred.dtype, device=pred.device)
+    w = w / w.sum()
+    x, y = pred, target
+    vals = []
+    for i in range(n):
+        ssim_map, cs_map = _ssim_terms(x, y, g, data_range)
+        if i == n - 1:
+            vals.append(ssim_map.flatten(1).mean(1).clamp_min(0))
+        else:
+            vals.append(cs_map.flatten(1).mean(1).clamp_min(0))
+            pad = (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)
+            x = F.avg_pool2d(F.pad(x, pad, mode="replicate") if any(pad) else x, 2)
+            y = F.avg_pool2d(F.pad(y, pad, mode="replicate") if any(pad) else y, 2)
+    stack = torch.stack(vals, dim=1)  # (B, n)
+    # eps keeps the gradient of x**w finite at x = 0
+    return torch.prod((stack + 1e-8) ** w, dim=1)
+
+
+@register("loss", "ms_ssim", aliases=("msssim",))
+class MSSSIMLoss(nn.Module):
+    """1 - MS-SSIM, averaged over the batch (ClusIR trains with L1 + MS-SSIM).
+
+    Args:
+        win_size: Gaussian window size (11). sigma: its standard deviation (1.5).
+        data_range: value range of the images (1.0).
+    """
+
+    def __init__(self, win_size: int = 11, sigma: float = 1.5, data_range: float = 1.0):
+        super().__init__()
+        if win_size < 3 or win_size % 2 == 0:
+            raise ValueError(f"ms_ssim: win_size must be an odd number >= 3, got {win_size}")
+        if not sigma > 0 or not data_range > 0:
+            raise ValueError(f"ms_ssim: sigma and data_range must be > 0, got {sigma}, {data_range}")
+        self.win_size, self.sigma, self.data_range = win_size, float(sigma), float(data_range)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        v = ms_ssim(pred.float(), target.float(), self.data_range, self.win_size, self.sigma)
+        return 1.0 - v.mean()
+
+
+# --------------------------------------------------------------------------- FFT
+@register("loss", "fft", aliases=("frequency",))
+class FFTLoss(nn.Module):
+    """AnyIR's frequency loss: L1 on stacked (real, imag) of rfft2(pred) vs rfft2(target).
+
+    Computed in float32 (FFTs of half precision need power-of-two sizes).
+    Args:
+        norm: ``torch.fft`` normalisation ("backward" = the released code's default).
+    """
+
+    def __init__(self, norm: str = "backward"):
+        super().__init__()
+        if norm not in ("backward", "ortho", "forward"):
+            raise ValueError(f"fft: norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
+        self.norm = norm
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target, "fft loss")
+        p = torch.fft.rfft2(pred.float(), norm=self.norm)
+        t = torch.fft.rfft2(target.float(), norm=self.norm)
+        return F.l1_loss(torch.stack([p.real, p.imag], dim=-1), torch.stack([t.real, t.imag], dim=-1))
+
+
+# --------------------------------------------------------------------------- ICRM
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] != 3:
+        return x.mean(1, keepdim=True)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """f * a + (1 - f) * b, clamped to [0, 1] (torchvision's float-image rule)."""
+    return (f * a + (1 - f) * b).clamp(0, 1)
+
+
+def icrm_views(x: torch.Tensor, crop_scale: float = 0.7, jitter: float = 0.4, blur_kernel: int = 5,
+               blur_sigma: float = 1.0, generator: Optional[torch.Generator] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The weak and strong views of ICRM for a batch (B, C, H, W) in [0, 1].
+
+    weak: per image, a random crop of round(crop_scale * H) x round(crop_scale * W)
+    resized back to H x W (bilinear). strong: weak -> brightness, contrast,
+    saturation factors each uniform in [1 - jitter, 1 + jitter] (per image) ->
+    Gaussian blur (reflect padding). Random draws use ``generator`` (else torch's
+    global generator).
+    """
+    b, c, h, w = x.shape
+    ch, cw = max(1, int(h * crop_scale)), max(1, int(w * crop_scale))
+    dev = x.device
+    tops = torch.randint(0, h - ch + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(0, w - cw + 1, (b,), generator=generator).tolist()
+    crops = [x[i:i + 1, :, t:t + ch, l:l + cw] for i, (t, l) in enumerate(zip(tops, lefts))]
+    weak = torch.cat([F.interpolate(cr, size=(h, w), mode="bilinear", align_corners=False)
+                      for cr in crops], 0)
+    f = 1.0 + (torch.rand(3, b, 1, 1, 1, generator=generator) * 2 - 1) * jitter
+    f = f.clamp_min(0).to(device=dev, dtype=x.dtype)
+    s = (weak * f[0]).clamp(0, 1)                                  # brightness
+    mean = _gray(s).mean(dim=(1, 2, 3), keepdim=True)
+    s = _blend(s, mean, f[1])                                       # contrast
+    if c == 3:
+        s = _blend(s, _gray(s), f[2])                               # saturation
+    if blur_kernel > 1:
+        g = gaussian_window(blur_kernel, blur_sigma, dtype=x.dtype, device=dev)
+        r = blur_kernel // 2
+        mode = "reflect" if min(h, w) > r else "replicate"
+        s = _sep_filter(F.pad(s, (r, r, r, r), mode=mode), g)
+    return weak, s
+
+
+@register("loss", "icrm")
+class ICRMLoss(nn.Module):
+    """ClearAIR's Internal Clue Reuse Mechanism loss: ||weak(pred) - strong(weak(pred))||^2 (mean).
+
+    The target is not used. See :func:`icrm_views` for the augmentations. The
+    paper's weights alpha = 0.25 and gamma = 0.05 belong in the recipe's
+    ``weight`` (0.0125).
+
+    Args:
+        crop_scale: side fraction of the weak random crop (0.7).
+        jitter: colour-jitter strength (0.4: factors in [0.6, 1.4]).
+        blur_kernel, blur_sigma: the strong view's Gaussian blur (5, 1.0).
+        clamp: clamp the prediction to [0, 1] first (the scaffold does).
+    """
+
+    def __init__(self, crop_scale: float = 0.7, jitter: float = 0.4, blur_kernel: int = 5,
+                 blur_sigma: float = 1.0, clamp: bool = True):
+        super().__init__()
+        if not 0 < crop_scale <= 1:
+            raise ValueError(f"icrm: crop_scale must be in (0, 1], got {crop_scale}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"icrm: jitter must be in [0, 1), got {jitter}")
+        if blur_kernel < 1 or blur_kernel % 2 == 0:
+            raise ValueError(f"icrm: blur_kernel must be an odd number >= 1, got {blur_kernel}")
+        if not blur_sigma > 0:
+            raise ValueError(f"icrm: blur_sigma must be > 0, got {blur_sigma}")
+        self.crop_scale, self.jitter = float(crop_scale), float(jitter)
+        self.blur_kernel, self.blur_sigma, self.clamp = blur_kernel, float(blur_sigma), clamp
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        if pred.dim() != 4:
+            raise ValueError(f"icrm loss: expected a B x C x H x W prediction, got shape {tuple(pred.shape)}")
+        x = pred.float()
+        if self.clamp:
+            x = x.clamp(0, 1)
+        weak, strong = icrm_views(x, self.crop_scale, self.jitter, self.blur_kernel, self.blur_sigma)
+        return F.mse_loss(weak, strong)
+
+
+# --------------------------------------------------------------------------- aux
+@register("loss", "aux")
+class AuxLoss(nn.Module):
+    """Sum of the auxiliary losses the model recorded in its last forward (0 if none)."""
+
+    needs_model = True
+
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor = None, model: nn.Module | None = None):
+        vals = list(aux_losses(model).values()) if model is not None else []
+        if not vals:
+            return pred.new_zeros(())
+        return torch.stack([v.float().reshape(()) for v in vals]).sum()
+
+
+# --------------------------------------------------------------------------- composite
+class CompositeLoss(nn.Module):
+    """Weighted sum of loss terms; ``forward(pred, target, model=None) -> (total, parts)``.
+
+    ``parts`` maps each term's name (``l1``, ``fft``, ``aux``; repeated types get
+    ``#2``...) to its unweighted, detached value. ``aux`` is appended with weight
+    ``aux_weight`` unless given in ``terms``.
+    """
+
+    def __init__(self, terms: List[Tuple[str, float, nn.Module]], aux_weight: float = 1.0):
+        super().__init__()
+        names = []
+        for name, _, _ in terms:
+            n, k = name, 2
+            while n in names:
+                n, k = f"{name}#{k}", k + 1
+            names.append(n)
+        self.names = names
+        self.weights = [float(w) for _, w, _ in terms]
+        self.terms = nn.ModuleList([m for _, _, m in terms])
+        if not any(isinstance(m, AuxLoss) for m in self.terms):
+            self.names.append("aux")
+            self.weights.append(float(aux_weight))
+            self.terms.append(AuxLoss())
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, model: nn.Module | None = None):
+        total = None
+        parts: Dict[str, torch.Tensor] = {}
+        for name, w, term in zip(self.names, self.weights, self.terms):
+            if isinstance(term, AuxLoss):
+                if model is None or w == 0:
+                    continue
+                v = term(pred, target, model=model)
+                if not aux_losses(model):
+                    continue
+            else:
+                if w == 0:
+                    continue
+                v = term(pred, target)
+            parts[name] = v.detach()
+            total = w * v if total is None else total + w * v
+        if total is None:
+            total = pred.sum() * 0.0
+        return total, parts
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:g}*{n}" for n, w in zip(self.names, self.weights))
+
+
+def _split_term(item: Any, i: int) -> Tuple[str, float, dict]:
+    where = f"loss[{i}]"
+    if isinstance(item, str):
+        return item, 1.0, {}
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: expected a loss name or a mapping {{type, weight, ...}}, "
+                          f"got {type(item).__name__}")
+    if "type" not in item:
+        raise ConfigError(f"{where}: a loss term needs a 'type' key, got keys {sorted(item)}")
+    w = item.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ConfigError(f"{where}.weight: expected a finite number >= 0, got {w!r}")
+    return item["type"], float(w), {k: v for k, v in item.items() if k not in ("type", "weight")}
+
+
+def build_loss(section: Any = None, aux_weight: float = 1.0) -> CompositeLoss:
+    """A :class:`CompositeLoss` from a recipe's ``loss:`` list (default: ``[l1]``).
+
+    Also accepts one mapping or one name.
+    """
+    if section is None:
+        section = [{"type": "l1", "weight": 1.0}]
+    if isinstance(section, (str, dict)):
+        section = [section]
+    if not isinstance(section, (list, tuple)) or not section:
+        raise ConfigError(f"loss: expected a non-empty list of {{type, weight, ...}} terms, got {section!r}")
+    terms = []
+    for i, item in enumerate(section):
+        name, w, kwargs = _split_term(item, i)
+        entry = lookup("loss", name)
+        module = build({"type": name, **kwargs}, "loss", path=f"loss[{i}]")
+        terms.append((entry.name, w, module))
+    return CompositeLoss(terms, aux_weight=aux_weight)
+
+
+def validate_loss_section(section: Any) -> List[str]:
+    """Errors (one line each) in a recipe's ``loss:`` section; [] when it is valid."""
+    errors = []
+    if section is None:
+        return errors
+    if isinstance(section, (str, dict)):
+        section = [section]
+    if not isinstance(section, (list, tuple)) or not section:
+        return [f"loss: expected a non-empty list of {{type, weight, ...}} terms, got {section!r}"]
+    for i, item in enumerate(section):
+        try:
+            name, _, kwargs = _split_term(item, i)
+            entry = lookup("loss", name)
+            entry.schema.model_validate(kwargs)
+        except Exception as e:  # noqa: BLE001 -- collected as messages
+            msg = str(e).splitlines()[0]
+            if e.__class__.__name__ == "ValidationError":
+                err = e.errors()[0]
+                msg = f"loss[{i}].{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            errors.append(msg)
+    return errors

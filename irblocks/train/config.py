@@ -1,0 +1,144 @@
+"""Schemas of a recipe's training sections: ``optimizer``, ``schedule``, ``train`` (and ``loss``).
+
+```yaml
+loss: [{type: l1, weight: 1.0}, {type: fft, weight: 0.1}]
+optimizer: {type: adamw, lr: 2.0e-4, betas: [0.9, 0.999], weight_decay: 1.0e-4}
+schedule: {type: warmup_cosine, warmup_epochs: 15, epochs: 150}
+train: {batch_size: 32, patch_size: 128, grad_clip: 0.01}
+```
+
+Schedules (learning-rate factor as a function of the fractional epoch e, updated
+every step):
+
+* ``warmup_cosine``: linear warm-up from 0 over ``warmup_epochs`` then a cosine
+  from ``lr`` to ``min_lr`` at ``epochs`` (PromptIR/AnyIR's
+  LinearWarmupCosineAnnealingLR, stepped per iteration instead of per epoch).
+* ``halve_at_mid``: ``lr`` until ``epochs / 2``, then ``lr / 2`` (ClusIR).
+* ``constant``.
+
+:func:`validate_sections` returns one line per problem (the recipe validator
+calls it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Literal, Optional
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["OptimizerConfig", "ScheduleConfig", "TrainConfig", "validate_sections", "parse_sections",
+           "lr_factor"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(BaseModel):
+    model_config = _STRICT
+    type: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(2e-4, gt=0)
+    betas: List[float] = [0.9, 0.999]
+    weight_decay: float = Field(0.0, ge=0)
+    eps: float = Field(1e-8, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if len(v) != 2 or not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {v}")
+        return v
+
+
+class ScheduleConfig(BaseModel):
+    model_config = _STRICT
+    type: Literal["warmup_cosine", "halve_at_mid", "constant"] = "constant"
+    epochs: Optional[float] = Field(None, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type != "constant" and self.epochs is None:
+            raise ValueError(f"schedule {self.type!r} needs 'epochs'")
+        if self.epochs is not None and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(BaseModel):
+    model_config = _STRICT
+    batch_size: int = Field(8, ge=1)
+    patch_size: Optional[int] = Field(128, ge=8)
+    iterations: Optional[int] = Field(None, ge=1, description="train by iterations instead of epochs")
+    grad_clip: Optional[float] = Field(None, gt=0, description="max global gradient norm")
+    ema: Optional[float] = Field(None, gt=0, lt=1, description="EMA decay of the weights (e.g. 0.999)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    workers: int = Field(0, ge=0)
+    seed: int = 0
+    tasks: Optional[Dict[str, int]] = Field(None, description="task -> repeat factor (all-in-one mixing)")
+    sigmas: Optional[List[float]] = Field(None, description="denoising levels of the all-in-one setting")
+
+
+def lr_factor(schedule: ScheduleConfig, epoch: float) -> float:
+    """Multiplier of the base learning rate at fractional epoch ``epoch``."""
+    if schedule.type == "constant":
+        return 1.0
+    total = float(schedule.epochs)
+    if schedule.type == "halve_at_mid":
+        return 0.5 if epoch >= total / 2 else 1.0
+    warm = float(schedule.warmup_epochs)
+    if warm > 0 and epoch < warm:
+        return epoch / warm
+    span = max(total - warm, 1e-12)
+    p = min(max((epoch - warm) / span, 0.0), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _errors(section: str, e: pydantic.ValidationError) -> List[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        where = f"{section}.{loc}" if loc else section
+        if err["type"] == "extra_forbidden":
+            out.append(f"{where}: unknown key (allowed: {', '.join(_MODELS[section].model_fields)})")
+        else:
+            out.append(f"{where}: {msg} (got {err.get('input')!r})")
+    return out
+
+
+_MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+
+
+def validate_sections(recipe: Dict[str, Any], include_loss: bool = False) -> List[str]:
+    """One-line errors ("path: message") in the ``optimizer``, ``schedule`` and ``train``
+    sections (and ``loss`` with ``include_loss``; the recipe validator checks that one itself)."""
+    errors: List[str] = []
+    if not isinstance(recipe, dict):
+        return [f"recipe: expected a mapping, got {type(recipe).__name__}"]
+    for name, model in _MODELS.items():
+        v = recipe.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            errors.append(f"{name}: expected a mapping, got {type(v).__name__}")
+            continue
+        try:
+            model.model_validate(v)
+        except pydantic.ValidationError as e:
+            errors += _errors(name, e)
+    if include_loss and recipe.get("loss") is not None:
+        from irblocks.losses import validate_loss_section
+        errors += validate_loss_section(recipe["loss"])
+    return errors
+
+
+def parse_sections(recipe: Dict[str, Any]):
+    """(OptimizerConfig, ScheduleConfig, TrainConfig) of a recipe (defaults where absent);
+    raises ValueError with the first problem."""
+    errs = validate_sections(recipe, include_loss=True)
+    if errs:
+        raise ValueError(errs[0] + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""))
+    return (OptimizerConfig.model_validate(recipe.get("optimizer") or {}),
+            ScheduleConfig.model_validate(recipe.get("schedule") or {}),
+            TrainConfig.model_validate(recipe.get("train") or {}))

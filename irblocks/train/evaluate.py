@@ -1,0 +1,144 @@
+"""Evaluation: per-task PSNR / SSIM of a model on paired or synthesized test data.
+
+Metrics follow :mod:`irblocks.train.metrics` (all-in-one convention by default:
+RGB, [0, 1], no border crop, skimage SSIM), computed per image on the whole
+image and averaged per task; "average" is the mean over tasks (the papers'
+"Avg" column). Images larger than ``tile`` go through tiled inference.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from irblocks.train.datasets import DataError, PairedFolder, SyntheticDataset, find_paired
+from irblocks.train.imageio import atomic_path
+from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
+from irblocks.train.tiling import tiled_forward
+
+__all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json"]
+
+
+def parse_data_arg(text: str) -> tuple[Optional[str], str]:
+    """"task=path" -> ("task", "path"); "path" -> (None, "path")."""
+    if "=" in text and not Path(text).exists():
+        name, path = text.split("=", 1)
+        return name.strip() or None, path.strip()
+    return None, text
+
+
+def skimage_images(names: Sequence[str] = ("astronaut", "coffee", "chelsea", "rocket")) -> List[torch.Tensor]:
+    """Natural RGB images that ship inside scikit-image (no download)."""
+    import skimage.data
+    out = []
+    for n in names:
+        a = getattr(skimage.data, n)()
+        out.append(torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: int = 0,
+                    patch_size: Optional[int] = None, augment: bool = False) -> Dict[str, Any]:
+    """task -> dataset from ``--data`` entries (``[task=]PATH``; PATH a paired layout, or clean
+    images when ``degrade`` is given; ``skimage`` names the images shipped with scikit-image)."""
+    if not data:
+        raise DataError("no data given: pass --data PATH (a paired folder, or clean images with --degrade SPEC)")
+    out: Dict[str, Any] = {}
+    for entry in data:
+        name, path = parse_data_arg(entry)
+        if path == "skimage":
+            if not degrade:
+                raise DataError("--data skimage needs --degrade SPEC (e.g. gaussian_noise:sigma=25)")
+            ds = SyntheticDataset(skimage_images(), degrade, patch_size, augment, task=name or "", seed=seed)
+            out[name or ds.task] = ds
+            continue
+        p = Path(path)
+        if not p.exists():
+            raise DataError(f"no such data folder: {p}")
+        if degrade:
+            ds = SyntheticDataset(p, degrade, patch_size, augment, task=name or "", seed=seed)
+            out[name or f"{p.name}/{ds.task}"] = ds
+            continue
+        try:
+            found = find_paired(p, patch_size=patch_size, augment=augment, seed=seed)
+        except DataError as e:
+            raise DataError(f"{e}; or pass --degrade SPEC to synthesize inputs from clean images") from None
+        for task, ds in found.items():
+            key = f"{name}/{task}" if name and len(found) > 1 else (name or task)
+            ds.task = key
+            out[key] = ds
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 512, overlap: int = 32,
+             device: str | torch.device = "cpu", ssim_mode: str = "uniform", y_channel: bool = False,
+             crop_border: int = 0, progress: bool = False, limit: Optional[int] = None) -> Dict[str, Any]:
+    """{"tasks": {task: {"psnr", "ssim", "input_psnr", "input_ssim", "images"}}, "average": {...}}."""
+    model = model.to(device).eval()
+    tasks: Dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for task, ds in datasets.items():
+        n = len(ds) if limit is None else min(len(ds), limit)
+        ps, ss, ips, iss = [], [], [], []
+        for i in range(n):
+            item = ds[i]
+            x, y = item["input"].unsqueeze(0).to(device), item["target"].unsqueeze(0).to(device)
+            pred = tiled_forward(model, x, tile, overlap).float().clamp(0, 1)
+            kw = dict(y_channel=y_channel, crop_border=crop_border)
+            ps.append(float(batch_psnr(pred, y, **kw)[0]))
+            ss.append(float(batch_ssim(pred, y, mode=ssim_mode, **kw)[0]))
+            ips.append(float(batch_psnr(x, y, **kw)[0]))
+            iss.append(float(batch_ssim(x, y, mode=ssim_mode, **kw)[0]))
+            if progress:
+                import sys
+                sys.stderr.write(f"\r{task}: {i + 1}/{n}")
+                sys.stderr.flush()
+        if progress:
+            import sys
+            sys.stderr.write("\n")
+        mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
+        tasks[task] = {"psnr": mean(ps), "ssim": mean(ss), "input_psnr": mean(ips), "input_ssim": mean(iss),
+                       "images": n}
+    avg = {k: sum(t[k] for t in tasks.values()) / len(tasks) for k in ("psnr", "ssim", "input_psnr", "input_ssim")} \
+        if tasks else {}
+    return {"tasks": tasks, "average": avg, "seconds": time.perf_counter() - t0,
+            "convention": {"ssim": ssim_mode, "y_channel": y_channel, "crop_border": crop_border,
+                           "range": "[0,1] clamped", "tile": tile, "overlap": overlap}}
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    rows = [("task", "images", "PSNR", "SSIM", "input PSNR", "input SSIM")]
+    for task, r in result["tasks"].items():
+        rows.append((task, str(r["images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
+                     f"{r['input_psnr']:.2f}", f"{r['input_ssim']:.4f}"))
+    if len(result["tasks"]) > 1:
+        a = result["average"]
+        rows.append(("average", "", f"{a['psnr']:.2f}", f"{a['ssim']:.4f}", f"{a['input_psnr']:.2f}",
+                     f"{a['input_ssim']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(result: Dict[str, Any], path: str | Path) -> Path:
+    def clean(v):
+        if isinstance(v, float):
+            return finite_or_none(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(result), indent=1))
+    return path

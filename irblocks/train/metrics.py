@@ -1,0 +1,131 @@
+"""PSNR and SSIM in the conventions of the all-in-one restoration papers.
+
+Default convention (``"aio"``: PromptIR / AirNet / AnyIR / ClearAIR test code):
+RGB, images in [0, 1] (clamped), no border crop, per image, then averaged over
+images. SSIM as ``skimage.metrics.structural_similarity(..., data_range=1,
+channel_axis=-1)`` computes it by default: 7x7 uniform window, sample
+covariance (N / (N - 1)), K1 = 0.01, K2 = 0.03, mean over the valid region
+(the (win-1)/2 border, where the window would leave the image, is excluded),
+averaged over channels.
+
+Options:
+
+* ``ssim_mode="gaussian"``: BasicSR's SSIM: 11x11 Gaussian window (sigma 1.5),
+  population covariance, valid region; the same as skimage with
+  ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``.
+* ``y_channel=True``: both metrics on the ITU-R BT.601 luma that BasicSR uses
+  (Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255, range [16/255, 235/255]).
+* ``crop_border``: crop this many pixels from every side first (BasicSR's
+  super-resolution habit; 0 in the all-in-one papers).
+
+BasicSR additionally quantises to uint8 before measuring (``tensor2img``);
+pass ``quantize=True`` for that.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["psnr", "ssim", "rgb_to_y", "prepare", "batch_psnr", "batch_ssim"]
+
+SSIMMode = Literal["uniform", "gaussian"]
+
+
+def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) BT.601 luma in [16/255, 235/255] (BasicSR's Y)."""
+    if x.shape[1] != 3:
+        raise ValueError(f"rgb_to_y: expected 3 channels (RGB), got {x.shape[1]}")
+    w = torch.tensor([65.481, 128.553, 24.966], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (16.0 + (x * w).sum(1, keepdim=True)) / 255.0
+
+
+def _as4d(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:
+        return x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"metrics: expected C x H x W or B x C x H x W images, got shape {tuple(x.shape)}")
+    return x
+
+
+def prepare(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop_border: int = 0,
+            quantize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamp to [0, 1], optionally quantise to 1/255, crop the border, convert to Y; float64."""
+    pred, target = _as4d(pred), _as4d(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"metrics: prediction and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    p = pred.detach().double().clamp(0, 1)
+    t = target.detach().double().clamp(0, 1)
+    if quantize:
+        p, t = torch.round(p * 255) / 255, torch.round(t * 255) / 255
+    if crop_border:
+        c = int(crop_border)
+        p, t = p[..., c:-c, c:-c], t[..., c:-c, c:-c]
+    if y_channel:
+        p, t = rgb_to_y(p), rgb_to_y(t)
+    return p, t
+
+
+def batch_psnr(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop_border: int = 0,
+               quantize: bool = False) -> torch.Tensor:
+    """PSNR in dB per image, shape (B,) (data range 1; inf for identical images)."""
+    p, t = prepare(pred, target, y_channel, crop_border, quantize)
+    mse = (p - t).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop_border: int = 0,
+         quantize: bool = False) -> float:
+    """PSNR (dB) averaged over the images of a batch (or of one C x H x W image)."""
+    return float(batch_psnr(pred, target, y_channel, crop_border, quantize).mean())
+
+
+def _window(mode: str, dtype, device):
+    if mode == "uniform":
+        k = 7
+        g = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
+        return g, k * k
+    if mode == "gaussian":
+        k, sigma = 11, 1.5
+        x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+        g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+        return (g / g.sum()).to(dtype=dtype, device=device), None
+    raise ValueError(f"ssim: mode must be 'uniform' (scikit-image default) or 'gaussian' (BasicSR), got {mode!r}")
+
+
+def _filt(x, g):
+    c, k = x.shape[1], g.numel()
+    x = F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+
+
+def batch_ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform", y_channel: bool = False,
+               crop_border: int = 0, quantize: bool = False) -> torch.Tensor:
+    """SSIM per image, shape (B,) (see the module docstring for the conventions)."""
+    p, t = prepare(pred, target, y_channel, crop_border, quantize)
+    g, n = _window(mode, p.dtype, p.device)
+    k = g.numel()
+    if min(p.shape[-2:]) < k:
+        raise ValueError(f"ssim: images must be at least {k}x{k} for the {mode} window, "
+                         f"got {p.shape[-2]}x{p.shape[-1]}")
+    cov = n / (n - 1) if n else 1.0          # sample covariance (skimage default) or population
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = _filt(p, g), _filt(t, g)
+    vx = cov * (_filt(p * p, g) - mx * mx)
+    vy = cov * (_filt(t * t, g) - my * my)
+    vxy = cov * (_filt(p * t, g) - mx * my)
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(2, 3)).mean(1)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform", y_channel: bool = False,
+         crop_border: int = 0, quantize: bool = False) -> float:
+    """SSIM averaged over the images of a batch (or of one C x H x W image)."""
+    return float(batch_ssim(pred, target, mode, y_channel, crop_border, quantize).mean())
+
+
+def finite_or_none(v: float) -> float | None:
+    """JSON-friendly: inf/nan -> None."""
+    return v if math.isfinite(v) else None
