@@ -1,0 +1,70 @@
+"""FSB (constant input, weight properties), DWT/IDWT modules (pytorch-wavelets oracle, odd
+sizes, other wavelets) and DAFMM shape/identity properties."""
+import pytest
+import torch
+from pytorch_wavelets import DWTForward, DWTInverse
+
+from irblocks.clusir import DWT, IDWT, FrequencySelfMining
+
+
+def test_fsb_constant_input_low_equals_input_high_zero():
+    fsb = FrequencySelfMining(8, kernel_size=3, groups=4)
+    for hw in [(5, 7), (1, 1), (1, 6), (2, 2)]:
+        x = torch.full((2, 8, *hw), 0.0) + torch.arange(8.0).view(1, 8, 1, 1) * 0.37 - 1.1
+        low, high = fsb.decompose(x)
+        torch.testing.assert_close(low, x, atol=1e-6, rtol=1e-6)
+        assert high.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("k,groups", [(3, 4), (5, 2), (3, 8)])
+def test_fsb_weights_nonnegative_and_sum_to_one(k, groups):
+    fsb = FrequencySelfMining(8, kernel_size=k, groups=groups)
+    with torch.no_grad():
+        fsb.weight_proj.weight.mul_(50)     # peaky softmax still sums to one
+    w = fsb.filter_weights(torch.randn(3, 8, 6, 6) * 4)
+    assert w.shape == (3, groups, k, k)
+    assert (w >= 0).all()
+    torch.testing.assert_close(w.sum(dim=(-2, -1)), torch.ones(3, groups))
+
+
+def test_fsb_is_a_low_pass_on_noise():
+    fsb = FrequencySelfMining(8)
+    x = torch.randn(1, 8, 32, 32)
+    low, high = fsb.decompose(x)
+    torch.testing.assert_close(low + high, x)
+    assert low.var() < x.var()
+
+
+def _oracle(x):
+    yl, yh = DWTForward(J=1, wave="haar", mode="zero")(x)
+    return torch.cat([yl, yh[0].transpose(1, 2).flatten(1, 2)], dim=1)
+
+
+@pytest.mark.parametrize("hw", [(6, 8), (5, 7), (1, 4), (3, 1)])
+def test_dwt_matches_pytorch_wavelets_and_inverts(hw):
+    x = torch.randn(2, 3, *hw)
+    y = DWT()(x)
+    torch.testing.assert_close(y, _oracle(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(IDWT()(y, hw), x, atol=1e-6, rtol=1e-6)
+
+
+def test_idwt_matches_pytorch_wavelets_inverse():
+    y = torch.randn(1, 12, 3, 4)
+    yl, yh = y[:, :3], y[:, 3:].unflatten(1, (3, 3)).transpose(1, 2)
+    ref = DWTInverse(wave="haar", mode="zero")((yl, [yh.contiguous()]))
+    torch.testing.assert_close(IDWT()(y), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_other_wavelets_use_pytorch_wavelets():
+    x = torch.randn(1, 2, 9, 10)
+    dwt, idwt = DWT("db2"), IDWT("db2")
+    y = dwt(x)
+    assert y.shape[1] == 8
+    torch.testing.assert_close(idwt(y, (9, 10)), x, atol=1e-5, rtol=1e-5)
+
+
+def test_dwt_keeps_float32_and_channels_last():
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    y = DWT()(x)
+    assert y.dtype == torch.float32
+    assert y.is_contiguous(memory_format=torch.channels_last)
