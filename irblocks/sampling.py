@@ -17,6 +17,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, 3, padding=1, bias=bias)
 
+    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor]:
+        return (torch.randn(batch, self.proj.in_channels, height, width),)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
 
