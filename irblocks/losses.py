@@ -422,5 +422,7 @@ def validate_loss_section(section: Any) -> List[str]:
             if e.__class__.__name__ == "ValidationError":
                 err = e.errors()[0]
                 msg = f"loss[{i}].{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            if not msg.startswith(f"loss[{i}]"):
+                msg = f"loss[{i}]: {msg}"
             errors.append(msg)
     return errors

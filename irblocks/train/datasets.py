@@ -306,5 +306,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, seed: int =
                 rank: int = 0, world: int = 1, start_step: int = 0, steps: Optional[int] = None) -> DataLoader:
     """A DataLoader over :class:`EpochBatchSampler` batches (see its doc)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world, start_step, steps)
+    # a private generator: creating the iterator must not draw from torch's global RNG (that
+    # would shift the random stream of the losses between a resumed and an uninterrupted run)
+    gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      persistent_workers=False, pin_memory=torch.cuda.is_available(), generator=gen)
