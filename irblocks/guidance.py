@@ -20,7 +20,7 @@ from torch import nn
 __all__ = ["Guidance", "GuidanceError", "GuidedBlock", "call", "check_wiring"]
 
 
-class GuidanceError(RuntimeError):
+class GuidanceError(ValueError):
     """A guidance field read before any producer wrote it, or a wiring error."""
 
 

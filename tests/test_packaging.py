@@ -1,0 +1,30 @@
+"""Packaging: one import namespace mapped from the design card's folders, recipes as package data."""
+import importlib
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_is_listed_in_pyproject():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    mapping = cfg["package-dir"]
+    found = set()
+    for pkg, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            if "__pycache__" in rel.parts:
+                continue
+            name = ".".join([pkg, *rel.parts]) if rel.parts else pkg
+            if not any(name.startswith(p + ".") for p in mapping if p != pkg and p.startswith(pkg + ".")):
+                found.add(name)
+    assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
+
+
+def test_namespace_and_recipes_are_package_data():
+    for mod in ("irblocks", "irblocks.registry", "irblocks.kernels", "irblocks.recipes"):
+        importlib.import_module(mod)
+    yamls = [f.name for f in resources.files("irblocks.recipes").iterdir() if f.name.endswith(".yaml")]
+    assert "restormer.yaml" in yamls and "promptir.yaml" in yamls
