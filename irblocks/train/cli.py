@@ -60,7 +60,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
     p.add_argument("--json", default=None, help="write the results here (default <checkpoint>.eval.json)")
     p.add_argument("--tile", type=int, default=512, help="tile size for large images (0: never tile)")
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default min(32, tile/4))")
     p.add_argument("--ssim", choices=("uniform", "gaussian"), default="uniform",
                    help="uniform: scikit-image default (the all-in-one papers); gaussian: BasicSR")
     p.add_argument("--y-channel", action="store_true", help="measure on the BT.601 Y channel")
@@ -75,7 +75,7 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (or file name for one input file)")
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
     p.add_argument("--tile", type=int, default=512, help="tile size for large images (0: never tile)")
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default min(32, tile/4))")
     p.add_argument("--no-overwrite", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
@@ -91,6 +91,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--patch-size", type=int, default=48)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+
+def _overlap(args) -> int:
+    if args.overlap is not None:
+        return args.overlap
+    return min(32, (args.tile or 0) // 4)
 
 
 def _parse_sets(items):
@@ -161,7 +167,7 @@ def cmd_eval(args) -> int:
     from irblocks.train.trainer import load_model
     datasets = build_eval_data(args.data, args.degrade, seed=args.seed or 0)
     model = load_model(args.checkpoint, recipe=args.recipe, device=args.device)
-    res = evaluate(model, datasets, tile=args.tile or None, overlap=args.overlap, device=args.device,
+    res = evaluate(model, datasets, tile=args.tile or None, overlap=_overlap(args), device=args.device,
                    ssim_mode=args.ssim, y_channel=args.y_channel, crop_border=args.crop_border,
                    progress=sys.stderr.isatty(), limit=args.limit)
     res["checkpoint"] = str(args.checkpoint)
@@ -178,7 +184,7 @@ def cmd_restore(args) -> int:
     from irblocks.train.trainer import load_model
     collect_inputs(args.inputs)          # bad inputs fail before the model is loaded
     model = load_model(args.checkpoint, recipe=args.recipe, device=args.device)
-    written = restore_files(model, args.inputs, args.out, tile=args.tile or None, overlap=args.overlap,
+    written = restore_files(model, args.inputs, args.out, tile=args.tile or None, overlap=_overlap(args),
                             device=args.device, progress=not args.quiet, overwrite=not args.no_overwrite)
     if not args.quiet:
         print(f"restored {len(written)} image(s) into {Path(args.out)}")
