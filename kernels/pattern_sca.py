@@ -23,8 +23,9 @@ Three pieces live here:
   have different P) and the per-pixel pattern index.
 * :func:`pattern_attention` -- the functional entry point the SCA block calls:
   softmax(q k^T * scale + bias) v of N pixel queries over P tokens per batch item,
-  forward and backward. Reference: ``scaled_dot_product_attention`` with the bias as
-  a float mask (no N x P matrix on the fused CPU path); Triton: a flash-style
+  forward and backward. Reference: matmul + softmax on the N x P logits (small: P is
+  the number of patterns), ``scaled_dot_product_attention`` with the bias as a float
+  mask when they would exceed 2^24 elements; Triton: a flash-style
   forward (online softmax over token blocks, saves the log-sum-exp), a dq kernel
   and a dk/dv kernel that reduces over pixel chunks into a partial buffer
   (deterministic, no atomics).
@@ -38,12 +39,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import _dispatch
 from ._dispatch import block_size, empty, select, triton_available
 
 __all__ = ["membership_codes", "membership_codes_reference", "pattern_tokens",
            "pattern_attention", "pattern_attention_reference", "COMPILE_SPECS", "MAX_CODE_BITS"]
 
 MAX_CODE_BITS = 62
+REFERENCE_MAX_LOGITS = 1 << 24
 
 
 # =========================================================================== references
@@ -59,9 +62,16 @@ def membership_codes_reference(masks: torch.Tensor) -> torch.Tensor:
 
 def pattern_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                 bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B, h, N, d), k/v (B, h, P, d), bias (B, P) -> (B, h, N, d)."""
+    """q (B, h, N, d), k/v (B, h, P, d), bias (B, P) -> (B, h, N, d).
+
+    Plain matmul + softmax (FlopCounterMode and torch.compile see through it) while the
+    B x h x N x P logits stay below ``REFERENCE_MAX_LOGITS`` elements; beyond that
+    (pathological masks with thousands of patterns) ``scaled_dot_product_attention`` with
+    the bias as a float mask, which does not materialise them on the fused CPU path."""
     mask = bias[:, None, None, :].to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > REFERENCE_MAX_LOGITS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return ((q @ k.transpose(-2, -1)) * scale + mask).softmax(-1) @ v
 
 
 # =========================================================================== triton
@@ -119,14 +129,14 @@ if triton_available():
             vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
                          mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)      # (P, D)
             bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
-            s = tl.dot(q, kt) * scale + bias[None, :]
+            s = tl.dot(q, kt, input_precision="ieee") * scale + bias[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # rows whose every logit so far is -inf keep m = -inf; guard the exp
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             pexp = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(pexp, 1)
-            acc = acc * alpha[:, None] + tl.dot(pexp, vv)
+            acc = acc * alpha[:, None] + tl.dot(pexp, vv, input_precision="ieee")
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(o_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], out,
@@ -161,11 +171,11 @@ if triton_available():
             vt = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[None, :] * s_vp + offs_d[:, None] * s_vd,
                          mask=vp[None, :] & vd[:, None], other=0.0).to(tl.float32)      # (D, P)
             bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
-            s = tl.dot(q, tl.trans(kk)) * scale + bias[None, :]
+            s = tl.dot(q, tl.trans(kk), input_precision="ieee") * scale + bias[None, :]
             p = tl.exp(s - lse[:, None])
-            dp = tl.dot(do, vt)
+            dp = tl.dot(do, vt, input_precision="ieee")
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds, kk)
+            dq += tl.dot(ds, kk, input_precision="ieee")
         tl.store(dq_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq * scale, mask=m2)
 
     @triton.jit
@@ -202,13 +212,13 @@ if triton_available():
             do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
             lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=float("inf"))
             delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
-            s = tl.dot(q, tl.trans(kk)) * scale + bias[None, :]                          # (N, P)
+            s = tl.dot(q, tl.trans(kk), input_precision="ieee") * scale + bias[None, :]   # (N, P)
             p = tl.exp(s - lse[:, None])
             p = tl.where(vn[:, None], p, 0.0)
-            dv += tl.dot(tl.trans(p), do)
-            dp = tl.dot(do, tl.trans(vv))
+            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
+            dp = tl.dot(do, tl.trans(vv), input_precision="ieee")
             ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds), q)
+            dk += tl.dot(tl.trans(ds), q, input_precision="ieee")
         # partial buffers are (n_chunks, B * heads, P, D)
         out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_d[None, :]
         tl.store(dk_ptr + out_off, dk * scale, mask=mp)
@@ -270,6 +280,56 @@ def _flops_attention(q_shape, k_shape) -> int:
 
 
 if triton_available():
+    @torch.library.custom_op("irblocks::pattern_codes", mutates_args=())
+    def _codes_op(masks: torch.Tensor) -> torch.Tensor:
+        b, k, h, w = masks.shape
+        # integer output: under tests fill with -1 (codes are >= 0) instead of NaN
+        out = torch.empty(b, h * w, device=masks.device, dtype=torch.int64)
+        if _dispatch.OUTPUT_FILL[0] is not None:
+            out.fill_(-1)
+        bn = block_size(gpu=1024, interpreter=64)
+        # (B, K, H, W) with any strides: index pixels through a (B, K, H*W) view when possible
+        m = masks if masks.stride(2) == w * masks.stride(3) else masks.contiguous()
+        _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1), m.stride(3),
+                                                   BLOCK_N=bn)
+        return out
+
+    @_codes_op.register_fake
+    def _(masks):
+        return masks.new_empty(masks.shape[0], masks.shape[2] * masks.shape[3], dtype=torch.int64)
+
+    @torch.library.custom_op("irblocks::pattern_segment_sum", mutates_args=())
+    def _segment_sum_op(src: torch.Tensor, inverse: torch.Tensor, num_patterns: int) -> torch.Tensor:
+        """(B, C, H, W), (B, H*W) pattern index -> (B, P, C) per-pattern feature sums."""
+        b, c, h, w = src.shape
+        n = h * w
+        flat = src.permute(0, 2, 3, 1)
+        if flat.stride(1) != w * flat.stride(2):
+            flat = flat.contiguous()
+        flat = flat.reshape(b, n, c)
+        sums = torch.zeros(b, num_patterns, c, device=src.device, dtype=torch.float32)
+        bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
+        _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
+            flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
+        return sums.to(src.dtype)
+
+    @_segment_sum_op.register_fake
+    def _(src, inverse, num_patterns):
+        return src.new_empty(src.shape[0], num_patterns, src.shape[1])
+
+    def _segsum_setup(ctx, inputs, output):
+        src, inverse, _ = inputs
+        ctx.save_for_backward(inverse)
+        ctx.shape = src.shape
+
+    def _segsum_backward(ctx, dsums):
+        (inverse,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        g = torch.gather(dsums, 1, inverse.unsqueeze(-1).expand(b, h * w, c))      # (B, N, C)
+        return g.view(b, h, w, c).permute(0, 3, 1, 2), None, None
+
+    _segment_sum_op.register_autograd(_segsum_backward, setup_context=_segsum_setup)
+
     @torch.library.custom_op("irblocks::pattern_attention", mutates_args=())
     def _pattern_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,6 +375,14 @@ if triton_available():
         @register_flop_formula(torch.ops.irblocks.pattern_attention_bwd)
         def _flop_bwd(q_shape, k_shape, *args, **kwargs) -> int:
             return 2 * _flops_attention(q_shape, k_shape)    # dq, dk, dv, dp: twice the forward
+
+        @register_flop_formula(torch.ops.irblocks.pattern_codes)
+        def _flop_codes(*args, **kwargs) -> int:
+            return 0                                         # bit packing: no multiply-adds
+
+        @register_flop_formula(torch.ops.irblocks.pattern_segment_sum)
+        def _flop_segsum(*args, **kwargs) -> int:
+            return 0                                         # a scatter-add reduction
     except Exception:  # pragma: no cover - older torch
         pass
 
@@ -325,14 +393,10 @@ def membership_codes(masks: torch.Tensor, impl: str | None = None) -> torch.Tens
     b, k, h, w = masks.shape
     if k > MAX_CODE_BITS:
         raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
-    if select(impl, masks) == "reference" or k == 0:
+    if select(impl, masks) == "reference" or k == 0 or h * w == 0:
         return membership_codes_reference(masks)
-    m = masks if masks.dtype != torch.bool else masks.to(torch.uint8)
-    m = m.reshape(b, k, h * w)
-    out = empty(b, h * w, like=m, dtype=torch.int64)
-    bn = block_size(gpu=1024, interpreter=64)
-    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, *m.stride(), BLOCK_N=bn)
-    return out
+    m = masks.to(torch.uint8) if masks.dtype == torch.bool else masks
+    return _codes_op(m)
 
 
 def _unique_patterns(masks: torch.Tensor, impl: str | None):
@@ -387,13 +451,8 @@ def pattern_tokens(masks: torch.Tensor, src: torch.Tensor, impl: str | None = No
         counts[i, : cnt.numel()] = cnt.to(src.dtype)
         memb[i, : mb.shape[0]] = mb.to(src.dtype)
     flat = src.permute(0, 2, 3, 1).reshape(b, n, c)   # a view for channels_last input
-    if select(impl, src) == "triton" and src.device.type != "meta" and not torch.is_grad_enabled():
-        sums = torch.zeros(b, pmax, c, device=src.device, dtype=torch.float32)
-        bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
-        inv32 = inverse.contiguous()
-        _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
-            flat, inv32, sums, n, c, pmax, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
-        sums = sums.to(src.dtype)
+    if select(impl, src) == "triton":
+        sums = _segment_sum_op(src, inverse, pmax)
     else:
         idx = (inverse + torch.arange(b, device=src.device).view(b, 1) * pmax).reshape(-1)
         sums = torch.zeros(b * pmax, c, device=src.device, dtype=src.dtype).index_add(
@@ -443,14 +502,15 @@ if triton_available():
                  **{f"s_{t}{a}": "i32" for t in "qkv" for a in ("b", "h", "n" if t == "q" else "p", "d")},
                  "s_bb": "i32", "s_bp": "i32",
                  "BLOCK_N": "constexpr", "BLOCK_P": "constexpr", "BLOCK_D": "constexpr"}
-    _gpu = {"BLOCK_N": 64, "BLOCK_P": 32, "BLOCK_D": 32}
-    COMPILE_SPECS.append((_attn_fwd_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
-                                             "o_ptr": _F, "lse_ptr": _F, **_attn_sig}, _gpu))
-    COMPILE_SPECS.append((_attn_bwd_dq_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
-                                                "do_ptr": _F, "lse_ptr": _F, "delta_ptr": _F, "dq_ptr": _F,
-                                                **_attn_sig}, _gpu))
     _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
              "delta_ptr": _F, "dk_ptr": _F, "dv_ptr": _F, "N": "i32", "P": "i32", "HEADS": "i32",
              "D": "i32", "scale": "fp32", "CHUNK": "i32"}
     _dkdv.update({k: v for k, v in _attn_sig.items() if k.startswith("s_") or k.startswith("BLOCK")})
-    COMPILE_SPECS.append((_attn_bwd_dkdv_kernel, _dkdv, _gpu))
+    for _bd in (16, 32, 64, 128):   # head dims 12 / 24 / 48 / 96 of ClearAIR's 4-head SCA
+        _gpu = {"BLOCK_N": 64, "BLOCK_P": 32, "BLOCK_D": _bd}
+        COMPILE_SPECS.append((_attn_fwd_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
+                                                 "o_ptr": _F, "lse_ptr": _F, **_attn_sig}, _gpu))
+        COMPILE_SPECS.append((_attn_bwd_dq_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
+                                                    "do_ptr": _F, "lse_ptr": _F, "delta_ptr": _F, "dq_ptr": _F,
+                                                    **_attn_sig}, _gpu))
+        COMPILE_SPECS.append((_attn_bwd_dkdv_kernel, _dkdv, _gpu))

@@ -1,0 +1,172 @@
+"""Kernel 8: pattern-token semantic cross-attention (irblocks.kernels.pattern_sca).
+
+Triton (interpreter, float32) vs reference: membership codes (exact), per-pattern
+feature sums (forward and grad, every layout), attention forward and ALL backward
+grads (dq, dk, dv) on odd/1-pixel/batch-1-and-3 shapes, padded (-inf) tokens,
+non-contiguous queries. float32 tolerance: atol = rtol = 1e-4 (online softmax and
+split-N dk/dv partial sums reorder the reductions: observed ~1e-6). float64
+gradcheck on the reference. The SCA block gives the same output and grads through
+both paths. float16 is not tested in the interpreter (the kernels compute in float32).
+"""
+import math
+
+import pytest
+import torch
+
+import kutil
+from irblocks.guidance import Guidance
+from irblocks.kernels import pattern_sca as ps
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+# (B, heads, N, P, d)
+ATTN_SHAPES = [(1, 2, 35, 5, 12), (3, 1, 9, 1, 8), (1, 4, 1, 3, 6), (3, 2, 13, 17, 24), (1, 1, 70, 40, 16)]
+
+
+def _attn_inputs(shape, q_layout="contiguous", seed=0):
+    b, h, n, p, d = shape
+    g = torch.Generator().manual_seed(seed)
+    if q_layout == "contiguous":
+        q = torch.randn(b, h, n, d, generator=g)
+    else:   # the SCA block's view: (B, N, h, d) transposed -> non-contiguous
+        q = torch.randn(b, n, h, d, generator=g).transpose(1, 2)
+    k = torch.randn(b, h, p, d, generator=g)
+    v = torch.randn(b, h, p, d, generator=g)
+    bias = torch.rand(b, p, generator=g) * 4
+    if p > 1:
+        bias[0, -1] = -math.inf          # a padding slot
+    return q, k, v, bias
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("q_layout", ["contiguous", "transposed"])
+def test_attention_triton_matches_reference(shape, q_layout, triton_interp):
+    q, k, v, bias = _attn_inputs(shape, q_layout)
+    scale = shape[-1] ** -0.5
+    res = {}
+    for impl in ("reference", "triton"):
+        fn = lambda q_, k_, v_: ps.pattern_attention(q_, k_, v_, bias, scale, impl=impl)  # noqa: E731
+        res[impl] = kutil.grads(fn, [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()])
+    out_r, g_r = res["reference"]
+    out_t, g_t = res["triton"]
+    kutil.assert_close(out_t, out_r, msg="out", **TOL)
+    for name, a, b in zip(("dq", "dk", "dv"), g_t, g_r):
+        kutil.assert_close(a, b, msg=name, **TOL)
+
+
+def test_attention_reference_gradcheck():
+    q, k, v, bias = _attn_inputs((1, 2, 6, 3, 4))
+    args = [t.double().requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b_, c: ps.pattern_attention_reference(a, b_, c, bias.double(), 0.5),
+                                    args)
+
+
+def test_attention_bad_shapes():
+    q, k, v, bias = _attn_inputs((1, 2, 6, 3, 4))
+    with pytest.raises(ValueError, match="expected q"):
+        ps.pattern_attention(q, k, v[:, :, :2], bias, 0.5)
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 62])
+def test_membership_codes(k, triton_interp):
+    m = torch.rand(2, k, 7, 5) < 0.4
+    ref = ps.membership_codes_reference(m)
+    torch.testing.assert_close(ps.membership_codes(m, impl="triton"), ref)
+    torch.testing.assert_close(ps.membership_codes(m.float(), impl="triton"), ref)
+    if k:
+        torch.testing.assert_close(ps.membership_codes(m.transpose(2, 3), impl="triton"),
+                                   ps.membership_codes_reference(m.transpose(2, 3)))
+    with pytest.raises(ValueError, match="at most 62"):
+        ps.membership_codes(torch.zeros(1, 63, 2, 2))
+
+
+@pytest.mark.parametrize("shape,layout", kutil.cases())
+def test_pattern_tokens_triton_matches_reference(shape, layout, triton_interp):
+    b, h, w = shape
+    c = 6
+    masks = torch.rand(b, 4, h, w) < 0.4
+    src = kutil.make(b, c, h, w, layout, requires_grad=True)
+    res = {}
+    for impl in ("reference", "triton"):
+        def fn(s, impl=impl):
+            tok, bias, inv = ps.pattern_tokens(masks, s, impl=impl)
+            res[impl + "_bias"], res[impl + "_inv"] = bias, inv
+            return tok
+        res[impl] = kutil.grads(fn, [src])
+    kutil.assert_close(res["triton"][0], res["reference"][0], msg="tokens", **TOL)
+    kutil.assert_close(res["triton"][1][0], res["reference"][1][0], msg="dsrc", **TOL)
+    torch.testing.assert_close(res["triton_bias"], res["reference_bias"])
+    torch.testing.assert_close(res["triton_inv"], res["reference_inv"])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_sca_block_same_through_both_paths(layout, triton_interp, monkeypatch):
+    from irblocks.registry import build
+    torch.manual_seed(0)
+    blk = build("semantic_cross_attention", "block", dim=8).eval()
+    masks = (torch.rand(2, 3, 10, 14) < 0.5).float()
+    x = kutil.make(2, 8, 5, 7, layout, requires_grad=True)
+    res = {}
+    for impl in ("reference", "triton"):
+        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
+        blk.zero_grad()
+        out, (dx,) = kutil.grads(lambda t: blk(t, Guidance({"prior.masks": masks})), [x])
+        res[impl] = (out, dx, [p.grad.clone() for p in blk.parameters()])
+    kutil.assert_close(res["triton"][0], res["reference"][0], msg="out", **TOL)
+    kutil.assert_close(res["triton"][1], res["reference"][1], msg="dx", **TOL)
+    kutil.assert_close(res["triton"][2], res["reference"][2], msg="param grads", **TOL)
+
+
+def test_opcheck(triton_interp):
+    q, k, v, bias = _attn_inputs((1, 2, 9, 3, 8))
+    torch.library.opcheck(torch.ops.irblocks.pattern_attention.default,
+                          (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias, 0.35),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    src = torch.randn(2, 3, 4, 5, requires_grad=True)
+    inv = torch.randint(0, 3, (2, 20))
+    torch.library.opcheck(torch.ops.irblocks.pattern_segment_sum.default, (src, inv, 3),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_flop_formula(triton_interp):
+    from torch.utils.flop_counter import FlopCounterMode
+    q, k, v, bias = _attn_inputs((2, 2, 9, 3, 8))
+    for impl in ("reference", "triton"):
+        with FlopCounterMode(display=False) as fc:
+            ps.pattern_attention(q, k, v, bias, 0.35, impl=impl)
+        assert fc.get_total_flops() == 2 * 2 * 2 * 2 * 9 * 3 * 8, impl
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+import os
+from irblocks.kernels.pattern_sca import COMPILE_SPECS
+assert len(COMPILE_SPECS) == 14
+specs = COMPILE_SPECS if os.environ.get("IRBLOCKS_FULL_COMPILE") == "1" else \
+    [s for s in COMPILE_SPECS if s[2].get("BLOCK_D") == 64]
+for fn, sig, const in specs:
+    assert set(const) <= set(sig)
+    src = triton.compiler.ASTSource(fn=fn, signature=sig,
+                                    constexprs={(list(sig).index(k),): v for k, v in const.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    assert k.metadata.shared <= 228 * 1024, (fn.fn.__name__, k.metadata.shared)
+print("OK", len(specs))
+"""
+
+
+@pytest.mark.slow
+def test_compile_sm90():
+    """Real sm_90 code for the attention kernels at head-dim block 64 (all 14 COMPILE_SPECS
+    entries with IRBLOCKS_FULL_COMPILE=1, ~2 min on this CPU); run in a subprocess because
+    jit functions are interpreter objects once TRITON_INTERPRET=1 is set."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0 and "ptxas" in r.stderr.lower():
+        pytest.skip("sm_90 toolchain (ptxas) unavailable")
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
