@@ -9,7 +9,8 @@ branch ``alpha`` (B, A, H, W) and the learnable temperature ``tau`` (C values)::
                                                                   # along channels, cut to A
 
 Paths:
-* reference: ``torch.var_mean`` (one pass), an index_select for the tiling and
+* reference: mean, then the centred variance (two passes; ``torch.var_mean``
+  over H, W is several times slower on CPU), an index_select for the tiling and
   one ``addcmul`` (plain torch; torch.compile / FlopCounterMode see through it);
 * triton: one program per (b, c) plane computes the statistics (two sweeps over
   the plane for a numerically safe variance) and then scales every alpha plane
@@ -46,8 +47,10 @@ def gated_da_modulate_reference(f: torch.Tensor, alpha: torch.Tensor, tau: torch
                                 eps: float = 1e-6) -> torch.Tensor:
     b, c = f.shape[:2]
     a = alpha.shape[1]
-    var, mu = torch.var_mean(f, dim=(2, 3), unbiased=False)           # (B, C) each
-    tau_adj = tau.reshape(1, c) * torch.sigmoid(mu + torch.sqrt(var + eps))
+    # two-pass mean / centred variance: torch.var_mean over (H, W) is ~6x slower on CPU
+    mu = f.mean(dim=(2, 3), keepdim=True)
+    var = (f - mu).square().mean(dim=(2, 3))
+    tau_adj = tau.reshape(1, c) * torch.sigmoid(mu.reshape(b, c) + torch.sqrt(var + eps))
     if a != c:
         idx = torch.arange(a, device=f.device) % c
         tau_adj = tau_adj.index_select(1, idx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from irblocks.errors import InputError, check_feature
@@ -86,12 +87,18 @@ class GatedDegradationAdaptation(nn.Module):
                              f"got B x H x W = {b} x {h} x {w} (in a U-Net the latent is H/8 x W/8: train "
                              f"with inputs of at least 16x16, a batch > 1, or norm='layer'/'group')")
         f = self.norm(x)
-        gamma, beta, alpha = self.w_exp(f).split(self.splits, dim=1)
-        alpha = self.w_depth(alpha)
         if self.execution == "official":
-            alpha = gated_da_modulate_naive(f, alpha, self.tau, self.eps)
+            gamma, beta, alpha = self.w_exp(f).split(self.splits, dim=1)
+            alpha = gated_da_modulate_naive(f, self.w_depth(alpha), self.tau, self.eps)
             return self.w_proj(torch.sigmoid(gamma) * self.w_gate(torch.cat([beta, alpha], dim=1)) + x)
-        alpha = gated_da_modulate(f, alpha, self.tau, self.eps)
+        # W_exp as three 1x1 convs over row blocks of its weight: same MACs, but gamma, beta and
+        # alpha come out dense (channel slices of a channels_last tensor make every later
+        # element-wise op several times slower on CPU)
+        w, bias = self.w_exp.weight, self.w_exp.bias
+        ends = (self.splits[0], self.splits[0] + self.splits[1], w.shape[0])
+        gamma, beta, alpha = (F.conv2d(f, w[s:e], None if bias is None else bias[s:e])
+                              for s, e in zip((0,) + ends[:2], ends))
+        alpha = gated_da_modulate(f, self.w_depth(alpha), self.tau, self.eps)
         gated = torch.addcmul(x, torch.sigmoid(gamma), self.w_gate(torch.cat([beta, alpha], dim=1)))
         return self.w_proj(gated)
 
