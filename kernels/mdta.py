@@ -13,12 +13,15 @@ Implementations
   ``out = A v`` tile by tile. Backward pass 1: ``dA = dout v^T`` (same gram kernel);
   d x d algebra in torch (softmax backward, temperature grad, the normalisation's
   projection terms, which reduce to row/column sums of ``dG * Gn`` so no extra pass);
-  pass 2 ``_bwd_apply_kernel`` writes ``dq = Mq k + aq * q``, ``dk = Mk q + ak * k``,
-  ``dv = A^T dout`` in one go. Inputs are read through their strides (NCHW,
+  pass 2: ``_bwd_apply_kernel`` writes ``dq = Mq k + aq * q`` and ``dk = Mk q + ak * k``
+  (reads q, k once) and ``_apply_kernel`` writes ``dv = A^T dout``. Inputs are read through their strides (NCHW,
   channels_last, chunk views), outputs follow the input's memory format.
-  ``tl.dot`` always sees tiles with M, N, K >= 16 (d is padded to >= 16 and masked), in
-  float32 with ``input_precision="ieee"`` (no TF32: matches the reference to ~1e-6).
-  Heads with d > 128 take the reference path (the d x d tiles would spill registers).
+  ``tl.dot`` always sees tiles with M, N, K >= 16 (d is padded to >= 16 and masked); inputs
+  are upcast to float32 and multiplied with ``input_precision="tf32x3"`` on the GPU (tensor
+  cores, float32-level accuracy; plain TF32 would be ~1e-3) -- the interpreter multiplies in
+  float32. Tile sizes per head dim are in ``_GPU_TILES`` (zero spills on sm_90).
+  Heads with d > 64 take the reference path (at d = 128 the backward's d x d tiles spill
+  registers on sm_90); the Restormer family uses d = 48 at every level.
   Custom ops ``irblocks::channel_attention`` / ``irblocks::channel_attention_backward``
   with fake impls, autograd and FLOP formulas counting the matmuls like aten's
   (forward: 2 matmuls of 2*B*heads*d*d*N flops each; backward: 4).
@@ -33,7 +36,7 @@ from ._dispatch import block_size, empty, interpreting, select, triton_available
 
 __all__ = ["channel_attention", "channel_attention_reference", "COMPILE_SPECS", "MAX_TRITON_HEAD_DIM"]
 
-MAX_TRITON_HEAD_DIM = 128
+MAX_TRITON_HEAD_DIM = 64
 _EPS = 1e-12  # F.normalize's clamp
 
 
@@ -76,7 +79,8 @@ if triton_available():
     @triton.jit
     def _gram_kernel(X, Y, G, SX, SY, d, heads, N, Wd, N_PER_SPLIT, n_split,
                      sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                     NORMS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                     NORMS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PREC: tl.constexpr):
         """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row sum-squares."""
         bh = tl.program_id(0)
         sp = tl.program_id(1)
@@ -98,7 +102,7 @@ if triton_available():
             ww = n % Wd
             x = tl.load(xrow[:, None] + (hh * sxh + ww * sxw)[None, :], mask=m, other=0.0).to(tl.float32)
             y = tl.load(yrow[:, None] + (hh * syh + ww * syw)[None, :], mask=m, other=0.0).to(tl.float32)
-            acc += tl.dot(x, tl.trans(y), input_precision="ieee")
+            acc += tl.dot(x, tl.trans(y), input_precision=PREC)
             if NORMS:
                 sqx += tl.sum(x * x, axis=1)
                 sqy += tl.sum(y * y, axis=1)
@@ -117,7 +121,7 @@ if triton_available():
 
     @triton.jit
     def _apply_kernel(A, V, O, d, heads, N, Wd, svb, svc, svh, svw, sob, soc, soh, sow,
-                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         """O[:, tile] = A @ V[:, tile] for one (batch, head) and one tile of N."""
         bh = tl.program_id(0)
         b = bh // heads
@@ -130,16 +134,16 @@ if triton_available():
         a = _load_dd(A, bh, d, BLOCK_D)
         v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None] + (hh * svh + ww * svw)[None, :],
                     mask=m, other=0.0).to(tl.float32)
-        o = tl.dot(a, v, input_precision="ieee")
+        o = tl.dot(a, v, input_precision=PREC)
         tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + (hh * soh + ww * sow)[None, :],
                  o.to(O.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _bwd_apply_kernel(Q, K, DO, MQ, AQ, MK, AK, AT, DQ, DK, DV, d, heads, N, Wd,
-                          sqb, sqc, sqh, sqw, skb, skc, skh, skw, sdb, sdc, sdh, sdw,
-                          s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, s3b, s3c, s3h, s3w,
-                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """dq = Mq k + aq*q, dk = Mk q + ak*k, dv = A^T dout on one tile of N."""
+    def _bwd_apply_kernel(Q, K, MQ, AQ, MK, AK, DQ, DK, d, heads, N, Wd,
+                          sqb, sqc, sqh, sqw, skb, skc, skh, skw,
+                          s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+        """dq = Mq k + aq*q, dk = Mk q + ak*k on one tile of N (dv = A^T dout is _apply_kernel)."""
         bh = tl.program_id(0)
         b = bh // heads
         hd = bh % heads
@@ -152,29 +156,29 @@ if triton_available():
         ww = n % Wd
         q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + (hh * sqh + ww * sqw)[None, :], mask=m, other=0.0)
         k = tl.load(K + b * skb + (ch * skc)[:, None] + (hh * skh + ww * skw)[None, :], mask=m, other=0.0)
-        do = tl.load(DO + b * sdb + (ch * sdc)[:, None] + (hh * sdh + ww * sdw)[None, :], mask=m, other=0.0)
         q = q.to(tl.float32)
         k = k.to(tl.float32)
-        do = do.to(tl.float32)
         aq = tl.load(AQ + bh * d + i, mask=im, other=0.0)
         ak = tl.load(AK + bh * d + i, mask=im, other=0.0)
-        dq = tl.dot(_load_dd(MQ, bh, d, BLOCK_D), k, input_precision="ieee") + aq[:, None] * q
+        dq = tl.dot(_load_dd(MQ, bh, d, BLOCK_D), k, input_precision=PREC) + aq[:, None] * q
         tl.store(DQ + b * s1b + (ch * s1c)[:, None] + (hh * s1h + ww * s1w)[None, :],
                  dq.to(DQ.dtype.element_ty), mask=m)
-        dk = tl.dot(_load_dd(MK, bh, d, BLOCK_D), q, input_precision="ieee") + ak[:, None] * k
+        dk = tl.dot(_load_dd(MK, bh, d, BLOCK_D), q, input_precision=PREC) + ak[:, None] * k
         tl.store(DK + b * s2b + (ch * s2c)[:, None] + (hh * s2h + ww * s2w)[None, :],
                  dk.to(DK.dtype.element_ty), mask=m)
-        dv = tl.dot(_load_dd(AT, bh, d, BLOCK_D), do, input_precision="ieee")
-        tl.store(DV + b * s3b + (ch * s3c)[:, None] + (hh * s3h + ww * s3w)[None, :],
-                 dv.to(DV.dtype.element_ty), mask=m)
+
+    # GPU tiles per padded head dim, checked for zero register spills on sm_90 by
+    # tests/kernels/test_compile_sm90.py: (gram BLOCK_N, apply BLOCK_N, backward BLOCK_N, num_warps)
+    _GPU_TILES = {16: (32, 64, 64, 4), 32: (32, 64, 64, 4), 64: (32, 64, 32, 8)}
+    # tf32x3 = tensor cores with a split-float correction: float32-level accuracy (~1e-6 rel.);
+    # the interpreter ignores the precision and multiplies in float32.
+    _GPU_PREC = "tf32x3"
 
     def _cfg(d: int):
         block_d = max(16, triton.next_power_of_2(d))
-        gram_n = block_size(gpu=64 if block_d <= 64 else 32, interpreter=16)
-        apply_n = block_size(gpu=64 if block_d <= 64 else 32, interpreter=16)
-        bwd_n = block_size(gpu=32 if block_d <= 64 else 16, interpreter=16)
-        warps = 4 if block_d <= 64 else 8
-        return block_d, gram_n, apply_n, bwd_n, warps
+        gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
+        return (block_d, block_size(gpu=gram_n, interpreter=16), block_size(gpu=apply_n, interpreter=16),
+                block_size(gpu=bwd_n, interpreter=16), warps)
 
     def _splits(bh: int, n: int, block_n: int, x: torch.Tensor) -> tuple[int, int]:
         tiles = triton.cdiv(n, block_n)
@@ -194,7 +198,8 @@ if triton_available():
         sx = empty(bh, n_split, d, like=x, dtype=torch.float32)
         sy = empty(bh, n_split, d, like=x, dtype=torch.float32)
         _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(), *y.stride(),
-                                    NORMS=norms, BLOCK_D=block_d, BLOCK_N=gram_n, num_warps=warps)
+                                    NORMS=norms, BLOCK_D=block_d, BLOCK_N=gram_n, PREC=_GPU_PREC,
+                                    num_warps=warps)
         g = g.sum(1).view(b, heads, d, d)
         if not norms:
             return g
@@ -211,7 +216,8 @@ if triton_available():
         attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
         block_d, _, apply_n, _, warps = _cfg(d)
         _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(), *out.stride(),
-                                                     BLOCK_D=block_d, BLOCK_N=apply_n, num_warps=warps)
+                                                     BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
+                                                     num_warps=warps)
         return out, gn, nq, nk
 
     def _bwd_triton(dout, q, k, v, t, gn, nq, nk, heads):
@@ -231,35 +237,37 @@ if triton_available():
         mk = mq.transpose(-1, -2).contiguous()
         at = attn.transpose(-1, -2).contiguous()
         dq, dk, dv = _like(q), _like(k), _like(v)
-        block_d, _, _, bwd_n, warps = _cfg(d)
+        block_d, _, apply_n, bwd_n, warps = _cfg(d)
         _bwd_apply_kernel[(bh, triton.cdiv(n, bwd_n))](
-            q, k, dout, mq, aq, mk, ak, at, dq, dk, dv, d, heads, n, w,
-            *q.stride(), *k.stride(), *dout.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
-            BLOCK_D=block_d, BLOCK_N=bwd_n, num_warps=warps)
+            q, k, mq, aq, mk, ak, dq, dk, d, heads, n, w, *q.stride(), *k.stride(), *dq.stride(), *dk.stride(),
+            BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC, num_warps=warps)
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](at, dout, dv, d, heads, n, w, *dout.stride(), *dv.stride(),
+                                                     BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
+                                                     num_warps=warps)
         return dq, dk, dv, dt
 
     def _specs():
         i4 = lambda pre: {f"s{pre}{a}": "i32" for a in "bchw"}  # noqa: E731
         specs = []
-        for bd in (64, 128):
-            block_d, gram_n, apply_n, bwd_n, warps = bd, 64 if bd <= 64 else 32, 64 if bd <= 64 else 32, \
-                32 if bd <= 64 else 16, 4 if bd <= 64 else 8
+        for block_d in (16, 32, 64):
+            gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
+            opts = {"num_warps": warps}
             for norms in (True, False):
                 specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32",
                                              "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
                                              "N_PER_SPLIT": "i32", "n_split": "i32", **i4("x"), **i4("y"),
-                                             "NORMS": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
-                              {"NORMS": norms, "BLOCK_D": block_d, "BLOCK_N": gram_n}, {"num_warps": warps}))
+                                             "NORMS": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
+                                             "PREC": "constexpr"},
+                              {"NORMS": norms, "BLOCK_D": block_d, "BLOCK_N": gram_n, "PREC": _GPU_PREC}, opts))
             specs.append((_apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
                                           "N": "i32", "Wd": "i32", **i4("v"), **i4("o"),
-                                          "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
-                          {"BLOCK_D": block_d, "BLOCK_N": apply_n}, {"num_warps": warps}))
-            specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "DO", "MQ", "AQ", "MK", "AK", "AT",
-                                                                      "DQ", "DK", "DV")},
+                                          "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr"},
+                          {"BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": _GPU_PREC}, opts))
+            specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
                                               "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
-                                              **i4("q"), **i4("k"), **i4("d"), **i4("1"), **i4("2"), **i4("3"),
-                                              "BLOCK_D": "constexpr", "BLOCK_N": "constexpr"},
-                          {"BLOCK_D": block_d, "BLOCK_N": bwd_n}, {"num_warps": warps}))
+                                              **i4("q"), **i4("k"), **i4("1"), **i4("2"),
+                                              "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr"},
+                          {"BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": _GPU_PREC}, opts))
         return specs
 
     COMPILE_SPECS = _specs()
