@@ -61,5 +61,11 @@ class SpatialFrequencyFusion(nn.Module):
     def forward(self, att: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return self.project_out(self.fuse(att, gate))
 
+    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random (att, gate) inputs of the right shapes (used by generic block tests)."""
+        p = self.lam
+        return (torch.randn(batch, self.dim // 2, height, width, device=p.device, dtype=p.dtype),
+                torch.randn(batch, self.dim // 2, height, width, device=p.device, dtype=p.dtype))
+
     def extra_repr(self) -> str:
         return f"{self.dim}, frequency={self.frequency}"

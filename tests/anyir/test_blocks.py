@@ -196,3 +196,20 @@ def test_gated_da_and_fusion_compile_aot_eager():
     fus = SpatialFrequencyFusion(dim=6)
     a, g = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
     torch.testing.assert_close(torch.compile(fus, backend="aot_eager")(a, g), fus(a, g))
+
+
+def test_skip_split_and_mixer_compile_aot_eager():
+    x = torch.randn(1, 8, 5, 6)
+    sp = SkipSplit(dim=8)
+    a, b = torch.compile(sp, backend="aot_eager")(x)
+    torch.testing.assert_close(sp.merge(a, b), x)
+    mix = registry.build("degradation_adaptation", "block", dim=8, heads=2).eval()
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(mix, backend="aot_eager")(xc), mix(xc), atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_example_inputs():
+    blk = SpatialFrequencyFusion(dim=6)
+    a, g = blk.example_inputs(batch=2, height=3, width=5)
+    assert a.shape == g.shape == (2, 3, 3, 5) and blk(a, g).shape == (2, 6, 3, 5)
