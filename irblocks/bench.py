@@ -1,0 +1,71 @@
+"""``irblocks bench``: run the micro/model benchmarks and write a JSON record.
+
+    irblocks bench                      # all of tests/benchmarks -> bench-results.json
+    irblocks bench -k layernorm --out ln.json
+    irblocks bench -- --benchmark-min-rounds=10   # extra pytest arguments after --
+
+Runs ``pytest <tests>/benchmarks --benchmark-only --benchmark-json=<out>`` in a subprocess
+(benchmarks live in the source checkout, not in the installed package). The per-group medians
+and speed-ups over the papers' naive formulations are printed at the end and also written to
+``bench-summary.json`` (see tests/benchmarks/conftest.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["main", "find_benchmarks"]
+
+
+def find_benchmarks(start: str | os.PathLike | None = None) -> Path | None:
+    """tests/benchmarks of the source checkout: from ``start``/cwd upwards, then next to this package."""
+    candidates = []
+    here = Path(start or os.getcwd()).resolve()
+    candidates += [p / "tests" / "benchmarks" for p in (here, *here.parents)]
+    candidates.append(Path(__file__).resolve().parents[1] / "tests" / "benchmarks")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="irblocks bench", description="Run irblocks benchmarks (pytest-benchmark).")
+    p.add_argument("--out", default="bench-results.json", help="pytest-benchmark JSON output (default %(default)s)")
+    p.add_argument("-k", dest="keyword", default=None, help="only benchmarks matching this pytest -k expression")
+    p.add_argument("--tests", default=None, help="benchmark folder (default: tests/benchmarks of the checkout)")
+    p.add_argument("--summary", default=None, help="summary JSON path (default bench-summary.json)")
+    a = p.parse_args(argv)
+    folder = Path(a.tests) if a.tests else find_benchmarks()
+    if folder is None or not folder.is_dir():
+        print("irblocks bench: no tests/benchmarks folder found (benchmarks ship with the source checkout); "
+              "run from the repository or pass --tests PATH", file=sys.stderr)
+        return 2
+    try:
+        import pytest_benchmark  # noqa: F401
+    except ImportError:
+        print("irblocks bench: pytest-benchmark is not installed (pip install 'irblocks[dev]')", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "pytest", str(folder), "--benchmark-only", f"--benchmark-json={a.out}",
+           "-p", "no:cacheprovider", "-q"]
+    if a.keyword:
+        cmd += ["-k", a.keyword]
+    cmd += extra
+    env = dict(os.environ)
+    if a.summary:
+        env["IRBLOCKS_BENCH_SUMMARY"] = a.summary
+    rootdir = folder.resolve().parents[1]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env, cwd=str(rootdir) if (rootdir / "pyproject.toml").exists() else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Channel LayerNorm: Restormer's to_3d/to_4d formulation on NCHW (naive) vs our reference
+(F.layer_norm on the channels-last view of a channels_last input) vs torch.compile of the
+reference vs Triton (CUDA only; the interpreter is not a speed path).
+
+``pytest tests/benchmarks/test_bench_layernorm.py --benchmark-only``
+Bytes read + written (float32, E = B*C*H*W*4): fused (reference / Triton, one pass) 2E;
+naive 10E (mean, var, x-mu, /sqrt, *w, +b: 6 full reads, 4 full writes).
+"""
+import pytest
+import torch
+from einops import rearrange
+
+from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SIZES = [(1, 48, 128, 128), (1, 48, 256, 256)]
+
+
+def naive_restormer(x, weight, bias, eps=1e-5):
+    """Restormer's WithBias_LayerNorm wrapped in to_3d / to_4d, on an NCHW tensor."""
+    h, w = x.shape[-2:]
+    t = rearrange(x, "b c h w -> b (h w) c")
+    mu = t.mean(-1, keepdim=True)
+    sigma = t.var(-1, keepdim=True, unbiased=False)
+    t = (t - mu) / torch.sqrt(sigma + eps) * weight + bias
+    return rearrange(t, "b (h w) c -> b c h w", h=h, w=w)
+
+
+def bytes_moved(shape, itemsize=4):
+    e = shape[0] * shape[1] * shape[2] * shape[3] * itemsize
+    return {"bytes_fused": 2 * e, "bytes_unfused": 10 * e}
+
+
+def _impls():
+    out = [("naive_restormer_nchw", naive_restormer), ("reference_channels_last", channel_layer_norm_reference),
+           ("compiled_reference", "compile")]
+    if DEV == "cuda":
+        out.append(("triton", lambda x, w, b: channel_layer_norm(x, w, b, impl="triton")))
+    return out
+
+
+def _inputs(shape, name, grad=False):
+    x = torch.randn(shape, device=DEV)
+    if name != "naive_restormer_nchw":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.rand(shape[1], device=DEV) + 0.5
+    b = torch.randn(shape[1], device=DEV)
+    return x.requires_grad_(grad), w.requires_grad_(grad), b.requires_grad_(grad)
+
+
+def _fn(fn, args):
+    if fn != "compile":
+        return fn
+    try:
+        c = torch.compile(channel_layer_norm_reference)
+        c(*args)
+        return c
+    except Exception as e:  # no C++ toolchain, unsupported backend...
+        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+
+
+def _report(benchmark, shape):
+    bm = bytes_moved(shape)
+    benchmark.extra_info.update(bm)
+    print(f"\nlayernorm {shape}: bytes read+written fused {bm['bytes_fused'] / 1e6:.1f} MB, "
+          f"unfused (naive) {bm['bytes_unfused'] / 1e6:.1f} MB")
+
+
+@pytest.mark.parametrize("shape", SIZES, ids=["x".join(map(str, s)) for s in SIZES])
+@pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])
+def test_forward(benchmark, name, fn, shape):
+    benchmark.group = f"layernorm {'x'.join(map(str, shape))}"
+    args = _inputs(shape, name)
+    fn = _fn(fn, args)
+    _report(benchmark, shape)
+    with torch.no_grad():
+        benchmark(fn, *args)
+
+
+@pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])
+def test_forward_backward(benchmark, name, fn):
+    shape = SIZES[0]
+    benchmark.group = f"layernorm forward+backward {'x'.join(map(str, shape))}"
+    args = _inputs(shape, name, grad=True)
+    fn = _fn(fn, args)
+    go = torch.randn(shape, device=DEV)
+    benchmark(lambda: torch.autograd.grad(fn(*args), args, go))
