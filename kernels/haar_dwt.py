@@ -24,6 +24,7 @@ registrations and a FLOP formula of 0 (elementwise).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _dispatch
 from ._dispatch import select
@@ -54,18 +55,26 @@ def haar_dwt_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def haar_idwt_reference(y: torch.Tensor) -> torch.Tensor:
-    """(B, 4C, h, w) = [LL | LH | HL | HH] -> (B, C, 2h, 2w); the inverse (and adjoint) of haar_dwt."""
+    """(B, 4C, h, w) = [LL | LH | HL | HH] -> (B, C, 2h, 2w); the inverse (and adjoint) of haar_dwt.
+
+    NCHW: the four butterfly outputs are stacked per channel and placed by
+    ``pixel_shuffle``; channels_last: stacked along the row/column parity axes of
+    the (B, h, 2, w, 2, C) layout, which is the channels_last output itself.
+    """
     b_, c4, h, w = y.shape
     c = c4 // 4
+    if _fmt(y) == torch.channels_last:
+        t = y.permute(0, 2, 3, 1).reshape(b_, h, w, 4, c) * 0.5     # a view before the scale
+        ll, lh, hl, hh = t.unbind(3)
+        s1, s2, d1, d2 = ll + lh, ll - lh, hl + hh, hl - hh
+        top = torch.stack([s1 + d1, s1 - d1], dim=3)                # B h w 2 C
+        bot = torch.stack([s2 + d2, s2 - d2], dim=3)
+        out = torch.stack([top, bot], dim=2)                        # B h 2 w 2 C
+        return out.view(b_, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
     ll, lh, hl, hh = y[:, :c], y[:, c:2 * c], y[:, 2 * c:3 * c], y[:, 3 * c:]
-    s1, s2 = ll + lh, ll - lh          # (a+b), (c+d) times 1 (the 1/2 comes below)
-    d1, d2 = hl + hh, hl - hh          # (a-b), (c-d)
-    a, bb, cc, dd = s1 + d1, s1 - d1, s2 + d2, s2 - d2
-    # (B, C, h, 2, w, 2) -> (B, C, 2h, 2w)
-    top = torch.stack([a, bb], dim=-1)          # B C h w 2
-    bot = torch.stack([cc, dd], dim=-1)
-    out = torch.stack([top, bot], dim=3)        # B C h 2 w 2
-    return (out.reshape(b_, c, 2 * h, 2 * w) * 0.5).contiguous(memory_format=_fmt(y))
+    s1, s2, d1, d2 = ll + lh, ll - lh, hl + hh, hl - hh             # (a+b), (c+d), (a-b), (c-d)
+    st = torch.stack([s1 + d1, s1 - d1, s2 + d2, s2 - d2], dim=2).reshape(b_, 4 * c, h, w)
+    return F.pixel_shuffle(st, 2) * 0.5
 
 
 # ----------------------------------------------------------------------------- triton
