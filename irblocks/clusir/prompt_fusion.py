@@ -15,7 +15,7 @@ from irblocks.registry import BlockSpec, Context, build, register
 __all__ = ["PromptFusion"]
 
 
-@register("block", "clusir_prompt_fusion", aliases=("prompt_fusion", "multiscale_prompt_fusion"))
+@register("block", "clusir_prompt_fusion", aliases=("multiscale_prompt_fusion",))
 class PromptFusion(GuidedBlock):
     """Fuses the encoder's stage prompts with the latent by multi-head cross-attention.
 

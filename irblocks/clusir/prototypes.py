@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.aux import record_aux_loss
+from irblocks.errors import InputError
 from irblocks.registry import Context, register
 
 __all__ = ["PrototypeBank"]
@@ -22,7 +23,8 @@ class PrototypeBank(nn.Module):
     33.06 dB orthogonal vs 32.84 dB random). Initialisation is skipped on the meta
     device (no data there).
 
-    ``forward()`` returns the normalised prototypes (count, dim) and records the
+    ``forward()`` returns the normalised prototypes (count, dim) (``forward(x)``: the
+    cosine similarity of x to each prototype, per row or per pixel) and records the
     auxiliary loss ``orthogonality`` = ``weight`` * mean over pairs i != j of
     cos(c_i, c_j)^2 (the near-orthogonality penalty; 0 when ``weight`` = 0 or
     count = 1). ``penalty()`` returns the unweighted penalty.
@@ -69,11 +71,20 @@ class PrototypeBank(nn.Module):
         off = gram - torch.diag_embed(torch.diagonal(gram))
         return off.pow(2).sum() / (k * (k - 1))
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """No input: the normalised prototypes (count, dim). With x: its cosine similarity to
+        each prototype -- (B, dim) -> (B, count); (B, dim, H, W) -> (B, count, H, W)."""
         c = self.normalized()
         if self.weight > 0 and self.count > 1:
             record_aux_loss(self, "orthogonality", self.weight * self.penalty())
-        return c
+        if x is None:
+            return c
+        if x.dim() == 2:
+            return F.normalize(x, dim=-1) @ c.t()
+        if x.dim() == 4 and x.shape[1] == self.dim:
+            return torch.einsum("bdhw,kd->bkhw", F.normalize(x, dim=1), c)
+        raise InputError(f"prototype_bank: expected B x {self.dim} or B x {self.dim} x H x W, "
+                         f"got shape {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return f"count={self.count}, dim={self.dim}, init={self.init!r}, weight={self.weight}"
