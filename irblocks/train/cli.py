@@ -89,6 +89,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=48)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: the cores not already busy, at least 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -142,6 +144,9 @@ def cmd_train(args) -> int:
         raise ValueError(f"--repeat names unknown task {unknown[0]!r}; tasks are {', '.join(datasets)}")
     data = AllInOne(list(datasets.values()), [reps.get(t, 1) for t in datasets])
     out = args.out or str(Path("runs") / Path(str(args.recipe)).stem)
+    if args.resume is None and (Path(out) / "train_state.json").exists():
+        raise ValueError(f"{out} already holds a training run; continue it with --resume {out} "
+                         "or choose another folder with -o")
     trainer = Trainer(args.recipe, data, out_dir=out, steps=args.steps, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers, ema=args.ema,
                       grad_clip=args.grad_clip, amp=args.amp, model_overrides=overrides,
@@ -194,7 +199,7 @@ def cmd_restore(args) -> int:
 def cmd_demo(args) -> int:
     from irblocks.train.demo import run_demo
     r = run_demo(args.out, seconds=args.seconds, steps=args.steps, sigma=args.sigma, seed=args.seed,
-                 batch_size=args.batch_size, patch_size=args.patch_size, quiet=args.quiet)
+                 batch_size=args.batch_size, patch_size=args.patch_size, quiet=args.quiet, threads=args.threads)
     print(f"held-out image '{r['held_out']}' at sigma {r['sigma']:g}: noisy {r['psnr_noisy']:.2f} dB -> "
           f"restored {r['psnr_restored']:.2f} dB (gain {r['gain']:+.2f} dB, SSIM {r['ssim_noisy']:.3f} -> "
           f"{r['ssim_restored']:.3f}) after {r['steps']} steps, {r['seconds']:.0f} s in total")

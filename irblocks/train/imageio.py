@@ -110,7 +110,8 @@ def write_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
         raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix!r} (use one of {', '.join(IMAGE_EXTS)})")
     arr = to_uint8(img)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(tmp, format=fmt)
+        kw = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(tmp, format=fmt, **kw)
     return path
 
 

@@ -145,8 +145,10 @@ def _dist_info() -> tuple[int, int, int]:
 class _Progress:
     """A one-line progress bar on a terminal (log lines otherwise)."""
 
-    def __init__(self, total: int, start: int, enabled: bool, every: int, stream=None):
+    def __init__(self, total: int, start: int, enabled: bool, every: int, stream=None,
+                 time_budget: Optional[float] = None):
         self.total, self.start, self.enabled, self.every = total, start, enabled, max(1, every)
+        self.time_budget = time_budget
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
@@ -163,8 +165,13 @@ class _Progress:
         its, ips = done / dt, self.images / dt
         eta = (self.total - step) / its if its > 0 else 0
         frac = step / max(self.total, 1)
+        head = f"step {step}/{self.total}"
+        if self.time_budget:
+            frac = max(frac, min(dt / self.time_budget, 1.0))
+            eta = max(0.0, min(eta, self.time_budget - dt))
+            head = f"step {step}"
         bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
-        line = (f"step {step}/{self.total} [{bar}] loss {loss:.4f} lr {lr:.2e} | {its:.2f} it/s "
+        line = (f"{head} [{bar}] loss {loss:.4f} lr {lr:.2e} | {its:.2f} it/s "
                 f"{ips:.1f} img/s | eta {int(eta) // 60}:{int(eta) % 60:02d}")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if step == self.total else ""))
@@ -190,6 +197,7 @@ class Trainer:
         progress: show the progress bar / log lines. log_every: log period (non-tty).
         device: "cpu", "cuda", ... (default: cuda if available, else cpu).
         time_budget: stop (and checkpoint) after this many seconds.
+        schedule_by_time: with a time budget, run the learning-rate schedule over the budget.
     """
 
     def __init__(self, recipe: Any, data, out_dir: Optional[str | os.PathLike] = None,
@@ -198,7 +206,7 @@ class Trainer:
                  ema: Optional[float] = None, grad_clip: Optional[float] = None, amp: Optional[str] = None,
                  model_overrides: Optional[dict] = None, save_every: int = 0, resume: Optional[str] = None,
                  progress: bool = True, log_every: int = 10, device: Optional[str] = None,
-                 time_budget: Optional[float] = None):
+                 time_budget: Optional[float] = None, schedule_by_time: bool = False):
         self.rank, self.world, local = _dist_info()
         if device is None:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -244,7 +252,7 @@ class Trainer:
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.save_every, self.progress, self.log_every = int(save_every), progress, log_every
-        self.time_budget = time_budget
+        self.time_budget, self.schedule_by_time, self._t0 = time_budget, schedule_by_time, None
         self.step = 0
         self.stop_after = None
         if resume is not None and steps is None and epochs is None:
@@ -300,10 +308,15 @@ class Trainer:
         return None, False
 
     def lr_at(self, step: int) -> float:
-        """Learning rate used for optimizer step ``step`` (0-based)."""
+        """Learning rate used for optimizer step ``step`` (0-based).
+
+        With ``schedule_by_time`` (time-budgeted runs such as the demo) the schedule
+        follows the elapsed fraction of the time budget instead of the step count."""
         span = float(self.sched_cfg.epochs) if self.sched_cfg.epochs else 1.0
-        epoch = (step + 1) / self.total_steps * span
-        return self.opt_cfg.lr * lr_factor(self.sched_cfg, epoch)
+        frac = (step + 1) / self.total_steps
+        if self.schedule_by_time and self.time_budget and self._t0 is not None:
+            frac = max(frac, (time.perf_counter() - self._t0) / self.time_budget)
+        return self.opt_cfg.lr * lr_factor(self.sched_cfg, min(frac, 1.0) * span)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Dict[str, Any]) -> tuple[float, Dict[str, float]]:
@@ -351,8 +364,9 @@ class Trainer:
         self.model.train()
         loader = make_loader(self.data, self.train_cfg.batch_size, self.train_cfg.workers, self.train_cfg.seed,
                              True, self.rank, self.world, start_step=self.step, steps=self.total_steps)
-        bar = _Progress(self.total_steps, self.step, self.progress and self.rank == 0, self.log_every)
-        t0 = time.perf_counter()
+        bar = _Progress(self.total_steps, self.step, self.progress and self.rank == 0, self.log_every,
+                        time_budget=self.time_budget)
+        t0 = self._t0 = time.perf_counter()
         loss = float("nan")
         stopped_early = False
         for batch in loader:

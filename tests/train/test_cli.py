@@ -137,6 +137,8 @@ def test_bad_arguments(run, tmp_path, capsys):
     _one_error_line(capsys, rc, "Did you mean")
     rc = main(["restore", str(tmp_path / "nothing"), str(data / "input"), "-o", str(tmp_path / "o")])
     _one_error_line(capsys, rc, "nothing")
+    rc = main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "1", "-o", str(out)])
+    _one_error_line(capsys, rc, "already holds a training run", "--resume")
 
 
 def test_demo_tiny_budget(tmp_path, capsys):

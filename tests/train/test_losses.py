@@ -125,7 +125,7 @@ def test_composite_from_recipe_section_and_aux():
     assert set(parts) == {"l1", "fft", "charbonnier", "aux"}
     exp = parts["l1"] + 0.1 * parts["fft"] + 0.5 * parts["charbonnier"] + parts["aux"]
     assert torch.allclose(total.detach(), exp)
-    assert parts["aux"] == pytest.approx(float(y.mean() ** 2))
+    assert parts["aux"] == pytest.approx(float(y.detach().mean() ** 2))
     total.backward()
     assert net.conv.weight.grad is not None
     # explicit aux weight; aux 0 switches it off

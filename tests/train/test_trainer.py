@@ -135,3 +135,13 @@ def test_recipe_check_uses_sections(tmp_path):
     p.write_text(yaml.safe_dump(r))
     problems = irblocks.api.check_recipe(str(p))
     assert any("batch_sizee" in str(pr) for pr in problems)
+
+
+def test_bf16_autocast_on_cpu_and_fp16_refused(data):
+    t = Trainer(tiny_recipe(), data, steps=1, amp="bf16", progress=False, device="cpu")
+    assert t.amp_dtype == torch.bfloat16
+    s = t.fit()
+    assert math.isfinite(s["loss"])
+    with pytest.raises(TrainError, match="fp16 needs a CUDA device"):
+        Trainer(tiny_recipe(), data, steps=1, amp="fp16", progress=False, device="cpu")
+    assert Trainer(tiny_recipe(), data, steps=1, progress=False, device="cpu").amp_dtype is None
