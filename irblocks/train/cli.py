@@ -12,13 +12,14 @@ from pathlib import Path
 
 __all__ = ["add_parsers"]
 
-_DATA_HELP = ("[TASK=]PATH: a folder with a paired layout (input/target, degraded/clean, lq/gt, rainy/gt, "
-              "hazy/clear, low/high ...; searched recursively, one task per pair), or clean images with "
-              "--degrade; 'skimage' = the images shipped with scikit-image. Repeatable.")
+_DATA_HELP = ("[TASK=]PATH[@DEGRADATION]: a folder with a paired layout (input/target, degraded/clean, lq/gt, "
+              "rainy/gt, hazy/clear, low/high ...; searched recursively, one task per pair), or clean images "
+              "degraded on the fly (PATH@gaussian_noise:sigma=25, or --degrade for all entries); 'skimage' = "
+              "the images shipped with scikit-image. Repeatable: several entries make an all-in-one mix.")
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH", help=_DATA_HELP)
+    p.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH[@DEG]", help=_DATA_HELP)
     p.add_argument("--degrade", default=None, metavar="SPEC",
                    help="synthesize inputs from clean images: a degradation name with options, "
                         "e.g. gaussian_noise:sigma=25, haze, rain, low_light, cdd11:combo=low_haze_rain")

@@ -23,12 +23,17 @@ from irblocks.train.tiling import tiled_forward
 __all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json"]
 
 
-def parse_data_arg(text: str) -> tuple[Optional[str], str]:
-    """"task=path" -> ("task", "path"); "path" -> (None, "path")."""
+def parse_data_arg(text: str) -> tuple[Optional[str], str, Optional[str]]:
+    """"[task=]path[@degradation]" -> (task or None, path, degradation spec or None)."""
+    name, spec = None, None
     if "=" in text and not Path(text).exists():
-        name, path = text.split("=", 1)
-        return name.strip() or None, path.strip()
-    return None, text
+        head, rest = text.split("=", 1)
+        if "/" not in head and ":" not in head and "@" not in head:
+            name, text = head.strip() or None, rest.strip()
+    if "@" in text and not Path(text).exists():
+        text, spec = text.split("@", 1)
+        spec = spec.strip() or None
+    return name, text, spec
 
 
 def skimage_images(names: Sequence[str] = ("astronaut", "coffee", "chelsea", "rocket")) -> List[torch.Tensor]:
@@ -43,24 +48,27 @@ def skimage_images(names: Sequence[str] = ("astronaut", "coffee", "chelsea", "ro
 
 def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: int = 0,
                     patch_size: Optional[int] = None, augment: bool = False) -> Dict[str, Any]:
-    """task -> dataset from ``--data`` entries (``[task=]PATH``; PATH a paired layout, or clean
-    images when ``degrade`` is given; ``skimage`` names the images shipped with scikit-image)."""
+    """task -> dataset from ``--data`` entries ``[task=]PATH[@DEGRADATION]``: PATH a paired layout,
+    or clean images degraded on the fly by the entry's DEGRADATION (else ``degrade``);
+    ``skimage`` names the images shipped with scikit-image."""
     if not data:
         raise DataError("no data given: pass --data PATH (a paired folder, or clean images with --degrade SPEC)")
     out: Dict[str, Any] = {}
     for entry in data:
-        name, path = parse_data_arg(entry)
+        name, path, own = parse_data_arg(entry)
+        deg = own or degrade
         if path == "skimage":
-            if not degrade:
-                raise DataError("--data skimage needs --degrade SPEC (e.g. gaussian_noise:sigma=25)")
-            ds = SyntheticDataset(skimage_images(), degrade, patch_size, augment, task=name or "", seed=seed)
+            if not deg:
+                raise DataError("--data skimage needs a degradation: skimage@gaussian_noise:sigma=25 "
+                                "or --degrade SPEC")
+            ds = SyntheticDataset(skimage_images(), deg, patch_size, augment, task=name or "", seed=seed)
             out[name or ds.task] = ds
             continue
         p = Path(path)
         if not p.exists():
             raise DataError(f"no such data folder: {p}")
-        if degrade:
-            ds = SyntheticDataset(p, degrade, patch_size, augment, task=name or "", seed=seed)
+        if deg:
+            ds = SyntheticDataset(p, deg, patch_size, augment, task=name or "", seed=seed)
             out[name or f"{p.name}/{ds.task}"] = ds
             continue
         try:

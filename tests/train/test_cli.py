@@ -61,6 +61,12 @@ def test_eval_paired_and_synthetic(run, capsys, tmp_path):
                  "--degrade", "gaussian_noise:sigma=25", "--tile", "32", "--overlap", "8"]) == 0
     assert "noise25" in capsys.readouterr().out
     assert (out / "last.eval.json").is_file()
+    # per-entry degradations: an all-in-one style table with an average row
+    assert main(["eval", str(out), "--data", f"n15={data / 'target'}@gaussian_noise:sigma=15",
+                 "--data", f"haze={data / 'target'}@haze", "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "n15" in text and "haze" in text and "average" in text
+    assert set(json.loads(js.read_text())["tasks"]) == {"n15", "haze"}
 
 
 def test_restore_files_and_folders(run, tmp_path, capsys):
@@ -135,6 +141,8 @@ def test_bad_arguments(run, tmp_path, capsys):
     tmp, recipe, data, out = run
     rc = main(["eval", str(out), "--data", str(data / "target"), "--degrade", "gausian_noise"])
     _one_error_line(capsys, rc, "Did you mean")
+    rc = main(["eval", str(out), "--data", f"{data / 'target'}@haze:beta=3"])
+    _one_error_line(capsys, rc, "beta")
     rc = main(["restore", str(tmp_path / "nothing"), str(data / "input"), "-o", str(tmp_path / "o")])
     _one_error_line(capsys, rc, "nothing")
     rc = main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "1", "-o", str(out)])
