@@ -6,7 +6,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from irblocks.errors import InputError
+from irblocks.errors import InputError, check_feature
 from irblocks.guidance import Guidance, GuidedBlock
 from irblocks.registry import Context, build, register
 
@@ -113,6 +113,7 @@ class QualityGuidance(GuidedBlock):
                                "quality").to(like.dtype)
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
+        check_feature(x, self.dim, "quality_guidance")
         guidance = guidance if guidance is not None else Guidance()
         f = self.adapter(self.embedding(x.shape[0], guidance, x), self.dim)
         gamma = self.scale(f)[:, :, None, None]
