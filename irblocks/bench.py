@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("irblocks bench: pytest-benchmark is not installed (pip install 'irblocks[dev]')", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "pytest", str(folder), "--benchmark-only", f"--benchmark-json={a.out}",
+    out = os.path.abspath(a.out)      # pytest runs from the checkout root; keep paths relative to the caller
+    cmd = [sys.executable, "-m", "pytest", str(folder.resolve()), "--benchmark-only", f"--benchmark-json={out}",
            "-p", "no:cacheprovider", "-q"]
     if a.keyword:
         cmd += ["-k", a.keyword]
     cmd += extra
     env = dict(os.environ)
-    if a.summary:
-        env["IRBLOCKS_BENCH_SUMMARY"] = a.summary
+    if a.summary or "IRBLOCKS_BENCH_SUMMARY" not in env:
+        env["IRBLOCKS_BENCH_SUMMARY"] = os.path.abspath(a.summary or "bench-summary.json")
     rootdir = folder.resolve().parents[1]
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd, env=env, cwd=str(rootdir) if (rootdir / "pyproject.toml").exists() else None)

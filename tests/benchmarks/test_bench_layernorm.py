@@ -85,3 +85,11 @@ def test_forward_backward(benchmark, name, fn):
     fn = _fn(fn, args)
     go = torch.randn(shape, device=DEV)
     benchmark(lambda: torch.autograd.grad(fn(*args), args, go))
+
+
+def test_bench_entry_point_finds_benchmarks_and_rejects_missing_folder(tmp_path, capsys):
+    # plain test (no benchmark fixture): runs in the default suite
+    from irblocks import bench
+    assert bench.find_benchmarks() is not None
+    assert bench.main(["--tests", str(tmp_path / "nope")]) == 2
+    assert "no tests/benchmarks folder" in capsys.readouterr().err
