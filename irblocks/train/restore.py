@@ -64,6 +64,9 @@ def restore_files(model: nn.Module, inputs: Sequence[str], out: str, tile: Optio
     files = collect_inputs(inputs)
     single = len(files) == 1 and Path(inputs[0]).is_file() and len(inputs) == 1
     targets = _outputs(files, out, single)
+    for f, t in zip(files, targets):
+        if t.resolve() == f.resolve():
+            raise ImageError(f"output {t} would overwrite its input; choose another output folder")
     if not overwrite:
         clash = [t for t in targets if t.exists()]
         if clash:

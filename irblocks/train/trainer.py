@@ -350,7 +350,8 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        d = float(self.train_cfg.ema)
+        # warm-up of the decay (as in timm's EMA): early weights are not averaged in for long
+        d = min(float(self.train_cfg.ema), (1 + self.step) / (10 + self.step))
         ema_sd = self.ema_model.state_dict()
         for k, v in self.model.state_dict().items():
             e = ema_sd[k]

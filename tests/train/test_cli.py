@@ -79,6 +79,8 @@ def test_restore_files_and_folders(run, tmp_path, capsys):
     assert main(["restore", str(out), str(src / "a.png"), "-o", str(tmp_path / "single.png"), "--quiet"]) == 0
     assert image_size(tmp_path / "single.png") == (37, 45)
     assert not list(tmp_path.rglob("*.tmp*"))
+    rc = main(["restore", str(out), str(src), "-o", str(src)])
+    _one_error_line(capsys, rc, "would overwrite its input")
 
 
 def test_bad_unreadable_image(run, tmp_path, capsys):
