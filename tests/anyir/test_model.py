@@ -35,6 +35,16 @@ def test_full_recipe_matches_released_params_and_flops():
     assert abs(total / 2 / ref["flops"]["fvcore_total"] - 1) < 0.01     # 26.29 GMACs within 1%
 
 
+def test_cli_summary_anyir(capsys):
+    import re
+    from irblocks.cli import main
+    assert main(["summary", "anyir"]) == 0
+    out = capsys.readouterr().out
+    assert "5,736,376" in out
+    gmacs = float(re.search(r"GMACs\s+([0-9.]+)", out).group(1))
+    assert abs(gmacs / 26.29 - 1) < 0.01, gmacs
+
+
 def test_full_model_state_dict_matches_released_keys_and_shapes():
     ref = manifest()["full_models"]["anyir"]
     with torch.device("meta"):
