@@ -131,5 +131,5 @@ def test_dafmm_rejects_mismatched_semantic_prompt():
 
 def test_wiring_rejects_dafmm_without_fusion():
     from irblocks.guidance import GuidanceError
-    with pytest.raises(GuidanceError, match="prompt.sem"):
+    with pytest.raises((GuidanceError, ValueError), match="prompt.sem"):
         irblocks.create_model("clusir-tiny", latent_end=None)

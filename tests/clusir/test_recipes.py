@@ -78,3 +78,14 @@ def test_tiny_trains_30_steps_with_falling_loss():
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
+
+
+def test_tiny_eval_is_deterministic_and_routes_per_sample():
+    torch.manual_seed(0)
+    m = irblocks.create_model("clusir-tiny").eval()
+    x = torch.rand(3, 3, 24, 24)
+    with torch.no_grad():
+        a, b = m(x), m(x)
+        one = m(x[1:2])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(one, a[1:2], atol=1e-5, rtol=1e-5)
