@@ -135,6 +135,21 @@ def load_model(checkpoint: str | os.PathLike, recipe: Any = None, device: str | 
     return model.to(device).eval()
 
 
+def has_routing(model: nn.Module) -> bool:
+    """True if some block routes (uses only part of its parameters per input), which DDP must be
+    told about (find_unused_parameters). Routed blocks are recognised by the library's
+    convention: their forward consults ``irblocks.testing.dense_routing_enabled`` (or the class
+    sets ``routed = True``)."""
+    for m in model.modules():
+        cls = type(m)
+        if getattr(cls, "routed", False):
+            return True
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        if code is not None and "dense_routing_enabled" in code.co_names:
+            return True
+    return False
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -284,7 +299,11 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=True)
+            # channels_last activations give some weight gradients channels_last strides; DDP
+            # copies them into its buckets (correct, a little slower) and warns once per run
+            import warnings
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=has_routing(self.model))
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ setup

@@ -145,3 +145,21 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(data):
     with pytest.raises(TrainError, match="fp16 needs a CUDA device"):
         Trainer(tiny_recipe(), data, steps=1, amp="fp16", progress=False, device="cpu")
     assert Trainer(tiny_recipe(), data, steps=1, progress=False, device="cpu").amp_dtype is None
+
+
+def test_has_routing_detects_routed_blocks():
+    from torch import nn
+
+    from irblocks.testing import dense_routing_enabled
+    from irblocks.train.trainer import has_routing
+
+    class Routed(nn.Module):
+        def forward(self, x):
+            return x if dense_routing_enabled() else x * 2
+
+    class Flagged(nn.Module):
+        routed = True
+
+    assert not has_routing(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    assert has_routing(nn.Sequential(nn.Conv2d(3, 3, 1), Routed()))
+    assert has_routing(nn.Sequential(Flagged()))
