@@ -5,8 +5,8 @@ Run: ``pytest tests/benchmarks/test_bench_clearair.py --benchmark-only -s``.
 Each case runs in a fresh subprocess (single thread); the peak RSS (VmHWM, reset after
 the model is built) minus the RSS before the step is the step's peak memory; the
 process peak is reported too. Target (issue 5): <= 4 GB at 256x256 with checkpointing.
-Measured on the shared 2-core CPU box: 256x256 checkpointed ~3.1 GB step peak (3.5 GB
-process) in ~170 s; 128x128 without checkpointing ~2.6 GB. 256x256 without
+Measured on the shared 2-core CPU box: 256x256 checkpointed 3.27 GB step peak (3.72 GB
+process) in ~140 s; 128x128 without checkpointing 2.59 GB in ~23 s. 256x256 without
 checkpointing (~10 GB) runs only with IRBLOCKS_BENCH_BIG=1.
 """
 import os

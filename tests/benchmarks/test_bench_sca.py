@@ -72,6 +72,16 @@ def pattern_bytes(size: int, patterns: int = 17, dtype_bytes: int = 4) -> int:
     return 2 * HEADS * n * patterns * dtype_bytes
 
 
+def kernel_bytes(size: int, patterns: int = 17, dtype_bytes: int = 4) -> dict:
+    """Bytes read + written by the pattern attention forward: the fused Triton kernel
+    (q, k, v, bias in; out, lse out) vs the unfused reference (logits and probabilities
+    written and read back once each)."""
+    n, d = size * size, C // HEADS
+    fused = (2 * HEADS * n * d + 2 * HEADS * patterns * d + patterns + HEADS * n) * dtype_bytes
+    unfused = fused + 2 * 2 * HEADS * n * patterns * dtype_bytes
+    return {"fused": fused, "unfused": unfused}
+
+
 def _setup(mode, size):
     from irblocks.guidance import Guidance
     from irblocks.registry import build
@@ -118,3 +128,7 @@ def test_bench_sca(benchmark, variant, size):
                                     attention_bytes=dense_bytes(size) if mode == "dense" else pattern_bytes(size))
         print(f"\n[sca {size}] {variant}: peak RSS growth {peak / 1e6:.1f} MB, one fwd+bwd {secs:.3f} s; "
               f"attention matrices {benchmark.extra_info['attention_bytes'] / 1e6:.1f} MB")
+        if mode == "pattern":
+            kb = kernel_bytes(size)
+            print(f"[sca {size}] pattern attention forward bytes: fused {kb['fused'] / 1e6:.1f} MB vs "
+                  f"unfused {kb['unfused'] / 1e6:.1f} MB")
