@@ -145,7 +145,7 @@ def has_routing(model: nn.Module) -> bool:
         if getattr(cls, "routed", False):
             return True
         code = getattr(getattr(cls, "forward", None), "__code__", None)
-        if code is not None and "dense_routing_enabled" in code.co_names:
+        if code is not None and "dense_routing_enabled" in (*code.co_names, *code.co_freevars):
             return True
     return False
 
