@@ -68,3 +68,12 @@ def test_dwt_keeps_float32_and_channels_last():
     y = DWT()(x)
     assert y.dtype == torch.float32
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_blocks_accept_other_wavelets():
+    from irblocks.clusir import DAFMM, WaveAttention
+    from irblocks.guidance import Guidance
+    x = torch.randn(1, 8, 7, 6)
+    assert WaveAttention(8, heads=2, sr=2, wave="db2").eval()(x).shape == x.shape
+    blk = DAFMM(8, level=0, width=8, prompt_width=1.0, prompt_size=4, wave="sym2").eval()
+    assert blk(x, Guidance({"prompt.sem0": torch.randn(1, 8, 2, 2)})).shape == x.shape
