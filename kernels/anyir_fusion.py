@@ -37,16 +37,28 @@ def anyir_fusion_naive(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> t
 
 
 def anyir_fusion_reference(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Efficient PyTorch reference: no FFT, the repeat as an expand, one lerp."""
+    """Efficient PyTorch reference: no FFT, no repeat copy, in-place steps when no grad is needed.
+
+    Output channel 2j + r (r = 0, 1) is lam * F_s[2j + r] + (1 - lam) * (a + g)[j], so F_s viewed
+    as pairs (..., C', 2, ...) and (a + g) broadcast over the pair axis give the result in one lerp.
+    Works in the channels_last (B H W C) view when the inputs are channels_last.
+    """
     b, c, h, w = a.shape
-    f_s = torch.cat([a + torch.sigmoid(g), g + torch.sigmoid(a)], dim=1)
-    s = a + g
-    if s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous():
-        # B H W C' -> B H W C' 2 -> B H W 2C' keeps channels_last (c0, c0, c1, c1, ...)
-        f_f = s.permute(0, 2, 3, 1).unsqueeze(-1).expand(b, h, w, c, 2).reshape(b, h, w, 2 * c).permute(0, 3, 1, 2)
+    cl = a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+    if cl:   # B H W C' views (dense for channels_last inputs)
+        x, y, dim, pairs, axis = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1), -1, (b, h, w, c, 2), -1
     else:
-        f_f = s.unsqueeze(2).expand(b, c, 2, h, w).reshape(b, 2 * c, h, w)
-    return torch.lerp(f_f, f_s, lam.to(f_s.dtype))
+        x, y, dim, pairs, axis = a, g, 1, (b, c, 2, h, w), 2
+    lam = lam.to(a.dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or g.requires_grad or lam.requires_grad):
+        f_s = torch.cat([x + torch.sigmoid(y), y + torch.sigmoid(x)], dim=dim).view(pairs)
+        out = torch.lerp((x + y).unsqueeze(axis), f_s, lam)
+    else:    # inference: every intermediate is ours, update in place (fewer passes over memory)
+        f_s = torch.cat([torch.sigmoid(y).add_(x), torch.sigmoid(x).add_(y)], dim=dim).view(pairs)
+        out = f_s.mul_(lam).add_((x + y).mul_(1 - lam).unsqueeze(axis))
+    if cl:
+        return out.view(b, h, w, 2 * c).permute(0, 3, 1, 2)
+    return out.view(b, 2 * c, h, w)
 
 
 # ----------------------------------------------------------------------------- Triton
