@@ -119,3 +119,15 @@ def test_mask_k0_and_dropout_in_model_no_nan():
     m = irblocks.create_model("clearair-tiny", priors={"regions": {"type": "kmeans_regions", "k": 0}}).train()
     y = m(torch.rand(1, 3, 16, 16))
     assert torch.isfinite(y).all()
+
+
+def test_save_load_and_to_recipe_roundtrip(tmp_path):
+    m = irblocks.create_model("clearair-tiny").eval()
+    path = irblocks.save(m, tmp_path / "tiny.safetensors")
+    m2 = irblocks.load(path).eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m2(x))
+    assert set(m2.priors) == {"quality", "regions", "degradation"}
+    m3 = irblocks.create_model(irblocks.to_recipe(m))
+    m3.load_state_dict(m.state_dict())
