@@ -11,7 +11,9 @@ with float32 images in [0, 1].
   any folder holding one of the subfolder pairs in :data:`PAIR_LAYOUTS`
   (``input/target``, ``degraded/clean``, ``lq/gt``, ``rainy/gt``, ``hazy/clear``,
   ``hazy/gt``, ``low/high``, ``blur/sharp``, ``noisy/clean``,
-  ``synthetic/original``) becomes one task named by its relative path.
+  ``synthetic/original``) becomes one task named by its relative path; a folder
+  with a ``clear`` subfolder next to degradation-named ones (CDD-11: ``low``,
+  ``haze``, ``low_haze_rain``, ... and ``clear``) gives one task per sibling.
 * :class:`SyntheticDataset`: clean images (a folder or in-memory tensors) degraded
   on the fly by a registered degradation.
 * :class:`AllInOne`: several datasets mixed, each repeated ``repeat`` times per
@@ -116,8 +118,8 @@ class PairedFolder(Dataset):
 
     def __init__(self, degraded: str | os.PathLike, clean: str | os.PathLike, patch_size: Optional[int] = None,
                  augment: bool = False, task: str = "", seed: int = 0, check_sizes: bool = True):
-        deg_files = list_images(degraded)
-        clean_files = list_images(clean)
+        deg_files = list_images(degraded, recursive=True)     # RESIDE's synthetic/part1..4
+        clean_files = list_images(clean, recursive=True)
         by_stem = {f.stem: f for f in clean_files}
         pairs: List[Tuple[Path, Path]] = []
         for f in deg_files:
@@ -238,6 +240,15 @@ def find_paired(root: str | os.PathLike, **kwargs) -> Dict[str, PairedFolder]:
                 found[task] = PairedFolder(d / names[a], d / names[b], task=task, **kwargs)
                 dirnames[:] = [n for n in dirnames if n not in (names[a], names[b])]
                 break
+        else:
+            if "clear" in names and len(names) > 1:            # CDD-11: <type>/ + clear/
+                d = Path(dirpath)
+                for n in sorted(dirnames):
+                    if n.lower() == "clear":
+                        continue
+                    task = str((d / n).relative_to(root))
+                    found[task] = PairedFolder(d / n, d / names["clear"], task=task, **kwargs)
+                dirnames[:] = []
     if not found:
         layouts = ", ".join(f"{a}/{b}" for a, b in PAIR_LAYOUTS[:6])
         raise DataError(f"no paired data found in {root}: expected subfolders such as {layouts} ...")

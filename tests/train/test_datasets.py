@@ -22,6 +22,22 @@ def test_paired_folder_and_layouts(tmp_path):
     assert torch.equal(full["target"], read_image(root / "target" / "img1.png"))
 
 
+def test_cdd11_and_reside_layouts(tmp_path):
+    for t in ("low", "haze_rain", "clear"):
+        for i in range(2):
+            write_png(tmp_path / "CDD-11_test" / t / f"{i:03d}.png", seed=i)
+    found = find_paired(tmp_path)
+    assert sorted(found) == ["CDD-11_test/haze_rain", "CDD-11_test/low"]
+    assert len(found["CDD-11_test/low"]) == 2
+    # RESIDE-style training folders: hazy images in part1..N subfolders, clean ones by id
+    write_png(tmp_path / "Dehaze" / "synthetic" / "part1" / "0025_0.8_0.1.png")
+    write_png(tmp_path / "Dehaze" / "synthetic" / "part2" / "0026_0.9_0.2.png")
+    write_png(tmp_path / "Dehaze" / "original" / "0025.png")
+    write_png(tmp_path / "Dehaze" / "original" / "0026.png")
+    ds = find_paired(tmp_path / "Dehaze")["Dehaze"]
+    assert [c.name for _, c in ds.pairs] == ["0025.png", "0026.png"]
+
+
 def test_benchmark_naming_schemes(tmp_path):
     write_png(tmp_path / "rainy" / "rain-12.png")
     write_png(tmp_path / "gt" / "norain-12.png")
