@@ -2,7 +2,7 @@
 
 Implementations
 - reference: ``chunk`` (two views, no copy) + ``F.gelu`` + multiply; plain torch ops.
-- triton: one program handles ``BLOCK_P`` pixels x ``BLOCK_C`` channels of the output,
+- triton: one program handles ``BLOCK_P`` pixels (of one image) x ``BLOCK_C`` channels of the output,
   reading x1 and x2 straight from the input through its strides (no chunk/contiguous
   copy, no gelu(x1) temporary): reads 2C, writes C per pixel. The backward reads x and
   dy once and writes dx (2C) in one pass, recomputing gelu from x.
@@ -43,32 +43,38 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _offsets(pid_p, pid_c, P, C, HW, Wd, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        b = p // HW
-        hw = p % HW
-        mask = (p < P)[:, None] & (c < C)[None, :]
-        return b, hw // Wd, hw % Wd, c, mask
+    def _pix(hw, Wd, sh, sw, FLAT: tl.constexpr):
+        """Offset of in-image pixel index hw; FLAT (H and W merge) keeps it provably contiguous."""
+        if FLAT:
+            return hw * sw
+        return (hw // Wd) * sh + (hw % Wd) * sw
 
     @triton.jit
-    def _gate_fwd_kernel(X, Y, P, C, HW, Wd, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        b, h, w, c, mask = _offsets(tl.program_id(0), tl.program_id(1), P, C, HW, Wd, BLOCK_P, BLOCK_C)
-        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
+    def _tile(C, HW, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        # grid: (pixel blocks of one image, channel blocks, batch)
+        hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (hw < HW)[:, None] & (c < C)[None, :]
+        return tl.program_id(2), hw, c, mask
+
+    @triton.jit
+    def _gate_fwd_kernel(X, Y, C, HW, Wd, sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+                         FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        b, hw, c, mask = _tile(C, HW, BLOCK_P, BLOCK_C)
+        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
         x1 = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(X + xo + C * sxc, mask=mask, other=0.0).to(tl.float32)
         y = 0.5 * x1 * (1.0 + tl.math.erf(x1 * 0.7071067811865476)) * x2
-        yo = (b * syb + h * syh + w * syw)[:, None] + (c * syc)[None, :]
+        yo = b * syb + _pix(hw, Wd, syh, syw, FLAT)[:, None] + (c * syc)[None, :]
         tl.store(Y + yo, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gate_bwd_kernel(DY, X, DX, P, C, HW, Wd, sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
-                         sgb, sgc, sgh, sgw, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        b, h, w, c, mask = _offsets(tl.program_id(0), tl.program_id(1), P, C, HW, Wd, BLOCK_P, BLOCK_C)
-        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
-        do = (b * sdb + h * sdh + w * sdw)[:, None] + (c * sdc)[None, :]
-        go = (b * sgb + h * sgh + w * sgw)[:, None] + (c * sgc)[None, :]
+    def _gate_bwd_kernel(DY, X, DX, C, HW, Wd, sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
+                         sgb, sgc, sgh, sgw, FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        b, hw, c, mask = _tile(C, HW, BLOCK_P, BLOCK_C)
+        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
+        do = b * sdb + _pix(hw, Wd, sdh, sdw, FLAT)[:, None] + (c * sdc)[None, :]
+        go = b * sgb + _pix(hw, Wd, sgh, sgw, FLAT)[:, None] + (c * sgc)[None, :]
         x1 = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(X + xo + C * sxc, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + do, mask=mask, other=0.0).to(tl.float32)
@@ -76,6 +82,9 @@ if triton_available():
         pdf = tl.exp(-0.5 * x1 * x1) * 0.3989422804014327
         tl.store(DX + go, (dy * x2 * (cdf + x1 * pdf)).to(DX.dtype.element_ty), mask=mask)
         tl.store(DX + go + C * sgc, (dy * x1 * cdf).to(DX.dtype.element_ty), mask=mask)
+
+    def _flat(*ts) -> bool:
+        return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
 
     def _blocks(c: int, gpu_elems: int):
         block_c = min(triton.next_power_of_2(max(c, 1)), 128)
@@ -86,11 +95,10 @@ if triton_available():
         b, c2, h, w = x.shape
         c = c2 // 2
         y = empty(b, c, h, w, like=x, memory_format=_out_format(x))
-        p = b * h * w
-        if p and c:
+        if b * h * w and c:
             block_p, block_c = _blocks(c, 2048)
-            grid = (triton.cdiv(p, block_p), triton.cdiv(c, block_c))
-            _gate_fwd_kernel[grid](x, y, p, c, h * w, w, *x.stride(), *y.stride(),
+            grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
+            _gate_fwd_kernel[grid](x, y, c, h * w, w, *x.stride(), *y.stride(), FLAT=_flat(x, y),
                                    BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
         return y
 
@@ -98,27 +106,34 @@ if triton_available():
         b, c2, h, w = x.shape
         c = c2 // 2
         dx = empty(b, c2, h, w, like=x, memory_format=_out_format(x))
-        p = b * h * w
-        if p and c:
+        if b * h * w and c:
             block_p, block_c = _blocks(c, 2048)
-            grid = (triton.cdiv(p, block_p), triton.cdiv(c, block_c))
-            _gate_bwd_kernel[grid](dy, x, dx, p, c, h * w, w, *dy.stride(), *x.stride(), *dx.stride(),
-                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+            grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
+            _gate_bwd_kernel[grid](dy, x, dx, c, h * w, w, *dy.stride(), *x.stride(), *dx.stride(),
+                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
         return dx
 
-    _S = {f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}
-    _SB = {f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}
-    _I = {"P": "i32", "C": "i32", "HW": "i32", "Wd": "i32"}
-    COMPILE_SPECS = [
-        (_gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", **_I, **_S,
-                            "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}, {"BLOCK_P": 32, "BLOCK_C": 64}),
-        (_gate_fwd_kernel, {"X": "*fp16", "Y": "*fp16", **_I, **_S,
-                            "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}, {"BLOCK_P": 16, "BLOCK_C": 128}),
-        (_gate_bwd_kernel, {"DY": "*fp32", "X": "*fp32", "DX": "*fp32", **_I, **_SB,
-                            "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}, {"BLOCK_P": 32, "BLOCK_C": 64}),
-        (_gate_bwd_kernel, {"DY": "*fp32", "X": "*fp32", "DX": "*fp32", **_I, **_SB,
-                            "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}, {"BLOCK_P": 16, "BLOCK_C": 128}),
-    ]
+    def _specs():
+        """GPU configs for NCHW (w stride 1) and channels_last (c stride 1) flat layouts, as the
+        runtime's ==1 specialisation sees them; float32 and float16."""
+        specs = []
+        for unit in ("w", "c"):
+            for dt, bp, bc in (("fp32", 32, 64), ("fp16", 16, 128)):
+                fwd = {"X": f"*{dt}", "Y": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
+                       **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+                       "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
+                ones = {f"s{t}{unit}": 1 for t in "xy"}
+                fwd.update({k: "constexpr" for k in ones})
+                specs.append((_gate_fwd_kernel, fwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+                bwd = {"DY": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
+                       **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"},
+                       "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
+                ones = {f"s{t}{unit}": 1 for t in "dxg"}
+                bwd.update({k: "constexpr" for k in ones})
+                specs.append((_gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+        return specs
+
+    COMPILE_SPECS = _specs()
 else:  # pragma: no cover
     COMPILE_SPECS = []
 

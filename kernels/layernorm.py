@@ -9,8 +9,10 @@ Implementations
 - reference: ``F.layer_norm`` on the channels-last view (a view, no copy, when the
   input is channels_last); plain torch ops, so autograd, torch.compile and
   FlopCounterMode see through it.
-- triton: one program normalises ``BLOCK_P`` pixels x all channels, reading the
-  input through its own strides (NCHW, channels_last or any view: no permute copy);
+- triton: one program normalises ``BLOCK_P`` pixels of one image x all channels, reading
+  the input through its own strides (NCHW, channels_last or any view: no permute copy;
+  when H and W merge, the pixel offset is ``hw * stride_w`` so the compiler sees the
+  contiguous axis: pixels for NCHW, channels for channels_last, and coalesces either);
   the backward recomputes mean/rstd from x (nothing but x is saved), writes dx and
   per-program partial sums for dw/db (summed in torch: deterministic, no atomics).
   One pass over x forward, one pass over (x, dy) backward.
@@ -57,20 +59,24 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _ln_fwd_kernel(X, Wt, Bs, Y, P, C, HW, Wd,
+    def _pix(hw, Wd, sh, sw, FLAT: tl.constexpr):
+        """Offset of in-image pixel index hw; FLAT (H and W merge) keeps it provably contiguous."""
+        if FLAT:
+            return hw * sw
+        return (hw // Wd) * sh + (hw % Wd) * sw
+
+    @triton.jit
+    def _ln_fwd_kernel(X, Wt, Bs, Y, C, HW, Wd,
                        sxb, sxc, sxh, sxw, syb, syc, syh, syw, eps,
-                       HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid = tl.program_id(0)
-        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+                       HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        # grid: (pixel blocks of one image, batch); tile = BLOCK_P pixels x all channels
+        b = tl.program_id(1)
+        hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         c = tl.arange(0, BLOCK_C)
-        pm = p < P
         cm = c < C
-        b = p // HW
-        hw = p % HW
-        h = hw // Wd
-        w = hw % Wd
-        mask = pm[:, None] & cm[None, :]
-        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
+        mask = (hw < HW)[:, None] & cm[None, :]
+        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
         x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=1) / C
         xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -82,25 +88,21 @@ if triton_available():
             y = xc * rstd[:, None] * wv[None, :] + bv[None, :]
         else:
             y = x * rstd[:, None] * wv[None, :]
-        yo = (b * syb + h * syh + w * syw)[:, None] + (c * syc)[None, :]
+        yo = b * syb + _pix(hw, Wd, syh, syw, FLAT)[:, None] + (c * syc)[None, :]
         tl.store(Y + yo, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _ln_bwd_kernel(DY, X, Wt, DX, DWP, DBP, P, C, HW, Wd,
+    def _ln_bwd_kernel(DY, X, Wt, DX, DWP, DBP, C, HW, Wd,
                        sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, eps,
-                       HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid = tl.program_id(0)
-        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+                       HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        b = tl.program_id(1)
+        hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         c = tl.arange(0, BLOCK_C)
-        pm = p < P
         cm = c < C
-        b = p // HW
-        hw = p % HW
-        h = hw // Wd
-        w = hw % Wd
-        mask = pm[:, None] & cm[None, :]
-        xo = (b * sxb + h * sxh + w * sxw)[:, None] + (c * sxc)[None, :]
-        do = (b * sdb + h * sdh + w * sdw)[:, None] + (c * sdc)[None, :]
+        mask = (hw < HW)[:, None] & cm[None, :]
+        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
+        do = b * sdb + _pix(hw, Wd, sdh, sdw, FLAT)[:, None] + (c * sdc)[None, :]
         x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + do, mask=mask, other=0.0).to(tl.float32)
         wv = tl.load(Wt + c, mask=cm, other=0.0).to(tl.float32)
@@ -121,10 +123,11 @@ if triton_available():
             dx = rstd[:, None] * g - (rstd * rstd * rstd * m)[:, None] * xc
             dwp = tl.sum(dy * x * rstd[:, None], axis=0)
         dbp = tl.sum(dy, axis=0)
-        go = (b * sgb + h * sgh + w * sgw)[:, None] + (c * sgc)[None, :]
+        go = b * sgb + _pix(hw, Wd, sgh, sgw, FLAT)[:, None] + (c * sgc)[None, :]
         tl.store(DX + go, dx.to(DX.dtype.element_ty), mask=mask)
-        tl.store(DWP + pid * C + c, dwp, mask=cm)
-        tl.store(DBP + pid * C + c, dbp, mask=cm)
+        row = b * tl.num_programs(0) + tl.program_id(0)
+        tl.store(DWP + row * C + c, dwp, mask=cm)
+        tl.store(DBP + row * C + c, dbp, mask=cm)
 
     def _blocks(c: int, gpu_elems: int) -> tuple[int, int, int]:
         block_c = triton.next_power_of_2(max(c, 1))
@@ -132,52 +135,59 @@ if triton_available():
         num_warps = 4 if block_c * block_p <= 4096 else 8
         return block_p, block_c, num_warps
 
+    def _flat(*ts) -> bool:
+        """H and W of every tensor merge into one pixel axis (true for NCHW and channels_last)."""
+        return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
+
     def _fwd_triton(x, weight, bias, eps):
         b, c, h, w = x.shape
         y = empty(b, c, h, w, like=x, memory_format=_out_format(x))
-        p = b * h * w
-        if p == 0 or c == 0:
+        if b * h * w == 0 or c == 0:
             return y
         block_p, block_c, nw = _blocks(c, 4096)
-        grid = (triton.cdiv(p, block_p),)
-        _ln_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, p, c, h * w, w,
-                             *x.stride(), *y.stride(), eps,
-                             HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        grid = (triton.cdiv(h * w, block_p), b)
+        _ln_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h * w, w,
+                             *x.stride(), *y.stride(), eps, HAS_BIAS=bias is not None, FLAT=_flat(x, y),
+                             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
         return y
 
     def _bwd_triton(dy, x, weight, has_bias, eps):
         b, c, h, w = x.shape
         dx = empty(b, c, h, w, like=x, memory_format=_out_format(x))
-        p = b * h * w
         block_p, block_c, nw = _blocks(c, 2048)
-        n = triton.cdiv(p, block_p)
-        dwp = empty(n, c, like=x, dtype=torch.float32)
-        dbp = empty(n, c, like=x, dtype=torch.float32)
-        if n > 0 and c > 0:
-            _ln_bwd_kernel[(n,)](dy, x, weight, dx, dwp, dbp, p, c, h * w, w,
-                                 *dy.stride(), *x.stride(), *dx.stride(), eps,
-                                 HAS_BIAS=has_bias, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        n = triton.cdiv(h * w, block_p)
+        dwp = empty(b * n, c, like=x, dtype=torch.float32)
+        dbp = empty(b * n, c, like=x, dtype=torch.float32)
+        if b * n > 0 and c > 0:
+            _ln_bwd_kernel[(n, b)](dy, x, weight, dx, dwp, dbp, c, h * w, w,
+                                   *dy.stride(), *x.stride(), *dx.stride(), eps, HAS_BIAS=has_bias,
+                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
         return dx, dwp.sum(0).to(weight.dtype), dbp.sum(0).to(weight.dtype)
 
     # sm_90 compile specs (GPU block sizes), used by tests/kernels/test_compile_sm90.py
     def _specs():
+        """GPU configs: C = 48 (Restormer level 1) and 384 (latent); NCHW (w stride 1) and
+        channels_last (c stride 1) flat layouts, as the runtime's ==1 specialisation sees them."""
         specs = []
         for bias in (True, False):
             for c, bc in ((48, 64), (384, 512)):
-                bp = max(1, min(256, 4096 // bc))
-                specs.append((_ln_fwd_kernel,
-                              {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "P": "i32", "C": "i32",
-                               "HW": "i32", "Wd": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
-                               "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32", "eps": "fp32",
-                               "HAS_BIAS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                              {"HAS_BIAS": bias, "BLOCK_P": bp, "BLOCK_C": bc}))
-                bp = max(1, min(256, 2048 // bc))
-                specs.append((_ln_bwd_kernel,
-                              {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
-                               "DBP": "*fp32", "P": "i32", "C": "i32", "HW": "i32", "Wd": "i32",
-                               **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
-                               "HAS_BIAS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                              {"HAS_BIAS": bias, "BLOCK_P": bp, "BLOCK_C": bc}))
+                for unit in ("w", "c"):   # which stride is 1: NCHW -> w, channels_last -> c
+                    fwd = {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32",
+                           "HW": "i32", "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+                           "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
+                           "BLOCK_C": "constexpr"}
+                    ones = {f"s{t}{unit}": 1 for t in "xy"}
+                    fwd.update({k: "constexpr" for k in ones})
+                    specs.append((_ln_fwd_kernel, fwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 4096 // bc)),
+                                                        "BLOCK_C": bc, **ones}))
+                    bwd = {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
+                           "DBP": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
+                           **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
+                           "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
+                    ones = {f"s{t}{unit}": 1 for t in "dxg"}
+                    bwd.update({k: "constexpr" for k in ones})
+                    specs.append((_ln_bwd_kernel, bwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
+                                                        "BLOCK_C": bc, **ones}))
         return specs
 
     COMPILE_SPECS = _specs()

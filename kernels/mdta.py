@@ -97,10 +97,17 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
+    def _pix(n, Wd, sh, sw, FLAT: tl.constexpr):
+        """Offset of in-image pixel index n; FLAT (H and W merge) keeps it provably contiguous."""
+        if FLAT:
+            return n * sw
+        return (n // Wd) * sh + (n % Wd) * sw
+
+    @triton.jit
     def _gram_kernel(X, Y, G, SX, SY, d, heads, N, Wd, N_PER_SPLIT, n_split,
                      sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                     NORMS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PREC: tl.constexpr):
+                     NORMS: tl.constexpr, FLAT: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row sum-squares."""
         bh = tl.program_id(0)
         sp = tl.program_id(1)
@@ -118,10 +125,8 @@ if triton_available():
             n = n0 + s + tl.arange(0, BLOCK_N)
             nm = n < N
             m = im[:, None] & nm[None, :]
-            hh = n // Wd
-            ww = n % Wd
-            x = tl.load(xrow[:, None] + (hh * sxh + ww * sxw)[None, :], mask=m, other=0.0).to(tl.float32)
-            y = tl.load(yrow[:, None] + (hh * syh + ww * syw)[None, :], mask=m, other=0.0).to(tl.float32)
+            x = tl.load(xrow[:, None] + _pix(n, Wd, sxh, sxw, FLAT)[None, :], mask=m, other=0.0).to(tl.float32)
+            y = tl.load(yrow[:, None] + _pix(n, Wd, syh, syw, FLAT)[None, :], mask=m, other=0.0).to(tl.float32)
             acc += tl.dot(x, tl.trans(y), input_precision=PREC)
             if NORMS:
                 sqx += tl.sum(x * x, axis=1)
@@ -141,7 +146,7 @@ if triton_available():
 
     @triton.jit
     def _apply_kernel(A, V, O, d, heads, N, Wd, svb, svc, svh, svw, sob, soc, soh, sow,
-                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                      FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         """O[:, tile] = A @ V[:, tile] for one (batch, head) and one tile of N."""
         bh = tl.program_id(0)
         b = bh // heads
@@ -149,20 +154,19 @@ if triton_available():
         i = tl.arange(0, BLOCK_D)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = (i < d)[:, None] & (n < N)[None, :]
-        hh = n // Wd
-        ww = n % Wd
         a = _load_dd(A, bh, d, BLOCK_D)
-        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None] + (hh * svh + ww * svw)[None, :],
+        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None] + _pix(n, Wd, svh, svw, FLAT)[None, :],
                     mask=m, other=0.0).to(tl.float32)
         o = tl.dot(a, v, input_precision=PREC)
-        tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + (hh * soh + ww * sow)[None, :],
+        tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + _pix(n, Wd, soh, sow, FLAT)[None, :],
                  o.to(O.dtype.element_ty), mask=m)
 
     @triton.jit
     def _bwd_apply_kernel(Q, K, MQ, AQ, MK, AK, DQ, DK, d, heads, N, Wd,
                           sqb, sqc, sqh, sqw, skb, skc, skh, skw,
                           s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                          FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                          PREC: tl.constexpr):
         """dq = Mq k + aq*q, dk = Mk q + ak*k on one tile of N (dv = A^T dout is _apply_kernel)."""
         bh = tl.program_id(0)
         b = bh // heads
@@ -172,19 +176,17 @@ if triton_available():
         ch = hd * d + i
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = im[:, None] & (n < N)[None, :]
-        hh = n // Wd
-        ww = n % Wd
-        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + (hh * sqh + ww * sqw)[None, :], mask=m, other=0.0)
-        k = tl.load(K + b * skb + (ch * skc)[:, None] + (hh * skh + ww * skw)[None, :], mask=m, other=0.0)
+        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + _pix(n, Wd, sqh, sqw, FLAT)[None, :], mask=m, other=0.0)
+        k = tl.load(K + b * skb + (ch * skc)[:, None] + _pix(n, Wd, skh, skw, FLAT)[None, :], mask=m, other=0.0)
         q = q.to(tl.float32)
         k = k.to(tl.float32)
         aq = tl.load(AQ + bh * d + i, mask=im, other=0.0)
         ak = tl.load(AK + bh * d + i, mask=im, other=0.0)
         dq = tl.dot(_load_dd(MQ, bh, d, BLOCK_D), k, input_precision=PREC) + aq[:, None] * q
-        tl.store(DQ + b * s1b + (ch * s1c)[:, None] + (hh * s1h + ww * s1w)[None, :],
+        tl.store(DQ + b * s1b + (ch * s1c)[:, None] + _pix(n, Wd, s1h, s1w, FLAT)[None, :],
                  dq.to(DQ.dtype.element_ty), mask=m)
         dk = tl.dot(_load_dd(MK, bh, d, BLOCK_D), q, input_precision=PREC) + ak[:, None] * k
-        tl.store(DK + b * s2b + (ch * s2c)[:, None] + (hh * s2h + ww * s2w)[None, :],
+        tl.store(DK + b * s2b + (ch * s2c)[:, None] + _pix(n, Wd, s2h, s2w, FLAT)[None, :],
                  dk.to(DK.dtype.element_ty), mask=m)
 
     # GPU tiles per padded head dim, checked for zero register spills on sm_90 by
@@ -199,6 +201,9 @@ if triton_available():
         gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
         return (block_d, block_size(gpu=gram_n, interpreter=16), block_size(gpu=apply_n, interpreter=16),
                 block_size(gpu=bwd_n, interpreter=16), warps)
+
+    def _flat(*ts) -> bool:
+        return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
 
     def _splits(bh: int, n: int, block_n: int, x: torch.Tensor) -> tuple[int, int]:
         tiles = triton.cdiv(n, block_n)
@@ -218,7 +223,7 @@ if triton_available():
         sx = empty(bh, n_split, d, like=x, dtype=torch.float32)
         sy = empty(bh, n_split, d, like=x, dtype=torch.float32)
         _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(), *y.stride(),
-                                    NORMS=norms, BLOCK_D=block_d, BLOCK_N=gram_n, PREC=_GPU_PREC,
+                                    NORMS=norms, FLAT=_flat(x, y), BLOCK_D=block_d, BLOCK_N=gram_n, PREC=_GPU_PREC,
                                     num_warps=warps)
         g = g.sum(1).view(b, heads, d, d)
         if not norms:
@@ -236,7 +241,7 @@ if triton_available():
         attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
         block_d, _, apply_n, _, warps = _cfg(d)
         _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(), *out.stride(),
-                                                     BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
+                                                     FLAT=_flat(v, out), BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
                                                      num_warps=warps)
         return out, gn, nq, nk
 
@@ -260,34 +265,44 @@ if triton_available():
         block_d, _, apply_n, bwd_n, warps = _cfg(d)
         _bwd_apply_kernel[(bh, triton.cdiv(n, bwd_n))](
             q, k, mq, aq, mk, ak, dq, dk, d, heads, n, w, *q.stride(), *k.stride(), *dq.stride(), *dk.stride(),
-            BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC, num_warps=warps)
+            FLAT=_flat(q, k, dq, dk), BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC, num_warps=warps)
         _apply_kernel[(bh, triton.cdiv(n, apply_n))](at, dout, dv, d, heads, n, w, *dout.stride(), *dv.stride(),
-                                                     BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
+                                                     FLAT=_flat(dout, dv), BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
                                                      num_warps=warps)
         return dq, dk, dv, dt
 
     def _specs():
-        i4 = lambda pre: {f"s{pre}{a}": "i32" for a in "bchw"}  # noqa: E731
+        """GPU configs per padded head dim, for NCHW (w stride 1) and channels_last (c stride 1)
+        flat layouts as the runtime's ==1 specialisation sees them."""
         specs = []
+
+        def strides(names, unit):
+            sig = {f"s{t}{a}": "i32" for t in names for a in "bchw"}
+            ones = {f"s{t}{unit}": 1 for t in names}
+            sig.update({k: "constexpr" for k in ones})
+            return sig, ones
+
         for block_d in (16, 32, 64):
             gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
             opts = {"num_warps": warps}
-            for norms in (True, False):
-                specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32",
-                                             "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
-                                             "N_PER_SPLIT": "i32", "n_split": "i32", **i4("x"), **i4("y"),
-                                             "NORMS": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
-                                             "PREC": "constexpr"},
-                              {"NORMS": norms, "BLOCK_D": block_d, "BLOCK_N": gram_n, "PREC": _GPU_PREC}, opts))
-            specs.append((_apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
-                                          "N": "i32", "Wd": "i32", **i4("v"), **i4("o"),
-                                          "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr"},
-                          {"BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": _GPU_PREC}, opts))
-            specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
-                                              "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
-                                              **i4("q"), **i4("k"), **i4("1"), **i4("2"),
-                                              "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr"},
-                          {"BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": _GPU_PREC}, opts))
+            for unit in ("w", "c"):
+                common = {"BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr", "FLAT": "constexpr"}
+                for norms in (True, False):
+                    sig, ones = strides("xy", unit)
+                    specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32",
+                                                 "SY": "*fp32", "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
+                                                 "N_PER_SPLIT": "i32", "n_split": "i32", **sig, "NORMS": "constexpr",
+                                                 **common},
+                                  {"NORMS": norms, "FLAT": True, "BLOCK_D": block_d, "BLOCK_N": gram_n,
+                                   "PREC": _GPU_PREC, **ones}, opts))
+                sig, ones = strides("vo", unit)
+                specs.append((_apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
+                                              "N": "i32", "Wd": "i32", **sig, **common},
+                              {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": _GPU_PREC, **ones}, opts))
+                sig, ones = strides("qk12", unit)
+                specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
+                                                  "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
+                              {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": _GPU_PREC, **ones}, opts))
         return specs
 
     COMPILE_SPECS = _specs()

@@ -17,7 +17,8 @@ Shapes: ``SHAPES`` covers odd H/W, 1-pixel-wide and 1-pixel-high maps, batch 1 a
 kept tiny because the interpreter is slow. ``LAYOUTS``: ``"nchw"`` (contiguous),
 ``"channels_last"``, ``"strided"`` (a non-contiguous view: every other column of a
 wider tensor, so no stride is dense) and ``"sliced"`` (a channel slice of a bigger
-channels_last tensor, like the output of ``chunk`` on a conv output).
+channels_last tensor, like the output of ``chunk`` on a conv output); opt-in ``"cropped"``
+(``EXTRA_LAYOUTS``/``ALL_LAYOUTS``: a W-crop, so H and W strides do not merge).
 
 Tolerances (``tol(dtype)``): float32 atol=rtol=1e-4 by default (kernels whose
 reductions reorder sums differ from torch at ~1e-6 relative); float16 2e-3/2e-3
@@ -30,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "TOL", "tol", "make", "make_like", "grads",
+__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol", "make", "make_like", "grads",
            "assert_close", "case_id", "cases"]
 
 # (B, H, W): channel count is chosen by each test (kernels have constraints such as C % heads).
@@ -44,6 +45,10 @@ SHAPES: list[tuple[int, int, int]] = [
 SMALL_SHAPES = SHAPES[:3]
 
 LAYOUTS = ("nchw", "channels_last", "strided", "sliced")
+# "cropped": a W-crop of a wider channels_last tensor, so H and W do NOT merge into one pixel
+# axis (kernels that flatten H*W must fall back to separate h/w strides). Opt-in.
+EXTRA_LAYOUTS = ("cropped",)
+ALL_LAYOUTS = LAYOUTS + EXTRA_LAYOUTS
 
 TOL = {
     torch.float64: (1e-10, 1e-10),
@@ -73,13 +78,17 @@ def make(b: int, c: int, h: int, w: int, layout: str = "nchw", dtype=torch.float
     elif layout == "strided":
         big = torch.randn(b, c, h, 2 * w, dtype=torch.float32, device=device)
         t = (big * scale + offset).to(dtype)[..., ::2]
+    elif layout == "cropped":
+        big = torch.randn(b, c, h, w + 2, dtype=torch.float32, device=device)
+        big = (big * scale + offset).to(dtype).contiguous(memory_format=torch.channels_last)
+        t = big[..., 1:1 + w]
     elif layout == "sliced":
         big = torch.randn(b, c + 3, h, w, dtype=torch.float32, device=device)
         big = (big * scale + offset).to(dtype).contiguous(memory_format=torch.channels_last)
         t = big[:, 1:1 + c]
     else:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout in ("strided", "sliced"):
+        raise ValueError(f"layout must be one of {LAYOUTS + EXTRA_LAYOUTS}, got {layout!r}")
+    if layout in ("strided", "sliced") or (layout == "cropped" and h > 1):
         assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
     if requires_grad:
         t.requires_grad_(True)   # leaf: non-contiguous views are leaves when built without grad

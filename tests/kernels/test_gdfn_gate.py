@@ -11,12 +11,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.gdfn_gate import gelu_gate, gelu_gate_reference
-from tests.kernels.kutil import cases, grads, assert_close, make
+from tests.kernels.kutil import ALL_LAYOUTS, cases, grads, assert_close, make
 
 C2 = 10  # 2 x 5 channels
 
 
-@pytest.mark.parametrize("shape,layout", cases())
+@pytest.mark.parametrize("shape,layout", cases(layouts=ALL_LAYOUTS))
 def test_triton_matches_reference(triton_interp, shape, layout):
     b, h, w = shape
     x = make(b, C2, h, w, layout, requires_grad=True, scale=2.5)

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
-from tests.kernels.kutil import SMALL_SHAPES, cases, grads, assert_close, make
+from tests.kernels.kutil import ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
 
 C = 6  # not a power of two: exercises the channel mask
 
@@ -23,7 +23,7 @@ def _params(c, bias, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("variant", ["with_bias", "bias_free"])
-@pytest.mark.parametrize("shape,layout", cases())
+@pytest.mark.parametrize("shape,layout", cases(layouts=ALL_LAYOUTS))
 def test_triton_matches_reference(triton_interp, shape, layout, variant):
     b, h, w = shape
     x = make(b, C, h, w, layout, requires_grad=True, scale=2.0, offset=0.5)

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.mdta import channel_attention, channel_attention_reference
-from tests.kernels.kutil import SMALL_SHAPES, cases, grads, assert_close, make
+from tests.kernels.kutil import ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
 
 
 def _run(impl, heads):
@@ -27,7 +27,7 @@ def _check(q, k, v, t, heads, **tol):
         assert_close(a, e, grad=True, msg=f"grad {name}", **tol)
 
 
-@pytest.mark.parametrize("shape,layout", cases())
+@pytest.mark.parametrize("shape,layout", cases(layouts=ALL_LAYOUTS))
 def test_triton_matches_reference(triton_interp, shape, layout):
     b, h, w = shape
     heads, c = 2, 8
