@@ -58,7 +58,7 @@ class GatedDegradationAdaptation(nn.Module):
             raise ValueError(f"gated_da: expansion={expansion:g} with dim={dim} gives "
                              f"round({expansion:g} * {dim}) = {gamma + beta + alpha} expanded channels, "
                              f"leaving {alpha} alpha channels after gamma ({dim}) and beta ({dim}); "
-                             f"use expansion > 2 + 1/{dim} (released: 8/3)")
+                             f"use expansion >= 2 + 1/{dim} (released: 8/3)")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"gated_da: kernel_size must be a positive odd number, got {kernel_size}")
         if norm == "group" and (norm_groups < 1 or dim % norm_groups):
