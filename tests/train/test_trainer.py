@@ -163,3 +163,12 @@ def test_has_routing_detects_routed_blocks():
     assert not has_routing(nn.Sequential(nn.Conv2d(3, 3, 1)))
     assert has_routing(nn.Sequential(nn.Conv2d(3, 3, 1), Routed()))
     assert has_routing(nn.Sequential(Flagged()))
+
+
+def test_time_budget_runs_the_schedule_over_the_budget(data, tmp_path):
+    t = Trainer(tiny_recipe(schedule={"type": "warmup_cosine", "warmup_epochs": 0, "epochs": 1}), data,
+                out_dir=tmp_path, steps=10 ** 6, time_budget=0.5, schedule_by_time=True, progress=False)
+    s = t.fit()
+    assert s["stopped_early"] and 1 <= s["steps"] < 10 ** 6
+    assert t.lr_at(t.step) < 0.1 * t.opt_cfg.lr            # the cosine has (nearly) finished
+    assert (tmp_path / "last.safetensors").is_file()       # a checkpoint at the stop
