@@ -15,8 +15,9 @@ Implementations
   d x d algebra in torch (softmax backward, temperature grad, the normalisation's
   projection terms, which reduce to row/column sums of ``dG * Gn`` so no extra pass);
   pass 2: ``_bwd_apply_kernel`` writes ``dq = Mq k + aq * q`` and ``dk = Mk q + ak * k``
-  (reads q, k once) and ``_apply_kernel`` writes ``dv = A^T dout``. Inputs are read through their strides (NCHW,
-  channels_last, chunk views), outputs follow the input's memory format.
+  (reads q, k once) and ``_apply_kernel`` writes ``dv = A^T dout``. Inputs are read
+  through their strides (NCHW, channels_last, chunk views); outputs follow the input's
+  memory format.
   ``tl.dot`` always sees tiles with M, N, K >= 16 (d is padded to >= 16 and masked); inputs
   are upcast to float32 and multiplied with ``input_precision="tf32x3"`` on the GPU (tensor
   cores, float32-level accuracy; plain TF32 would be ~1e-3) -- the interpreter multiplies in
@@ -390,6 +391,6 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
         raise ValueError(f"channel_attention: heads={heads} must divide C={q.shape[1]} and match "
                          f"temperature.numel()={temperature.numel()}")
     t = temperature.reshape(-1)
-    if select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM:
+    if select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM and q.numel() > 0:
         return torch.ops.irblocks.channel_attention(q, k, v, t, int(heads))[0]
     return channel_attention_reference(q, k, v, t, heads)
