@@ -270,6 +270,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.save_every, self.progress, self.log_every = int(save_every), progress, log_every
         self.time_budget, self.schedule_by_time, self._t0 = time_budget, schedule_by_time, None
+        if time_budget is not None and self.distributed:
+            raise TrainError("a time budget needs a single process (ranks could stop at different steps); "
+                             "give steps or epochs under torchrun")
         self.step = 0
         self.stop_after = None
         if resume is not None and steps is None and epochs is None:
