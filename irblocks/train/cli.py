@@ -6,7 +6,6 @@ Errors are raised as exceptions with one-line messages; the main CLI prints
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

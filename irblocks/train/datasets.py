@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from irblocks.train.degradations import build_degradation
-from irblocks.train.imageio import IMAGE_EXTS, ImageError, image_size, list_images, read_image
+from irblocks.train.imageio import image_size, list_images, read_image
 
 __all__ = [
     "PairedFolder", "SyntheticDataset", "AllInOne", "find_paired", "EpochBatchSampler", "make_loader",

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from irblocks.train.datasets import DataError, PairedFolder, SyntheticDataset, find_paired
+from irblocks.train.datasets import DataError, SyntheticDataset, find_paired
 from irblocks.train.imageio import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
 from irblocks.train.tiling import tiled_forward

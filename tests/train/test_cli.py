@@ -1,6 +1,5 @@
 """irblocks train / eval / restore / demo end to end, and bad input: one line, exit 2, no partial files."""
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -1,7 +1,6 @@
 """Datasets: pairing rules, layouts, bad inputs, synthesis, mixing, sampler resumption and sharding."""
 import pytest
 import torch
-from PIL import Image
 
 from irblocks.train.datasets import (AllInOne, DataError, EpochBatchSampler, PairedFolder, SyntheticDataset,
                                      find_paired, make_loader, random_crop_flip)

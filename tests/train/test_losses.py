@@ -1,13 +1,10 @@
 """Losses: values against hand computations, gradients, the composite built from a recipe."""
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import irblocks
-from irblocks import losses
 from irblocks.aux import record_aux_loss
 from irblocks.losses import (CharbonnierLoss, FFTLoss, ICRMLoss, L1Loss, MSSSIMLoss, build_loss, icrm_views,
                              ms_ssim, validate_loss_section)
