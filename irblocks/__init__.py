@@ -35,6 +35,7 @@ from irblocks.clusir import *  # noqa: F401,F403,E402
 from irblocks.clearair import *  # noqa: F401,F403,E402
 
 from irblocks import losses  # noqa: F401,E402  (registers the losses)
+from irblocks import train  # noqa: F401,E402  (registers the degradations; trainer, metrics, datasets)
 from irblocks import convert  # noqa: F401,E402  (registers the official-weight converters)
 from irblocks.api import create_model, list_models, resolve_recipe, to_recipe  # noqa: E402,F401
 from irblocks.checkpoint import load, save  # noqa: E402,F401
