@@ -41,6 +41,10 @@ class DegradationPromptGenerator(nn.Module):
         self.weights = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, length))
         self.mlp = nn.Sequential(nn.Linear(prompt_dim, prompt_dim), nn.GELU(), nn.Linear(prompt_dim, prompt_dim))
 
+    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor]:
+        """A degradation embedding (B, embed_dim) (for generic tests)."""
+        return (torch.randn(batch, self.embed_dim),)
+
     def forward(self, fd: torch.Tensor) -> torch.Tensor:
         w = self.weights(fd).softmax(-1)
         return self.mlp(w @ self.prompts.to(w.dtype))

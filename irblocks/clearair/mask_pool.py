@@ -93,6 +93,14 @@ class MaskAveragePool(nn.Module):
             raise ValueError(f"mask_average_pool: mask_dropout must be in [0, 1), got {mask_dropout}")
         self.mask_dropout = mask_dropout
 
+    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """A feature map and three overlapping binary masks (for generic tests)."""
+        masks = torch.zeros(batch, 3, height, width)
+        masks[:, 0, : height // 2] = 1
+        masks[:, 1, :, : width // 2] = 1
+        masks[:, 2, height // 4:, width // 4:] = 1
+        return torch.randn(batch, 16, height, width), masks
+
     def forward(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m = binarize_masks(masks, "mask_average_pool masks")
         if m.shape[0] != x.shape[0]:
