@@ -26,6 +26,15 @@ def naive_restormer(x, weight, bias, eps=1e-5):
     return rearrange(t, "b (h w) c -> b c h w", h=h, w=w)
 
 
+def naive_restormer_bias_free(x, weight, eps=1e-5):
+    """Restormer's BiasFree_LayerNorm wrapped in to_3d / to_4d, on an NCHW tensor."""
+    h, w = x.shape[-2:]
+    t = rearrange(x, "b c h w -> b (h w) c")
+    sigma = t.var(-1, keepdim=True, unbiased=False)
+    t = t / torch.sqrt(sigma + eps) * weight
+    return rearrange(t, "b (h w) c -> b c h w", h=h, w=w)
+
+
 def bytes_moved(shape, itemsize=4):
     e = shape[0] * shape[1] * shape[2] * shape[3] * itemsize
     return {"bytes_fused": 2 * e, "bytes_unfused": 10 * e}
@@ -77,6 +86,17 @@ def test_forward(benchmark, name, fn, shape):
         benchmark(fn, *args)
 
 
+@pytest.mark.parametrize("name", ["naive_restormer_nchw", "reference_channels_last"])
+def test_forward_bias_free(benchmark, name):
+    shape = SIZES[0]
+    benchmark.group = f"layernorm bias_free {'x'.join(map(str, shape))}"
+    x, w, _ = _inputs(shape, name)
+    fn = naive_restormer_bias_free if name.startswith("naive") else \
+        (lambda x, w: channel_layer_norm_reference(x, w, None))
+    with torch.no_grad():
+        benchmark(fn, x, w)
+
+
 @pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])
 def test_forward_backward(benchmark, name, fn):
     shape = SIZES[0]
@@ -84,6 +104,8 @@ def test_forward_backward(benchmark, name, fn):
     args = _inputs(shape, name, grad=True)
     fn = _fn(fn, args)
     go = torch.randn(shape, device=DEV)
+    if not name.startswith("naive"):   # the gradient arriving from a channels_last model is channels_last
+        go = go.contiguous(memory_format=torch.channels_last)
     benchmark(lambda: torch.autograd.grad(fn(*args), args, go))
 
 
