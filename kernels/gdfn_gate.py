@@ -137,6 +137,10 @@ if triton_available():
                 ones = {f"s{t}{unit}": 1 for t in "dxg"}
                 bwd.update({k: "constexpr" for k in ones})
                 specs.append((_gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+        specs.append((_gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
+                                         **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+                                         "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+                      {"FLAT": False, "BLOCK_P": 32, "BLOCK_C": 64}))   # non-flat fallback, generic strides
         return specs
 
     COMPILE_SPECS = _specs()

@@ -192,6 +192,12 @@ if triton_available():
                     bwd.update({k: "constexpr" for k in ones})
                     specs.append((_ln_bwd_kernel, bwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
                                                         "BLOCK_C": bc, **ones}))
+        # the non-flat fallback (H and W strides do not merge, e.g. a W-crop view), generic strides
+        specs.append((_ln_fwd_kernel, {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32",
+                                       "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+                                       "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr",
+                                       "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+                      {"HAS_BIAS": True, "FLAT": False, "BLOCK_P": 64, "BLOCK_C": 64}))
         return specs
 
     COMPILE_SPECS = _specs()

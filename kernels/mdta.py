@@ -304,6 +304,14 @@ if triton_available():
                 specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
                                                   "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
                               {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": _GPU_PREC, **ones}, opts))
+        gram_n, _, _, warps = _GPU_TILES[64]   # non-flat fallback (W-crop views), generic strides
+        specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32", "d": "i32",
+                                     "heads": "i32", "N": "i32", "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32",
+                                     **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "NORMS": "constexpr",
+                                     "FLAT": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
+                                     "PREC": "constexpr"},
+                      {"NORMS": True, "FLAT": False, "BLOCK_D": 64, "BLOCK_N": gram_n, "PREC": _GPU_PREC},
+                      {"num_warps": warps}))
         return specs
 
     COMPILE_SPECS = _specs()
