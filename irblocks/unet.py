@@ -1,14 +1,14 @@
 """The one configurable U-Net restorer: Restormer, PromptIR, AnyIR, ClearAIR and ClusIR by recipe."""
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from irblocks.errors import InputError, check_image
+from irblocks.errors import check_image
 from irblocks.guidance import Guidance, call, check_wiring
 from irblocks.registry import BlockMap, BlockSpec, PriorMap, build, register
 

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty", "OUTPUT_FILL"]
+__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty", "out_format", "OUTPUT_FILL"]
 
 ENV = "IRBLOCKS_KERNELS"
 IMPLS = ("auto", "triton", "reference")
@@ -71,3 +71,13 @@ def empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None, memory_f
     if OUTPUT_FILL[0] is not None:
         out.fill_(OUTPUT_FILL[0])
     return out
+
+
+def out_format(x: torch.Tensor) -> torch.memory_format:
+    """Kernel outputs follow the input: channels_last when channels are the fastest axis
+    (channels_last tensors and their channel slices), contiguous otherwise."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
+        return torch.channels_last
+    return torch.contiguous_format

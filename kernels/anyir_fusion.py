@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import block_size, empty, select
+from ._dispatch import out_format as _out_format
 
 __all__ = ["anyir_fusion", "anyir_fusion_reference", "anyir_fusion_naive", "COMPILE_SPECS", "bytes_moved"]
 
@@ -160,11 +161,6 @@ if _HAVE_TRITON:
           "BLOCK": "constexpr"},
          {"BLOCK": _GPU_BLOCK}),
     ]
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if (x.is_contiguous(memory_format=torch.channels_last)
-                                   and not x.is_contiguous()) else torch.contiguous_format
 
 
 def _block() -> int:

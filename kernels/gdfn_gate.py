@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from ._dispatch import block_size, empty, select, triton_available
+from ._dispatch import out_format as _out_format
 
 __all__ = ["gelu_gate", "gelu_gate_reference", "COMPILE_SPECS"]
 
@@ -34,14 +35,6 @@ def gelu_gate_reference(x: torch.Tensor) -> torch.Tensor:
         # slice of a channels_last tensor it is ~10x slower than a dense copy + GELU
         x1 = x1.contiguous(memory_format=_out_format(x))
     return F.gelu(x1) * x2
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 if triton_available():

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from ._dispatch import block_size, empty, select, triton_available
+from ._dispatch import out_format as _out_format
 
 __all__ = ["channel_layer_norm", "channel_layer_norm_reference", "COMPILE_SPECS"]
 
@@ -46,15 +47,6 @@ def channel_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
         var = torch.linalg.vector_norm(xc, dim=-1, keepdim=True).square() / xl.shape[-1]
         y = xl * torch.rsqrt(var + eps) * weight
     return y.permute(0, 3, 1, 2)
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    """Outputs follow the input: channels_last when channels are the fastest axis."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 # --------------------------------------------------------------------------- triton

@@ -31,10 +31,10 @@ Implementations
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from ._dispatch import block_size, empty, interpreting, select, triton_available
+from ._dispatch import out_format as _out_format
 
 __all__ = ["channel_attention", "channel_attention_reference", "COMPILE_SPECS", "MAX_TRITON_HEAD_DIM"]
 
@@ -79,14 +79,6 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         outp = vp @ attn.transpose(-2, -1)                            # B, heads, N, d
         return outp.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
     return (attn @ vh).reshape(b, c, h, w)
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _like(x: torch.Tensor, shape=None) -> torch.Tensor:

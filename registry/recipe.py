@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any

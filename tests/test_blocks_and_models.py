@@ -1,6 +1,5 @@
 """Every registered block and every small recipe: forward, backward, gradients reach every
 parameter, any input size, memory formats, compile, and one-line errors for bad input."""
-import contextlib
 
 import pytest
 import torch

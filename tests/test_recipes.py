@@ -1,5 +1,4 @@
 """Recipes: loading, extends, whole-recipe validation with file:line, round trips, schema, checkpoints."""
-import json
 import textwrap
 
 import jsonschema
