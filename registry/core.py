@@ -143,13 +143,18 @@ class Entry:
 
     @property
     def signature(self) -> str:
-        target = self.obj.__init__ if inspect.isclass(self.obj) else self.obj
-        try:
-            sig = inspect.signature(target)
-        except (TypeError, ValueError):
-            return "(...)"
-        ps = [p for p in sig.parameters.values() if p.name != "self"]
-        return f"{self.name}({', '.join(str(p) for p in ps)})"
+        parts = []
+        for p in self.params.values():
+            if p.mapping:
+                ann = f"{{name: {p.component} spec}}"
+            elif p.component:
+                ann = f"{p.component.capitalize()}Spec"
+            else:
+                ann = type_name(p.annotation)
+            if p.context:
+                ann = f"Context[{ann}]"
+            parts.append(f"{p.name}: {ann}" + ("" if p.required else f" = {p.default!r}"))
+        return f"{self.name}({', '.join(parts)})"
 
     def context_params(self) -> set[str]:
         return {n for n, p in self.params.items() if p.context}
