@@ -27,8 +27,16 @@ Three pieces live here:
   the number of patterns), ``scaled_dot_product_attention`` with the bias as a float
   mask when they would exceed 2^24 elements; Triton: a flash-style
   forward (online softmax over token blocks, saves the log-sum-exp), a dq kernel
-  and a dk/dv kernel that reduces over pixel chunks into a partial buffer
-  (deterministic, no atomics).
+  and a dk/dv kernel (token-major: p^T, ds^T feed the dots untransposed) that
+  reduces over pixel chunks into a partial buffer (deterministic, no atomics).
+  The logits q k^T and do v^T are accumulated over 16/32-wide head-dim chunks, so
+  register use does not grow with the head dim; dk/dv programs own one output chunk.
+  ``tl.dot`` runs with ``input_precision="tf32x3"`` on the GPU (float32-level
+  accuracy on tensor cores). GPU tiles per padded head dim are ``_GPU_TILES``
+  (BLOCK_N 64, BLOCK_P 16, 8 warps, 1 stage) -- the same entries COMPILE_SPECS
+  lists (generic strides and the SCA block's unit head-dim strides), all with zero
+  register spills on sm_90. Head dims above ``MAX_TRITON_HEAD_DIM`` = 128 fall
+  back to the reference path (ClearAIR's widest SCA: 384 channels / 4 heads = 96).
 
 Dispatch: ``impl`` / ``IRBLOCKS_KERNELS`` (see ``irblocks.kernels._dispatch``).
 """
@@ -43,7 +51,8 @@ from . import _dispatch
 from ._dispatch import block_size, empty, select, triton_available
 
 __all__ = ["membership_codes", "membership_codes_reference", "pattern_tokens",
-           "pattern_attention", "pattern_attention_reference", "COMPILE_SPECS", "MAX_CODE_BITS"]
+           "pattern_attention", "pattern_attention_reference", "COMPILE_SPECS", "MAX_CODE_BITS",
+           "MAX_TRITON_HEAD_DIM"]
 
 MAX_CODE_BITS = 62
 REFERENCE_MAX_LOGITS = 1 << 24
@@ -103,40 +112,55 @@ if triton_available():
         p = tl.load(idx_ptr + b * N + offs_n, mask=vn, other=0)
         tl.atomic_add(out_ptr + (b * P + p[:, None]) * C + offs_c[None, :], x.to(tl.float32), mask=m2)
 
+    # The three attention kernels reduce over the head dim in chunks of BLOCK_DC columns
+    # (q k^T and do v^T are sums of BLOCK_DC-wide tl.dot's, operands re-read per chunk
+    # from L1/L2), so the registers they need do not grow with BLOCK_D; only the output
+    # accumulators span BLOCK_D (forward, dq) or one BLOCK_DC chunk of it (dk/dv, whose
+    # grid has one program per output chunk). Token-side tiles are small (P is the number
+    # of mask patterns), pixel-side tiles stream.
+
     @triton.jit
     def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr,
                          N, P, HEADS, D, scale,
                          s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
                          s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
         bh = tl.program_id(0)
         b = bh // HEADS
         h = bh % HEADS
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        offs_c = tl.arange(0, BLOCK_DC)
         vn = offs_n < N
         vd = offs_d < D
-        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
-                    mask=vn[:, None] & vd[None, :], other=0.0).to(tl.float32)
+        q_base = q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn
+        k_base = k_ptr + b * s_kb + h * s_kh
         m_i = tl.full([BLOCK_N], -float("inf"), tl.float32)
         l_i = tl.zeros([BLOCK_N], tl.float32)
         acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             vp = offs_p < P
-            kt = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[None, :] * s_kp + offs_d[:, None] * s_kd,
-                         mask=vp[None, :] & vd[:, None], other=0.0).to(tl.float32)      # (D, P)
-            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
-                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)      # (P, D)
+            s = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+            for d0 in range(0, D, BLOCK_DC):
+                dc = d0 + offs_c
+                vc = dc < D
+                q = tl.load(q_base + dc[None, :] * s_qd, mask=vn[:, None] & vc[None, :], other=0.0)
+                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd,
+                             mask=vp[None, :] & vc[:, None], other=0.0)                    # (DC, P)
+                s += tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision=PREC)
             bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
-            s = tl.dot(q, kt, input_precision="ieee") * scale + bias[None, :]
+            s = s * scale + bias[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # rows whose every logit so far is -inf keep m = -inf; guard the exp
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             pexp = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(pexp, 1)
-            acc = acc * alpha[:, None] + tl.dot(pexp, vv, input_precision="ieee")
+            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
+                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)          # (P, D)
+            acc = acc * alpha[:, None] + tl.dot(pexp, vv, input_precision=PREC)
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(o_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], out,
@@ -148,79 +172,106 @@ if triton_available():
                             N, P, HEADS, D, scale,
                             s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
                             s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                            BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+                            BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                            BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
         bh = tl.program_id(0)
         b = bh // HEADS
         h = bh % HEADS
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        offs_c = tl.arange(0, BLOCK_DC)
         vn = offs_n < N
         vd = offs_d < D
-        m2 = vn[:, None] & vd[None, :]
-        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
-                    mask=m2, other=0.0).to(tl.float32)
-        do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
+        q_base = q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn
+        do_base = do_ptr + (bh * N + offs_n[:, None]) * D
+        k_base = k_ptr + b * s_kb + h * s_kh
+        v_base = v_ptr + b * s_vb + h * s_vh
         lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=0.0)
         delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
         dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             vp = offs_p < P
-            kk = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
-                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)      # (P, D)
-            vt = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[None, :] * s_vp + offs_d[:, None] * s_vd,
-                         mask=vp[None, :] & vd[:, None], other=0.0).to(tl.float32)      # (D, P)
+            s = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+            dp = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+            for d0 in range(0, D, BLOCK_DC):
+                dc = d0 + offs_c
+                vc = dc < D
+                mnc = vn[:, None] & vc[None, :]
+                mcp = vc[:, None] & vp[None, :]
+                q = tl.load(q_base + dc[None, :] * s_qd, mask=mnc, other=0.0).to(tl.float32)
+                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd, mask=mcp, other=0.0)
+                s += tl.dot(q, kt.to(tl.float32), input_precision=PREC)
+                do = tl.load(do_base + dc[None, :], mask=mnc, other=0.0)
+                vt = tl.load(v_base + offs_p[None, :] * s_vp + dc[:, None] * s_vd, mask=mcp, other=0.0)
+                dp += tl.dot(do, vt.to(tl.float32), input_precision=PREC)
             bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
-            s = tl.dot(q, tl.trans(kk), input_precision="ieee") * scale + bias[None, :]
-            p = tl.exp(s - lse[:, None])
-            dp = tl.dot(do, vt, input_precision="ieee")
+            p = tl.exp(s * scale + bias[None, :] - lse[:, None])
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds, kk, input_precision="ieee")
-        tl.store(dq_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq * scale, mask=m2)
+            kk = tl.load(k_base + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
+                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)          # (P, D)
+            dq += tl.dot(ds, kk, input_precision=PREC)
+        tl.store(dq_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq * scale,
+                 mask=vn[:, None] & vd[None, :])
 
     @triton.jit
     def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr,
                               dk_ptr, dv_ptr, N, P, HEADS, D, scale, CHUNK,
                               s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
                               s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                              BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-        # program (bh, token block, pixel chunk): partial dk, dv of its tokens over its pixels
+                              BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
+        # program (bh, token block x output column chunk, pixel chunk): partial dk, dv of its
+        # tokens and BLOCK_DC head-dim columns over its pixels. Token-major (transposed) form:
+        # p^T and ds^T are the A operands of the accumulating dots (no register transposes).
+        NUM_DC: tl.constexpr = BLOCK_D // BLOCK_DC
         bh = tl.program_id(0)
         b = bh // HEADS
         h = bh % HEADS
-        pb = tl.program_id(1)
+        pb = tl.program_id(1) // NUM_DC
+        oc = tl.program_id(1) % NUM_DC
         ch = tl.program_id(2)
         offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        offs_d = tl.arange(0, BLOCK_D)
+        offs_c = tl.arange(0, BLOCK_DC)
+        offs_o = oc * BLOCK_DC + offs_c                   # this program's output columns
         vp = offs_p < P
-        vd = offs_d < D
-        mp = vp[:, None] & vd[None, :]
-        kk = tl.load(k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
-                     mask=mp, other=0.0).to(tl.float32)                                  # (P, D)
-        vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
-                     mask=mp, other=0.0).to(tl.float32)                                  # (P, D)
+        vo = offs_o < D
+        k_base = k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp
+        v_base = v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp
+        q_base = q_ptr + b * s_qb + h * s_qh
         bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
-        dk = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        dk = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
+        dv = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
         n_start = ch * CHUNK
         for n0 in range(n_start, n_start + CHUNK, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             vn = (offs_n < N) & (offs_n < n_start + CHUNK)
-            m2 = vn[:, None] & vd[None, :]
-            q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn + offs_d[None, :] * s_qd,
-                        mask=m2, other=0.0).to(tl.float32)                               # (N, D)
-            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
+            st = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+            dpt = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
+            for d0 in range(0, D, BLOCK_DC):
+                dc = d0 + offs_c
+                vc = dc < D
+                mpc = vp[:, None] & vc[None, :]
+                mcn = vc[:, None] & vn[None, :]
+                kk = tl.load(k_base + dc[None, :] * s_kd, mask=mpc, other=0.0).to(tl.float32)   # (P, DC)
+                qt = tl.load(q_base + offs_n[None, :] * s_qn + dc[:, None] * s_qd, mask=mcn, other=0.0)
+                st += tl.dot(kk, qt.to(tl.float32), input_precision=PREC)                     # (P, N)
+                vv = tl.load(v_base + dc[None, :] * s_vd, mask=mpc, other=0.0).to(tl.float32)
+                dot_ = tl.load(do_ptr + (bh * N + offs_n[None, :]) * D + dc[:, None], mask=mcn, other=0.0)
+                dpt += tl.dot(vv, dot_, input_precision=PREC)
             lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=float("inf"))
             delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
-            s = tl.dot(q, tl.trans(kk), input_precision="ieee") * scale + bias[None, :]   # (N, P)
-            p = tl.exp(s - lse[:, None])
-            p = tl.where(vn[:, None], p, 0.0)
-            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
-            dp = tl.dot(do, tl.trans(vv), input_precision="ieee")
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds), q, input_precision="ieee")
+            pt = tl.exp(st * scale + bias[:, None] - lse[None, :])
+            pt = tl.where(vn[None, :], pt, 0.0)
+            dst = pt * (dpt - delta[None, :])
+            mno = vn[:, None] & vo[None, :]
+            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_o[None, :], mask=mno, other=0.0)
+            dv += tl.dot(pt, do, input_precision=PREC)
+            q = tl.load(q_base + offs_n[:, None] * s_qn + offs_o[None, :] * s_qd, mask=mno, other=0.0)
+            dk += tl.dot(dst, q.to(tl.float32), input_precision=PREC)
         # partial buffers are (n_chunks, B * heads, P, D)
-        out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_d[None, :]
+        out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_o[None, :]
+        mp = vp[:, None] & vo[None, :]
         tl.store(dk_ptr + out_off, dk * scale, mask=mp)
         tl.store(dv_ptr + out_off, dv, mask=mp)
 
@@ -229,44 +280,61 @@ else:  # pragma: no cover
     COMPILE_SPECS = []
 
 
+# GPU tiles per padded head dim BLOCK_D: (BLOCK_N pixels, BLOCK_P tokens, BLOCK_DC head-dim chunk,
+# num_warps, num_stages), the same for the forward, dq and dk/dv kernels. These are exactly the
+# configs COMPILE_SPECS lists, checked for zero register spills on sm_90 by
+# tests/kernels/test_compile_sm90.py (``python -m irblocks.kernels.report --module pattern_sca``
+# prints registers/spills). One pipeline stage: the token loop is short (P = number of mask
+# patterns) and deeper software pipelining of the streamed pixel tiles is what spilled.
+_GPU_TILES = {16: (64, 16, 16, 8, 1), 32: (64, 16, 32, 8, 1), 64: (64, 16, 32, 8, 1), 128: (64, 16, 32, 8, 1)}
+# interpreter: tiny tiles, and 16-wide head-dim chunks so tests with d > 16 exercise the chunk loop
+_INTERP_TILES = (16, 16, 16, 4, 1)
+# tf32x3 = tensor cores with a split-float correction (float32-level accuracy); the interpreter
+# ignores the precision and multiplies in float32.
+_GPU_PREC = "tf32x3"
+MAX_TRITON_HEAD_DIM = max(_GPU_TILES)
+
+
 def _blocks(d: int):
+    """(BLOCK_N, BLOCK_P, BLOCK_D, BLOCK_DC, launch options) for head dim d <= MAX_TRITON_HEAD_DIM."""
     bd = max(16, triton.next_power_of_2(d))
-    bn = block_size(gpu=64, interpreter=16)
-    bp = block_size(gpu=32, interpreter=16)
-    return bn, bp, bd
+    gpu = _GPU_TILES[bd]
+    bn, bp, dc, warps, stages = (block_size(gpu=g, interpreter=i) for g, i in zip(gpu, _INTERP_TILES))
+    return bn, bp, bd, min(dc, bd), {"num_warps": warps, "num_stages": stages}
 
 
 def _attn_fwd_triton(q, k, v, bias, scale):
     bsz, heads, n, d = q.shape
     p = k.shape[2]
-    bn, bp, bd = _blocks(d)
+    bn, bp, bd, dc, opts = _blocks(d)
     o = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
     lse = empty(bsz, heads, n, like=q, dtype=torch.float32)
     grid = (bsz * heads, triton.cdiv(n, bn))
     _attn_fwd_kernel[grid](q, k, v, bias, o, lse, n, p, heads, d, float(scale),
                            *q.stride(), *k.stride(), *v.stride(), *bias.stride(),
-                           BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+                           BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=_GPU_PREC, **opts)
     return o, lse
 
 
 def _attn_bwd_triton(q, k, v, bias, scale, o, lse, do):
     bsz, heads, n, d = q.shape
     p = k.shape[2]
-    bn, bp, bd = _blocks(d)
+    bn, bp, bd, dc, opts = _blocks(d)
     do = do.to(torch.float32).contiguous()
     delta = (do * o).sum(-1).contiguous()                       # (B, h, N)
     dq = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
     strides = (*q.stride(), *k.stride(), *v.stride(), *bias.stride())
+    consts = dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=_GPU_PREC, **opts)
     _attn_bwd_dq_kernel[(bsz * heads, triton.cdiv(n, bn))](
-        q, k, v, bias, do, lse, delta, dq, n, p, heads, d, float(scale), *strides,
-        BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+        q, k, v, bias, do, lse, delta, dq, n, p, heads, d, float(scale), *strides, **consts)
     chunk = max(bn, triton.cdiv(triton.cdiv(n, 8), bn) * bn)   # <= 8 pixel chunks per token block
     n_chunks = triton.cdiv(n, chunk)
     dk_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
     dv_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
-    _attn_bwd_dkdv_kernel[(bsz * heads, triton.cdiv(p, bp), n_chunks)](
+    # axis 1: token blocks x output head-dim chunks (BLOCK_D // BLOCK_DC per token block)
+    _attn_bwd_dkdv_kernel[(bsz * heads, triton.cdiv(p, bp) * (bd // dc), n_chunks)](
         q, k, v, bias, do, lse, delta, dk_part, dv_part, n, p, heads, d, float(scale), chunk, *strides,
-        BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd)
+        **consts)
     dk = dk_part.sum(0).view(bsz, heads, p, d)
     dv = dv_part.sum(0).view(bsz, heads, p, d)
     return dq, dk, dv
@@ -475,12 +543,15 @@ def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
         bias: (B, P) log-area bias; ``-inf`` marks padding (every row needs one finite entry).
         scale: logit scale (d ** -0.5 in ClearAIR).
     Returns (B, heads, N, d); differentiable in q, k and v (not in bias).
+    Head dims d > ``MAX_TRITON_HEAD_DIM`` (128) always take the reference path (even with
+    ``impl="triton"``): the GPU configs cover padded head dims 16..128 only.
     """
     if q.dim() != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1] \
             or tuple(bias.shape) != (k.shape[0], k.shape[2]):
         raise ValueError(f"pattern_attention: expected q (B,h,N,d), k = v (B,h,P,d), bias (B,P); got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, bias {tuple(bias.shape)}")
-    if select(impl, q, k, v) == "reference":
+    if select(impl, q, k, v) == "reference" or q.shape[-1] > MAX_TRITON_HEAD_DIM:
+        # head dims above MAX_TRITON_HEAD_DIM (128) have no spill-free GPU config: reference path
         return pattern_attention_reference(q, k, v, bias, scale)
     out, _ = _pattern_attention_op(q, k, v, bias.detach(), float(scale))
     return out
@@ -500,17 +571,28 @@ if triton_available():
     ]
     _attn_sig = {"N": "i32", "P": "i32", "HEADS": "i32", "D": "i32", "scale": "fp32",
                  **{f"s_{t}{a}": "i32" for t in "qkv" for a in ("b", "h", "n" if t == "q" else "p", "d")},
-                 "s_bb": "i32", "s_bp": "i32",
-                 "BLOCK_N": "constexpr", "BLOCK_P": "constexpr", "BLOCK_D": "constexpr"}
+                 "s_bb": "i32", "s_bp": "i32", "BLOCK_N": "constexpr", "BLOCK_P": "constexpr",
+                 "BLOCK_D": "constexpr", "BLOCK_DC": "constexpr", "PREC": "constexpr"}
+    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "o_ptr": _F, "lse_ptr": _F, **_attn_sig}
+    _dq = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
+           "delta_ptr": _F, "dq_ptr": _F, **_attn_sig}
     _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
              "delta_ptr": _F, "dk_ptr": _F, "dv_ptr": _F, "N": "i32", "P": "i32", "HEADS": "i32",
              "D": "i32", "scale": "fp32", "CHUNK": "i32"}
-    _dkdv.update({k: v for k, v in _attn_sig.items() if k.startswith("s_") or k.startswith("BLOCK")})
-    for _bd in (16, 32, 64, 128):   # head dims 12 / 24 / 48 / 96 of ClearAIR's 4-head SCA
-        _gpu = {"BLOCK_N": 64, "BLOCK_P": 32, "BLOCK_D": _bd}
-        COMPILE_SPECS.append((_attn_fwd_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
-                                                 "o_ptr": _F, "lse_ptr": _F, **_attn_sig}, _gpu))
-        COMPILE_SPECS.append((_attn_bwd_dq_kernel, {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F,
-                                                    "do_ptr": _F, "lse_ptr": _F, "delta_ptr": _F, "dq_ptr": _F,
-                                                    **_attn_sig}, _gpu))
-        COMPILE_SPECS.append((_attn_bwd_dkdv_kernel, _dkdv, _gpu))
+    _dkdv.update({k: v for k, v in _attn_sig.items() if k not in _dkdv})
+    # the SCA block's layout: q/k/v head-dim stride 1 and bias token stride 1, which the
+    # launcher's ==1 integer specialisation turns into constants (different code than generic)
+    _UNIT = ("s_qd", "s_kd", "s_vd", "s_bp")
+
+    def _attn_specs():
+        specs = []
+        for bd, (bn, bp, dc, warps, stages) in _GPU_TILES.items():   # head dims 12/24/48/96 of ClearAIR
+            const = {"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd, "BLOCK_DC": min(dc, bd), "PREC": _GPU_PREC}
+            opts = {"num_warps": warps, "num_stages": stages}
+            for fn, sig in ((_attn_fwd_kernel, _fwd), (_attn_bwd_dq_kernel, _dq), (_attn_bwd_dkdv_kernel, _dkdv)):
+                specs.append((fn, dict(sig), dict(const), dict(opts)))                    # generic strides
+                specs.append((fn, {k: ("constexpr" if k in _UNIT else t) for k, t in sig.items()},
+                              {**const, **{k: 1 for k in _UNIT}}, dict(opts)))             # unit strides
+        return specs
+
+    COMPILE_SPECS += _attn_specs()

@@ -7,6 +7,8 @@ non-contiguous queries. float32 tolerance: atol = rtol = 1e-4 (online softmax an
 split-N dk/dv partial sums reorder the reductions: observed ~1e-6). float64
 gradcheck on the reference. The SCA block gives the same output and grads through
 both paths. float16 is not tested in the interpreter (the kernels compute in float32).
+Head dims 48 / 96 (BLOCK_D 64 / 128, multi-chunk head-dim loops), the GPU launch
+configs = COMPILE_SPECS, and the documented reference fallback for head dims > 128.
 """
 import math
 
@@ -138,28 +140,26 @@ def test_flop_formula(triton_interp):
 
 
 _COMPILE_SCRIPT = """
-import triton
-from triton.backends.compiler import GPUTarget
 import os
 from irblocks.kernels.pattern_sca import COMPILE_SPECS
-assert len(COMPILE_SPECS) == 14
+from irblocks.kernels.report import compile_spec
+assert len(COMPILE_SPECS) == 26, len(COMPILE_SPECS)   # 2 + 4 head-dim blocks x 3 kernels x 2 stride variants
 specs = COMPILE_SPECS if os.environ.get("IRBLOCKS_FULL_COMPILE") == "1" else \
     [s for s in COMPILE_SPECS if s[2].get("BLOCK_D") == 64]
-for fn, sig, const in specs:
-    assert set(const) <= set(sig)
-    src = triton.compiler.ASTSource(fn=fn, signature=sig,
-                                    constexprs={(list(sig).index(k),): v for k, v in const.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
-    assert k.metadata.shared <= 228 * 1024, (fn.fn.__name__, k.metadata.shared)
+for spec in specs:
+    assert set(spec[2]) <= set(spec[1])
+    k = compile_spec(spec, 90)
+    assert k.metadata.shared <= 228 * 1024, (spec[0].fn.__name__, k.metadata.shared)
 print("OK", len(specs))
 """
 
 
 @pytest.mark.slow
 def test_compile_sm90():
-    """Real sm_90 code for the attention kernels at head-dim block 64 (all 14 COMPILE_SPECS
-    entries with IRBLOCKS_FULL_COMPILE=1, ~2 min on this CPU); run in a subprocess because
-    jit functions are interpreter objects once TRITON_INTERPRET=1 is set."""
+    """Real sm_90 code for the attention kernels at head-dim block 64 (all 26 COMPILE_SPECS
+    entries with IRBLOCKS_FULL_COMPILE=1; registers/spills of every entry are checked by
+    tests/kernels/test_compile_sm90.py); run in a subprocess because jit functions are
+    interpreter objects once TRITON_INTERPRET=1 is set."""
     import os
     import subprocess
     import sys
@@ -170,6 +170,49 @@ def test_compile_sm90():
     if r.returncode != 0 and "ptxas" in r.stderr.lower():
         pytest.skip("sm_90 toolchain (ptxas) unavailable")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+def test_gpu_launch_configs_are_the_compiled_specs(monkeypatch):
+    """The block sizes / warps / stages the launcher uses on a GPU (interpreter off) for every
+    head dim up to MAX_TRITON_HEAD_DIM are exactly the configs COMPILE_SPECS lists (which
+    test_compile_sm90.py checks for zero spills)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")      # block_size() reads it at call time
+    compiled = {(s[0].__name__ if hasattr(s[0], "__name__") else s[0].fn.__name__,
+                 tuple(sorted((k, v) for k, v in s[2].items() if not k.startswith("s_"))),
+                 tuple(sorted(s[3].items()))) for s in ps.COMPILE_SPECS[2:]}
+    for d in range(1, ps.MAX_TRITON_HEAD_DIM + 1):
+        bn, bp, bd, dc, opts = ps._blocks(d)
+        const = tuple(sorted(dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=ps._GPU_PREC).items()))
+        assert bd % dc == 0, (d, bd, dc)
+        for name in ("_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"):
+            assert (name, const, tuple(sorted(opts.items()))) in compiled, (d, name, const, opts)
+
+
+@pytest.mark.parametrize("d", [48, 96])
+def test_attention_large_head_dims(d, triton_interp):
+    """ClearAIR's widest levels (C = 192 / 384, 4 heads): BLOCK_D = 64 / 128, the head-dim
+    chunk loops run 3 / 6 times in the interpreter (16-wide chunks) and dk/dv span 4 / 8
+    output-chunk programs per token block."""
+    q, k, v, bias = _attn_inputs((2, 1, 19, 5, d), "transposed")
+    scale = d ** -0.5
+    res = {impl: kutil.grads(lambda a, b_, c, impl=impl: ps.pattern_attention(a, b_, c, bias, scale, impl=impl),
+                             [t.detach().requires_grad_() for t in (q, k, v)])
+           for impl in ("reference", "triton")}
+    kutil.assert_close(res["triton"][0], res["reference"][0], msg="out", **TOL)
+    for name, a, b in zip(("dq", "dk", "dv"), res["triton"][1], res["reference"][1]):
+        kutil.assert_close(a, b, msg=name, **TOL)
+
+
+def test_head_dim_above_max_falls_back_to_reference(triton_interp, monkeypatch):
+    """Documented fallback: d > MAX_TRITON_HEAD_DIM (128) has no spill-free GPU config and
+    takes the reference path even with impl="triton" (the Triton op is never called)."""
+    def boom(*a, **k):
+        raise AssertionError("Triton op called for a head dim above MAX_TRITON_HEAD_DIM")
+    d = ps.MAX_TRITON_HEAD_DIM + 8
+    q, k, v, bias = _attn_inputs((1, 2, 7, 3, d))
+    ref = ps.pattern_attention_reference(q, k, v, bias, d ** -0.5)
+    monkeypatch.setattr(ps, "_pattern_attention_op", boom)
+    torch.testing.assert_close(ps.pattern_attention(q, k, v, bias, d ** -0.5, impl="triton"), ref)
 
 
 def test_attention_float16(triton_interp):
