@@ -6,6 +6,8 @@ reference vs torch.compile of the reference vs Triton (CUDA only).
 import pytest
 import torch
 
+from tests.benchmarks._util import compiled_or_skip
+
 from irblocks.kernels.anyir_fusion import anyir_fusion, anyir_fusion_naive, anyir_fusion_reference, bytes_moved
 
 SHAPE = (1, 24, 128, 128)      # C' = 24 -> output 1x48x128x128
@@ -29,12 +31,7 @@ def _impls():
 def _fn(fn):
     if fn != "compile":
         return fn
-    try:
-        c = torch.compile(anyir_fusion_reference)
-        c(*_inputs())
-        return c
-    except Exception as e:  # no compiler toolchain, unsupported backend...
-        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return compiled_or_skip(anyir_fusion_reference, *_inputs())
 
 
 @pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])

@@ -9,6 +9,8 @@ unfold ~ pad (2N) + unfold write k*k N + product read/write 2 k*k N + sum k*k N 
 """
 import pytest
 import torch
+
+from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 
 from irblocks.kernels.fsb_filter import fsb_filter, fsb_filter_reference
@@ -47,11 +49,7 @@ def test_fsb_filter(benchmark, impl, fmt):
     elif impl == "reference":
         fn = lambda: fsb_filter_reference(x, w, K)  # noqa: E731
     elif impl == "compiled":
-        try:
-            comp = torch.compile(fsb_filter_reference)
-            comp(x, w, K)
-        except Exception as e:
-            pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        comp = compiled_or_skip(fsb_filter_reference, x, w, K)
         fn = lambda: comp(x, w, K)  # noqa: E731
     else:
         if not torch.cuda.is_available():

@@ -6,6 +6,8 @@ formulation vs our reference vs torch.compile of the reference vs Triton (CUDA o
 import pytest
 import torch
 
+from tests.benchmarks._util import compiled_or_skip
+
 from irblocks.kernels.gated_da_stats import (bytes_moved, gated_da_modulate, gated_da_modulate_naive,
                                              gated_da_modulate_reference)
 
@@ -32,12 +34,7 @@ def _impls():
 def _fn(fn):
     if fn != "compile":
         return fn
-    try:
-        c = torch.compile(gated_da_modulate_reference)
-        c(*_inputs())
-        return c
-    except Exception as e:
-        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return compiled_or_skip(gated_da_modulate_reference, *_inputs())
 
 
 @pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])

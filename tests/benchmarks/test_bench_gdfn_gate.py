@@ -10,6 +10,8 @@ unfused 5E (gelu: read E, write E; multiply: read 2E, write E).
 """
 import pytest
 import torch
+
+from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 
 from irblocks.kernels.gdfn_gate import gelu_gate, gelu_gate_reference
@@ -47,12 +49,7 @@ def _input(shape, name, grad=False):
 def _fn(fn, x):
     if fn != "compile":
         return fn
-    try:
-        c = torch.compile(gelu_gate_reference)
-        c(x)
-        return c
-    except Exception as e:
-        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return compiled_or_skip(gelu_gate_reference, x)
 
 
 @pytest.mark.parametrize("shape", SIZES, ids=["x".join(map(str, s)) for s in SIZES])

@@ -10,6 +10,8 @@ reads x once per butterfly stage (~4 passes); the naive conv path pads, runs two
 import pytest
 import torch
 
+from tests.benchmarks._util import compiled_or_skip
+
 from irblocks.kernels.haar_dwt import haar_dwt, haar_dwt_reference, haar_idwt, haar_idwt_reference
 
 B, C, H, W = 1, 48, 128, 128
@@ -56,11 +58,7 @@ def test_dwt(benchmark, impl, fmt):
     elif impl == "reference":
         fn = lambda: haar_dwt_reference(x)  # noqa: E731
     elif impl == "compiled":
-        try:
-            comp = torch.compile(haar_dwt_reference)
-            comp(x)
-        except Exception as e:  # no compiler toolchain, etc.
-            pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        comp = compiled_or_skip(haar_dwt_reference, x)
         fn = lambda: comp(x)  # noqa: E731
     else:
         if not torch.cuda.is_available():
@@ -82,11 +80,7 @@ def test_idwt(benchmark, impl, fmt):
     elif impl == "reference":
         fn = lambda: haar_idwt_reference(y)  # noqa: E731
     elif impl == "compiled":
-        try:
-            comp = torch.compile(haar_idwt_reference)
-            comp(y)
-        except Exception as e:
-            pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        comp = compiled_or_skip(haar_idwt_reference, y)
         fn = lambda: comp(y)  # noqa: E731
     else:
         if not torch.cuda.is_available():

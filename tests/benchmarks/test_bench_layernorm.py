@@ -8,6 +8,8 @@ naive 10E (mean, var, x-mu, /sqrt, *w, +b: 6 full reads, 4 full writes).
 """
 import pytest
 import torch
+
+from tests.benchmarks._util import compiled_or_skip
 from einops import rearrange
 
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
@@ -60,12 +62,7 @@ def _inputs(shape, name, grad=False):
 def _fn(fn, args):
     if fn != "compile":
         return fn
-    try:
-        c = torch.compile(channel_layer_norm_reference)
-        c(*args)
-        return c
-    except Exception as e:  # no C++ toolchain, unsupported backend...
-        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return compiled_or_skip(channel_layer_norm_reference, *args)
 
 
 def _report(benchmark, shape):

@@ -9,6 +9,8 @@ norm, read + write for the division each; q k^T reads both; attn v reads v, writ
 """
 import pytest
 import torch
+
+from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 from einops import rearrange
 
@@ -59,12 +61,7 @@ def _inputs(shape, name, grad=False):
 def _fn(fn, args):
     if fn != "compile":
         return fn
-    try:
-        c = torch.compile(channel_attention_reference)
-        c(*args)
-        return c
-    except Exception as e:
-        pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return compiled_or_skip(channel_attention_reference, *args)
 
 
 @pytest.mark.parametrize("shape", SIZES, ids=["x".join(map(str, s)) for s in SIZES])

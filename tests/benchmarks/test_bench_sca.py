@@ -18,6 +18,8 @@ import sys
 import pytest
 import torch
 
+from tests.benchmarks._util import compiled_or_skip
+
 C, HEADS = 48, 4
 SIZES = (64, 128)
 
@@ -112,11 +114,7 @@ def test_bench_sca(benchmark, variant, size):
     blk, x, g = _setup(mode, size)
     step = _step
     if variant == "pattern_compiled":
-        try:
-            cblk = torch.compile(blk, backend="inductor")
-            _step(cblk, x, g)
-        except Exception as e:  # no C++ compiler etc.
-            pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e)[:120]}")
+        cblk = compiled_or_skip(blk, x, g)
         blk = cblk
     if variant == "pattern_triton":
         blk, x = blk.cuda(), x.detach().cuda().requires_grad_()
