@@ -1,7 +1,7 @@
 """``irblocks bench``: run the micro/model benchmarks and write a JSON record.
 
     irblocks bench                      # all of tests/benchmarks -> bench-results.json
-    irblocks bench -k layernorm --out ln.json
+    irblocks bench -k layernorm -o ln.json
     irblocks bench -- --benchmark-min-rounds=10   # extra pytest arguments after --
 
 Runs ``pytest <tests>/benchmarks --benchmark-only --benchmark-json=<out>`` in a subprocess
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(prog="irblocks bench", description="Run irblocks benchmarks (pytest-benchmark).")
-    p.add_argument("--out", default="bench-results.json", help="pytest-benchmark JSON output (default %(default)s)")
+    p.add_argument("-o", "--out", default="bench-results.json", help="pytest-benchmark JSON output (default %(default)s)")
     p.add_argument("-k", dest="keyword", default=None, help="only benchmarks matching this pytest -k expression")
     p.add_argument("--tests", default=None, help="benchmark folder (default: tests/benchmarks of the checkout)")
     p.add_argument("--summary", default=None, help="summary JSON path (default bench-summary.json)")

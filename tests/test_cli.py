@@ -72,3 +72,12 @@ def test_installed_script():
     exe = shutil.which("irblocks") or str(__import__("pathlib").Path(sys.executable).parent / "irblocks")
     r = subprocess.run([exe, "list", "model"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "unet_restorer" in r.stdout
+
+
+def test_bench_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "-o", str(out), "--summary", str(tmp_path / "summary.json"),
+                 "-k", "layernorm and 128 and reference_channels_last and not bias_free and not backward"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert [b["group"] for b in data["benchmarks"]] == ["layernorm 1x48x128x128"]
