@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import block_size, empty, select
+from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
 
 __all__ = ["anyir_fusion", "anyir_fusion_reference", "anyir_fusion_naive", "COMPILE_SPECS", "bytes_moved"]
@@ -63,12 +63,10 @@ def anyir_fusion_reference(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) 
 
 
 # ----------------------------------------------------------------------------- Triton
-try:  # the library works without Triton
+_HAVE_TRITON = triton_available()   # the library works without Triton
+if _HAVE_TRITON:
     import triton
     import triton.language as tl
-    _HAVE_TRITON = True
-except Exception:  # pragma: no cover - exercised only where triton is missing
-    _HAVE_TRITON = False
 
 COMPILE_SPECS: list = []
 

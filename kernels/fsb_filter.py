@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from ._dispatch import select
+from ._dispatch import select, triton_available
 
 __all__ = ["fsb_filter", "fsb_filter_reference", "reflect_index", "COMPILE_SPECS"]
 
@@ -88,13 +88,10 @@ def fsb_filter_reference(x: torch.Tensor, weight: torch.Tensor, kernel_size: int
 
 
 # ----------------------------------------------------------------------------- triton
-try:
+_HAVE_TRITON = triton_available()   # the library works without Triton
+if _HAVE_TRITON:
     import triton
     import triton.language as tl
-    _HAVE_TRITON = True
-except Exception:  # pragma: no cover
-    triton = tl = None
-    _HAVE_TRITON = False
 
 COMPILE_SPECS: list = []
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import block_size, empty, select
+from ._dispatch import block_size, empty, select, triton_available
 
 __all__ = ["gated_da_modulate", "gated_da_modulate_reference", "gated_da_modulate_naive",
            "COMPILE_SPECS", "bytes_moved"]
@@ -58,12 +58,10 @@ def gated_da_modulate_reference(f: torch.Tensor, alpha: torch.Tensor, tau: torch
 
 
 # ----------------------------------------------------------------------------- Triton
-try:
+_HAVE_TRITON = triton_available()   # the library works without Triton
+if _HAVE_TRITON:
     import triton
     import triton.language as tl
-    _HAVE_TRITON = True
-except Exception:  # pragma: no cover
-    _HAVE_TRITON = False
 
 COMPILE_SPECS: list = []
 

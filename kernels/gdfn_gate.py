@@ -41,12 +41,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _pix(hw, Wd, sh, sw, FLAT: tl.constexpr):
-        """Offset of in-image pixel index hw; FLAT (H and W merge) keeps it provably contiguous."""
-        if FLAT:
-            return hw * sw
-        return (hw // Wd) * sh + (hw % Wd) * sw
+    from ._triton_util import pixel_offset as _pix
 
     @triton.jit
     def _tile(C, HW, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):

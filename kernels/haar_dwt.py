@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from ._dispatch import select
+from ._dispatch import select, triton_available
 
 __all__ = ["haar_dwt", "haar_idwt", "haar_dwt_reference", "haar_idwt_reference", "COMPILE_SPECS"]
 
@@ -78,13 +78,10 @@ def haar_idwt_reference(y: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- triton
-try:  # guarded: the library works without Triton
+_HAVE_TRITON = triton_available()   # the library works without Triton
+if _HAVE_TRITON:
     import triton
     import triton.language as tl
-    _HAVE_TRITON = True
-except Exception:  # pragma: no cover
-    triton = tl = None
-    _HAVE_TRITON = False
 
 COMPILE_SPECS: list = []
 

@@ -89,12 +89,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _pix(n, Wd, sh, sw, FLAT: tl.constexpr):
-        """Offset of in-image pixel index n; FLAT (H and W merge) keeps it provably contiguous."""
-        if FLAT:
-            return n * sw
-        return (n // Wd) * sh + (n % Wd) * sw
+    from ._triton_util import pixel_offset as _pix
 
     @triton.jit
     def _gram_kernel(X, Y, G, SX, SY, d, heads, N, Wd, N_PER_SPLIT, n_split,
