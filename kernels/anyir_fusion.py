@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
 
@@ -252,6 +254,7 @@ def bytes_moved(shape_a, itemsize: int = 4) -> dict:
     return {"fused": fused, "unfused": unfused}
 
 
+@register("kernel", "anyir_fusion")
 def anyir_fusion(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """lam * concat(a + sigmoid(g), g + sigmoid(a)) + (1 - lam) * repeat_interleave(a + g, 2).
 

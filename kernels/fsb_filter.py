@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
+from irblocks.registry import register
+
 from ._dispatch import select, triton_available
 
 __all__ = ["fsb_filter", "fsb_filter_reference", "reflect_index", "COMPILE_SPECS"]
@@ -246,6 +248,7 @@ except Exception:  # pragma: no cover
     pass
 
 
+@register("kernel", "fsb_filter")
 def fsb_filter(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, impl: str | None = None) -> torch.Tensor:
     """Dynamic k x k filter with reflect borders. x (B, C, H, W); weight (B, G, k*k) -> (B, C, H, W)."""
     _check(x, weight, kernel_size)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, select, triton_available
 
 __all__ = ["gated_da_modulate", "gated_da_modulate_reference", "gated_da_modulate_naive",
@@ -268,6 +270,7 @@ def bytes_moved(shape_f, alpha_channels: int, itemsize: int = 4) -> dict:
     return {"fused": fused, "unfused": unfused}
 
 
+@register("kernel", "gated_da_modulate")
 def gated_da_modulate(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor, eps: float = 1e-6,
                       impl: str | None = None) -> torch.Tensor:
     """alpha * (1 + tile(tau * sigmoid(mean_hw(f) + sqrt(var_hw(f) + eps)))).

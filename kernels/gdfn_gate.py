@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
 
@@ -182,6 +184,7 @@ for _op in (torch.ops.irblocks.gelu_gate, torch.ops.irblocks.gelu_gate_backward)
         register_flop_formula(_op)(lambda *args, out_shape=None, **kwargs: 0)  # elementwise
 
 
+@register("kernel", "gelu_gate")
 def gelu_gate(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """x: (B, 2C, H, W) -> (B, C, H, W) = gelu(x[:, :C]) * x[:, C:] (exact erf GELU)."""
     if x.dim() != 4 or x.shape[1] % 2:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
+from irblocks.registry import register
+
 from ._dispatch import select, triton_available
 
 __all__ = ["haar_dwt", "haar_idwt", "haar_dwt_reference", "haar_idwt_reference", "COMPILE_SPECS"]
@@ -228,6 +230,7 @@ except Exception:  # pragma: no cover - older torch
 
 
 # ----------------------------------------------------------------------------- entry points
+@register("kernel", "haar_dwt")
 def haar_dwt(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """Haar DWT: (B, C, H, W), H and W even, any strides -> (B, 4C, H/2, W/2) [LL|LH|HL|HH]."""
     _check_even(x, "haar_dwt")
@@ -236,6 +239,7 @@ def haar_dwt(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     return haar_dwt_reference(x)
 
 
+@register("kernel", "haar_idwt")
 def haar_idwt(y: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """Inverse Haar DWT: (B, 4C, h, w) [LL|LH|HL|HH] -> (B, C, 2h, 2w)."""
     if y.dim() != 4 or y.shape[1] % 4:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
 
@@ -241,6 +243,7 @@ for _op in (torch.ops.irblocks.channel_layer_norm, torch.ops.irblocks.channel_la
 
 
 # --------------------------------------------------------------------------- entry point
+@register("kernel", "channel_layer_norm")
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                        eps: float = 1e-5, impl: str | None = None) -> torch.Tensor:
     """LayerNorm over channels. x: (B, C, H, W) any strides -> (B, C, H, W).

@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, interpreting, select, triton_available
 from ._dispatch import out_format as _out_format
 
@@ -376,6 +378,7 @@ if torch.ops.irblocks.channel_attention not in flop_registry:
 
 
 # --------------------------------------------------------------------------- entry point
+@register("kernel", "channel_attention")
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
                       heads: int, impl: str | None = None) -> torch.Tensor:
     """q, k, v: (B, C, H, W); temperature: (heads,) or (heads,1,1) -> (B, C, H, W)."""

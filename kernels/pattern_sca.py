@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
+from irblocks.registry import register
+
 from ._dispatch import block_size, empty, select, triton_available
 
 __all__ = ["membership_codes", "membership_codes_reference", "pattern_tokens",
@@ -456,6 +458,7 @@ if triton_available():
 
 
 # =========================================================================== entry points
+@register("kernel", "membership_codes")
 def membership_codes(masks: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """(B, K, H, W) binary masks -> (B, H*W) int64 membership codes (bit k = mask k), K <= 62."""
     b, k, h, w = masks.shape
@@ -485,6 +488,7 @@ def _unique_patterns(masks: torch.Tensor, impl: str | None):
     return res
 
 
+@register("kernel", "pattern_tokens")
 def pattern_tokens(masks: torch.Tensor, src: torch.Tensor, impl: str | None = None):
     """Pattern tokens of a feature map.
 
@@ -533,6 +537,7 @@ def pattern_tokens(masks: torch.Tensor, src: torch.Tensor, impl: str | None = No
     return tokens, bias, inverse
 
 
+@register("kernel", "pattern_attention")
 def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                       scale: float, impl: str | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v over pattern tokens.

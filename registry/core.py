@@ -25,6 +25,7 @@ import fnmatch
 import functools
 import inspect
 import os
+import types
 import typing
 import warnings
 from typing import Any, Callable, Iterable
@@ -408,7 +409,7 @@ def type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         return " | ".join(type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple, typing.Sequence):
         args = typing.get_args(tp)

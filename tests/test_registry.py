@@ -186,3 +186,12 @@ def test_no_plugins_env_turns_autoloading_off(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert core.load_plugins() == []
+
+
+def test_kernels_are_registered_with_their_entry_points():
+    from irblocks.kernels.layernorm import channel_layer_norm
+    assert {"channel_layer_norm", "gelu_gate", "channel_attention", "anyir_fusion", "gated_da_modulate",
+            "haar_dwt", "haar_idwt", "fsb_filter", "pattern_attention"} <= set(registry.list("kernel"))
+    assert registry.lookup("kernel", "channel_layer_norm").obj is channel_layer_norm
+    d = registry.info("channel_layer_norm")
+    assert d["kind"] == "kernel" and "impl: str | null = None" in d["signature"]
