@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["register_converter", "from_official", "converters", "map_unet_key", "load_official_checkpoint",
-           "convert_file", "ConversionError", "load_mapped"]
+           "convert_file", "ConversionError", "load_mapped", "official_config"]
 
 
 class ConversionError(ValueError):
@@ -118,7 +118,8 @@ _RESTORMER_DEFAULTS = dict(inp_channels=3, out_channels=3, dim=48, num_blocks=[4
 _PROMPTIR_DEFAULTS = {**{k: v for k, v in _RESTORMER_DEFAULTS.items() if k != "dual_pixel_task"}, "decoder": True}
 
 
-def _config(arch: str, config: dict | None, defaults: dict) -> dict:
+def official_config(arch: str, config: dict | None, defaults: dict) -> dict:
+    """Official constructor kwargs over their defaults; unknown names are a one-line error."""
     cfg = dict(defaults)
     for k, v in (config or {}).items():
         if k not in defaults:
@@ -147,7 +148,7 @@ def restormer_model_spec(cfg: dict) -> dict:
 @register_converter("restormer")
 def _restormer(state_dict: dict, config: dict | None) -> nn.Module:
     from irblocks.registry import build
-    cfg = _config("restormer", config, _RESTORMER_DEFAULTS)
+    cfg = official_config("restormer", config, _RESTORMER_DEFAULTS)
     if cfg["dual_pixel_task"]:
         raise ConversionError("restormer: dual_pixel_task=True (defocus deblurring with a skip conv) is not supported")
     model = build(restormer_model_spec(cfg), "model")
@@ -202,7 +203,7 @@ def _promptir_key(k: str, v: torch.Tensor):
 @register_converter("promptir")
 def _promptir(state_dict: dict, config: dict | None) -> nn.Module:
     from irblocks.registry import build
-    cfg = _config("promptir", config, _PROMPTIR_DEFAULTS)
+    cfg = official_config("promptir", config, _PROMPTIR_DEFAULTS)
     if not cfg["decoder"]:
         raise ConversionError("promptir: decoder=False does not run in the official code (its up4_3 expects 4d); "
                               "only decoder=True checkpoints exist")

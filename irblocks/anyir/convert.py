@@ -15,7 +15,7 @@ import re
 
 from torch import nn
 
-from irblocks.convert import ConversionError, load_mapped, map_unet_key, register_converter
+from irblocks.convert import ConversionError, load_mapped, map_unet_key, official_config, register_converter
 
 __all__ = ["ANYIR_DEFAULTS", "anyir_model_spec", "anyir_key"]
 
@@ -44,18 +44,6 @@ def anyir_key(key: str) -> str | None:
     return map_unet_key(key, _block_rename)
 
 
-def _config(config: dict | None) -> dict:
-    cfg = dict(ANYIR_DEFAULTS)
-    for k, v in (config or {}).items():
-        if k not in ANYIR_DEFAULTS:
-            raise ConversionError(f"anyir: unknown official constructor argument {k!r} "
-                                  f"(expected some of {', '.join(ANYIR_DEFAULTS)})")
-        cfg[k] = v
-    if cfg["LayerNorm_type"] not in ("WithBias", "BiasFree"):
-        raise ConversionError(f"anyir: LayerNorm_type must be 'WithBias' or 'BiasFree', got {cfg['LayerNorm_type']!r}")
-    return cfg
-
-
 def anyir_model_spec(cfg: dict) -> dict:
     """Our model spec for the official constructor kwargs (defaults filled in)."""
     bias = bool(cfg["bias"])
@@ -72,7 +60,7 @@ def anyir_model_spec(cfg: dict) -> dict:
 @register_converter("anyir")
 def _anyir(state_dict: dict, config: dict | None) -> nn.Module:
     from irblocks.registry import build
-    cfg = _config(config)
+    cfg = official_config("anyir", config, ANYIR_DEFAULTS)
     model = build(anyir_model_spec(cfg), "model")
     mapped, unmapped = {}, []
     for k, v in state_dict.items():

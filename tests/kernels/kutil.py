@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol", "make", "make_like", "grads",
+__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol", "make", "make_like", "grads", "both_paths",
            "assert_close", "case_id", "cases"]
 
 # (B, H, W): channel count is chosen by each test (kernels have constraints such as C % heads).
@@ -102,6 +102,20 @@ def make_like(t: torch.Tensor, layout: str, requires_grad: bool = False) -> torc
     with torch.no_grad():
         out.copy_(t)
     return out.requires_grad_(requires_grad)
+
+
+def both_paths(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], monkeypatch,
+               module: torch.nn.Module | None = None) -> dict:
+    """Run ``fn`` with ``IRBLOCKS_KERNELS=triton`` and ``=reference``; for each path return
+    ``[out, *input grads, *parameter grads of module]`` (compare them with assert_close)."""
+    res = {}
+    for impl in ("triton", "reference"):
+        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
+        if module is not None:
+            module.zero_grad()
+        out, gs = grads(fn, inputs)
+        res[impl] = [out, *gs] + ([p.grad.clone() for p in module.parameters()] if module is not None else [])
+    return res
 
 
 def grads(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],

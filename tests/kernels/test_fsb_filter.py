@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from irblocks.clusir import FrequencySelfMining
 from irblocks.kernels.fsb_filter import COMPILE_SPECS, fsb_filter, fsb_filter_reference, reflect_index
-from tests.kernels.kutil import assert_close, cases, grads, make
+from tests.kernels.kutil import both_paths, assert_close, cases, grads, make
 
 C, G = 2, 1   # one group of two channels: grouping is exercised, programs stay few
 F32 = {"atol": 1e-5, "rtol": 1e-5}
@@ -97,12 +97,7 @@ def test_gradcheck_reference_float64():
 def test_block_same_through_both_paths(triton_interp, monkeypatch):
     blk = FrequencySelfMining(8, kernel_size=3, groups=4)
     x = make(2, 8, 5, 3, "channels_last", requires_grad=True)
-    res = {}
-    for impl in ("triton", "reference"):
-        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
-        blk.zero_grad()
-        out, (gx,) = grads(lambda x: blk.decompose(x)[1], [x])
-        res[impl] = [out, gx] + [p.grad.clone() for p in blk.parameters()]
+    res = both_paths(lambda x: blk.decompose(x)[1], [x], monkeypatch, module=blk)
     assert_close(res["triton"], res["reference"], atol=1e-4, rtol=1e-4)
 
 

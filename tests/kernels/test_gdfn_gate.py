@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.gdfn_gate import gelu_gate, gelu_gate_reference
-from tests.kernels.kutil import ALL_LAYOUTS, cases, grads, assert_close, make
+from tests.kernels.kutil import both_paths, ALL_LAYOUTS, cases, grads, assert_close, make
 
 C2 = 10  # 2 x 5 channels
 
@@ -55,12 +55,7 @@ def test_gradcheck_reference_float64():
 def test_block_same_through_both_paths(triton_interp, monkeypatch):
     block = irblocks.GDFN(6, expansion=2.0)
     x = make(3, 6, 5, 3, "channels_last", requires_grad=True)
-    res = {}
-    for impl in ("triton", "reference"):
-        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
-        block.zero_grad()
-        out, (gx,) = grads(block, [x])
-        res[impl] = [out, gx] + [p.grad.clone() for p in block.parameters()]
+    res = both_paths(block, [x], monkeypatch, module=block)
     assert_close(res["triton"], res["reference"], grad=True, msg="GDFN output and grads")
 
 

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from irblocks.clusir import DWT, IDWT
 from irblocks.kernels.haar_dwt import COMPILE_SPECS, haar_dwt, haar_dwt_reference, haar_idwt, haar_idwt_reference
-from tests.kernels.kutil import SHAPES, assert_close, cases, grads, make
+from tests.kernels.kutil import both_paths, SHAPES, assert_close, cases, grads, make
 
 C = 3
 F32 = {"atol": 1e-5, "rtol": 1e-5}
@@ -105,12 +105,7 @@ def test_wave_attention_same_through_both_paths(triton_interp, monkeypatch):
     from irblocks.clusir import WaveAttention
     blk = WaveAttention(8, heads=2, sr=2).eval()
     x = make(1, 8, 5, 6, "channels_last", requires_grad=True)
-    res = {}
-    for impl in ("triton", "reference"):
-        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
-        blk.zero_grad()
-        out, (gx,) = grads(blk, [x])
-        res[impl] = [out, gx] + [p.grad.clone() for p in blk.parameters()]
+    res = both_paths(blk, [x], monkeypatch, module=blk)
     assert_close(res["triton"], res["reference"], grad=True)
 
 

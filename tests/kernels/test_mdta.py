@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.mdta import channel_attention, channel_attention_reference
-from tests.kernels.kutil import ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
+from tests.kernels.kutil import both_paths, ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
 
 
 def _run(impl, heads):
@@ -78,12 +78,7 @@ def test_block_same_through_both_paths(triton_interp, monkeypatch, heads):
     with torch.no_grad():
         block.temperature.uniform_(0.5, 2.0)
     x = make(3, 8, 5, 3, "channels_last", requires_grad=True)
-    res = {}
-    for impl in ("triton", "reference"):
-        monkeypatch.setenv("IRBLOCKS_KERNELS", impl)
-        block.zero_grad()
-        out, (gx,) = grads(block, [x])
-        res[impl] = [out, gx] + [p.grad.clone() for p in block.parameters()]
+    res = both_paths(block, [x], monkeypatch, module=block)
     assert_close(res["triton"], res["reference"], grad=True, msg="MDTA output and grads")
 
 
