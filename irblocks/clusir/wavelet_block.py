@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.clusir.haar import DWT, IDWT
-from irblocks.errors import check_feature
+from irblocks.errors import InputError, check_feature
 from irblocks.norm import ChannelLayerNorm
 from irblocks.registry import Context, register
 
@@ -71,6 +71,10 @@ class WaveAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature(x, self.dim, "wave_attention input")
         b, c, h, w = x.shape
+        if self.training and b * ((h + 1) // 2) * ((w + 1) // 2) == 1:
+            raise InputError(f"wave_attention: BatchNorm in train mode needs more than one value per channel, "
+                             f"got B x H/2 x W/2 = 1 x 1 x 1 after the DWT of a {h}x{w} map (in a U-Net the "
+                             "latent is H/8 x W/8: train with inputs of at least 32x32 or a batch > 1)")
         hd = c // self.heads
         q = self.q(_tokens(x)).reshape(b, h * w, self.heads, hd).transpose(1, 2)    # B, h, N, d
         x_dwt = self.filter(self.dwt(self.reduce(x)))                                # B, C, h2, w2

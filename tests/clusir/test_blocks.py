@@ -133,3 +133,11 @@ def test_wiring_rejects_dafmm_without_fusion():
     from irblocks.guidance import GuidanceError
     with pytest.raises((GuidanceError, ValueError), match="prompt.sem"):
         irblocks.create_model("clusir-tiny", latent_end=None)
+
+
+def test_batchnorm_train_mode_needs_more_than_one_value_clear_error():
+    from irblocks.errors import InputError
+    m = irblocks.create_model("clusir-tiny").train()
+    with pytest.raises(InputError, match=r"wave_attention: BatchNorm in train mode needs more than one value"):
+        m(torch.rand(1, 3, 16, 16))
+    assert m(torch.rand(2, 3, 16, 16)).shape == (2, 3, 16, 16)       # a batch > 1 is fine
