@@ -191,12 +191,7 @@ if triton_available():
 
     COMPILE_SPECS = _specs()
 else:  # pragma: no cover - Triton missing
-    COMPILE_SPECS = []
-
-    def _fwd_triton(*a, **k):
-        raise RuntimeError("Triton is not importable")
-
-    _bwd_triton = _fwd_triton
+    COMPILE_SPECS = []   # without Triton, select() never returns "triton"
 
 
 # --------------------------------------------------------------------------- custom ops

@@ -10,7 +10,7 @@ import torch
 
 from irblocks.kernels.anyir_fusion import (COMPILE_SPECS, anyir_fusion, anyir_fusion_naive,
                                            anyir_fusion_reference, bytes_moved)
-from kutil import assert_close, cases, grads, make, SMALL_SHAPES
+from kutil import SMALL_SHAPES, assert_close, both_paths, cases, grads, make
 
 C_HALF = 3   # C' (odd on purpose: the released layout interleaves c0, c0, c1, c1, ...)
 
@@ -103,20 +103,13 @@ def test_flop_formula_zero(triton_interp):
     assert fc.get_total_flops() == 0
 
 
-def test_block_same_output_and_grads_both_paths(force_triton, monkeypatch):
+def test_block_same_output_and_grads_both_paths(triton_interp, monkeypatch):
     from irblocks.anyir import SpatialFrequencyFusion
     blk = SpatialFrequencyFusion(dim=6)
     a = make(2, 3, 5, 4, "channels_last", requires_grad=True)
     g = make(2, 3, 5, 4, "channels_last", requires_grad=True)
-    out_t, gt = grads(blk, [a, g])
-    pt = [p.grad.clone() for p in blk.parameters()]
-    blk.zero_grad()
-    monkeypatch.setenv("IRBLOCKS_KERNELS", "reference")
-    out_r, gr = grads(blk, [a, g])
-    pr = [p.grad.clone() for p in blk.parameters()]
-    assert_close(out_t, out_r)
-    assert_close(gt, gr, grad=True)
-    assert_close(pt, pr, grad=True)
+    res = both_paths(blk, [a, g], monkeypatch, module=blk)
+    assert_close(res["triton"], res["reference"], grad=True, msg="sf_fusion output and grads")
 
 
 def test_bad_shapes():

@@ -9,7 +9,7 @@ import torch
 
 from irblocks.kernels.gated_da_stats import (COMPILE_SPECS, bytes_moved, gated_da_modulate,
                                              gated_da_modulate_naive, gated_da_modulate_reference)
-from kutil import SMALL_SHAPES, assert_close, cases, grads, make
+from kutil import SMALL_SHAPES, assert_close, both_paths, cases, grads, make
 
 C = 3
 
@@ -83,19 +83,12 @@ def test_flop_formula_zero(triton_interp):
     assert fc.get_total_flops() == 0
 
 
-def test_block_same_output_and_grads_both_paths(force_triton, monkeypatch):
+def test_block_same_output_and_grads_both_paths(triton_interp, monkeypatch):
     from irblocks.anyir import GatedDegradationAdaptation
     blk = GatedDegradationAdaptation(dim=6).train()
     x = make(2, 6, 5, 4, "channels_last", requires_grad=True)
-    out_t, gt = grads(blk, [x])
-    pt = [p.grad.clone() for p in blk.parameters()]
-    blk.zero_grad()
-    monkeypatch.setenv("IRBLOCKS_KERNELS", "reference")
-    out_r, gr = grads(blk, [x])
-    pr = [p.grad.clone() for p in blk.parameters()]
-    assert_close(out_t, out_r)
-    assert_close(gt, gr, grad=True)
-    assert_close(pt, pr, grad=True)
+    res = both_paths(blk, [x], monkeypatch, module=blk)
+    assert_close(res["triton"], res["reference"], grad=True, msg="gated_da output and grads")
 
 
 def test_bad_inputs():
