@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["InputError", "check_image", "check_feature"]
+__all__ = ["InputError", "check_feature"]
 
 
 class InputError(ValueError):
@@ -31,5 +31,3 @@ def check_feature(x: torch.Tensor, channels: int | None, where: str, finite: boo
         n = int((~torch.isfinite(x)).sum())
         raise InputError(f"{where}: input contains {n} NaN/Inf values; expected finite values")
 
-
-check_image = check_feature

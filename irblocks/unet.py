@@ -8,9 +8,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from irblocks.errors import check_image
+from irblocks.errors import check_feature
 from irblocks.guidance import Guidance, call, check_wiring
-from irblocks.registry import BlockMap, BlockSpec, PriorMap, build, register
+from irblocks.registry import BlockMap, BlockSpec, PriorMap, accepts, build, register
 
 __all__ = ["UNetRestorer", "pad_to_multiple"]
 
@@ -45,9 +45,6 @@ class _Stage(nn.Module):
             else:
                 x = call(b, x, guidance)
         return x
-
-    def __len__(self) -> int:
-        return len(self.blocks)
 
 
 @register("model", "unet_restorer", aliases=("unet",))
@@ -185,9 +182,7 @@ class UNetRestorer(nn.Module):
         self.latent_end = None
         reduce_needed = latent_reduce
         if latent_end is not None:
-            from irblocks.registry import lookup
-            takes_out = (not isinstance(latent_end, (str, dict))) or \
-                "out_dim" in lookup("block", latent_end if isinstance(latent_end, str) else latent_end["type"]).params
+            takes_out = accepts(latent_end, "block", "out_dim")
             self.latent_end = build(latent_end, "block", **ctx("latent", 3, dim8, blocks[3],
                                                                **({"out_dim": out_lat} if takes_out else {})))
             reduce_needed = latent_reduce and not takes_out
@@ -258,7 +253,7 @@ class UNetRestorer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
-        check_image(x, self.in_channels, "unet_restorer input", finite=self.check_finite)
+        check_feature(x, self.in_channels, "unet_restorer input", finite=self.check_finite)
         fmt = torch.channels_last if (self.channels_last and self.execution == "fast") else torch.contiguous_format
         inp = x
         x, (h, w) = pad_to_multiple(x, self.pad_multiple)

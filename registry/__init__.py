@@ -7,7 +7,7 @@
 """
 from .core import (  # noqa: F401
     KINDS, BlockMap, BlockSpec, PriorMap, SpecMap, ConfigError, Context, DuplicateError, Entry, LossSpec, PriorSpec,
-    RegistryError, Spec, UnknownNameError, WrongKindError, build, entries, get, info,
+    RegistryError, Spec, UnknownNameError, WrongKindError, accepts, build, entries, info,
     json_schema, load_plugins, lookup, register, spec_of, suggest,
 )
 from .core import list_names  # noqa: F401

@@ -37,7 +37,7 @@ KINDS = ("block", "model", "kernel", "loss", "prior", "degradation")
 __all__ = [
     "KINDS", "Context", "Spec", "SpecMap", "BlockSpec", "LossSpec", "PriorSpec", "BlockMap", "PriorMap", "Entry",
     "RegistryError", "UnknownNameError", "WrongKindError", "DuplicateError",
-    "ConfigError", "register", "get", "lookup", "list_names", "info", "build", "entries",
+    "ConfigError", "register", "lookup", "accepts", "list_names", "info", "build", "entries",
     "load_plugins", "spec_of",
 ]
 
@@ -358,8 +358,6 @@ def lookup(kind: str, name: str) -> Entry:
     raise UnknownNameError(msg)
 
 
-get = lookup
-
 
 def entries(kind: str | None = None) -> list[Entry]:
     load_plugins()
@@ -444,6 +442,22 @@ def resolve_per_level(entry: Entry, kwargs: dict, context: dict, path: str = "")
             raise ConfigError(f"{path + '.' if path else ''}{k}: per-level list {v} has no entry for level {lvl}")
         out[k] = v[lvl]
     return out
+
+
+def accepts(spec, kind: str, name: str) -> bool:
+    """Whether the component ``spec`` (name, mapping or factory) takes parameter ``name``
+    (containers use it to decide whether a block handles a context value itself)."""
+    if spec is None:
+        return False
+    if isinstance(spec, (str, dict)):
+        entry = lookup(kind, spec if isinstance(spec, str) else spec.get("type"))
+        return name in entry.params
+    target = spec.func if isinstance(spec, functools.partial) else spec
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def build(spec, kind: str = "block", path: str = "", **context):

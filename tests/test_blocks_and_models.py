@@ -188,3 +188,11 @@ def test_inductor_compiles_a_tiny_model():
         ref = m(x)
         out = torch.compile(m)(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_end_factory_without_out_dim_keeps_the_latent_reduction():
+    from functools import partial
+    m = irblocks.UNetRestorer(width=8, blocks=[1, 1, 1, 1], refinement=0, latent_reduce=True,
+                              latent_end=partial(irblocks.GDFN, expansion=1.0))
+    assert m.latent_reduce is not None and m.latent_reduce.out_channels == 32
+    assert m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)

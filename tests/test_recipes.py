@@ -49,7 +49,7 @@ def test_extends_relative_file(tmp_path):
     write(tmp_path, "base.yaml", "recipe: 1\nextends: restormer-tiny\nmodel: {width: 16}\n")
     p = write(tmp_path, "leaf.yaml", "recipe: 1\nextends: base.yaml\nmodel: {refinement: 2}\n")
     m = irblocks.create_model(p)
-    assert m.width == 16 and len(m.refinement) == 2
+    assert m.width == 16 and len(m.refinement.blocks) == 2
 
 
 def test_every_error_reported_at_once_with_file_line_and_path(tmp_path):
@@ -132,7 +132,7 @@ def test_safe_loader_only(tmp_path):
 
 def test_overrides_and_registered_model_names():
     m = irblocks.create_model("restormer-tiny", width=4, refinement=0)
-    assert m.width == 4 and len(m.refinement) == 0
+    assert m.width == 4 and len(m.refinement.blocks) == 0
     m = irblocks.create_model("unet_restorer", width=8, blocks=[1, 1, 1, 1], refinement=1)
     assert m.width == 8
 

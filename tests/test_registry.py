@@ -195,3 +195,13 @@ def test_kernels_are_registered_with_their_entry_points():
     assert registry.lookup("kernel", "channel_layer_norm").obj is channel_layer_norm
     d = registry.info("channel_layer_norm")
     assert d["kind"] == "kernel" and "impl: str | null = None" in d["signature"]
+
+
+def test_accepts_reads_names_mappings_and_factories():
+    from functools import partial
+    from irblocks import GDFN, PromptInteraction
+    assert registry.accepts("prompt_interaction", "block", "out_dim")
+    assert registry.accepts({"type": "prompt_interaction", "prompt_dim": 8}, "block", "out_dim")
+    assert not registry.accepts("gdfn", "block", "out_dim")
+    assert registry.accepts(partial(PromptInteraction, prompt_dim=8), "block", "out_dim")
+    assert not registry.accepts(partial(GDFN, expansion=2.0), "block", "out_dim")

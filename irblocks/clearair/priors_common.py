@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.errors import InputError, check_image
+from irblocks.errors import InputError, check_feature
 
 __all__ = ["QUALITY_DIM", "DEGRADATION_DIM", "CONTENT_DIM", "GuidancePrior", "PriorOutputError",
            "check_prior_output", "seeded_projection", "lift", "luminance", "box_blur", "gaussian_blur"]
@@ -63,7 +63,7 @@ class GuidancePrior(nn.Module):
         raise NotImplementedError
 
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_image(img, 3, f"prior {self.name!r} input")
+        check_feature(img, 3, f"prior {self.name!r} input")
         with torch.no_grad():
             out = self.compute(img)
         if not isinstance(out, dict):
