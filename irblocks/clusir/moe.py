@@ -20,6 +20,10 @@ __all__ = ["ClusterMoE"]
 class ClusterMoE(GuidedBlock):
     """x + sum over active slots of w_a * expert_a(norm(x)), routed per sample by :class:`PCGRMRouter`.
 
+    w_a = p(k|x) p(e|k,x) of slot a, renormalised only over selections that keep more
+    than one entry: with top_k = 1 the weight is the gate's probability itself
+    (switch-style), so the restoration loss trains the gate (see :class:`PCGRMRouter`).
+
     Writes the stage prompt (B, prompt_dim) to guidance ``prompt_key`` (default
     ``prompt.enc{level}``) and, with ``Guidance(diagnostics=True)``, records the
     routing under ``routing.<prompt_key>`` (cluster posterior, chosen clusters,

@@ -22,14 +22,15 @@ class Routing:
 
     cluster_posterior: (B, K) p(k|x), sums to 1 per sample.
     clusters: (B, Ka) indices of the selected clusters (descending posterior).
-    cluster_weights: (B, Ka) selected posteriors renormalised to sum to 1
-        (raw top-K posteriors when ``renormalize=False``).
+    cluster_weights: (B, Ka) selected posteriors p(k|x), renormalised to sum to 1 when
+        more than one cluster is kept and ``renormalize`` (raw otherwise).
     expert_posterior_in_cluster: (B, Ka, E) p(e|k,x) for the selected clusters
         (softmax of the gate logits; noisy logits in training).
     experts: (B, A) cluster-local expert indices (slot a = cluster a // top_k).
     slot_clusters: (B, A) the cluster of each slot.
-    weights: (B, A) p(k|x) p(e|k,x) of each slot, renormalised within the
-        cluster's top_k; sums to 1 per sample when ``renormalize``.
+    weights: (B, A) cluster weight x p(e|k,x) of each slot; p(e|k,x) is renormalised
+        within the cluster's top_k only when top_k > 1 (and ``renormalize``), so with
+        top_k = 1 the slot weight is the gate probability itself (switch-style).
     prompt: (B, prompt_dim) sum_k p(k|x) (mu_k + sigma_k * eps) over the selected clusters.
     """
 
@@ -60,14 +61,26 @@ class PCGRMRouter(nn.Module):
     cluster k are W_k h_k + b_k (E = ``experts`` logits, a separate gate per
     cluster) plus, in training only, eps' * softplus(W'_k h_k) (learnable noisy
     top-k gating, Shazeer et al.). p(e|k,x) = softmax of the logits; the top
-    ``top_k`` are kept and renormalised. Slot weight = p(k|x) p(e|k,x); the stage
-    prompt is sum_k p(k|x) e_k. The expert posterior over a pool is
+    ``top_k`` are kept. Slot weight = p(k|x) p(e|k,x); the stage prompt is
+    sum_k p(k|x) e_k. The expert posterior over a pool is
     p(e|x) = sum_k p(k|x) p(e|k,x) (:meth:`expert_posterior`).
+
+    Weighting the kept entries (how the task loss reaches the router): a selection
+    that keeps more than one entry is renormalised to sum to 1 (``renormalize``,
+    default: the MoE output keeps the scale of one expert); a selection that keeps
+    exactly one entry keeps its raw probability -- the Switch Transformer's rule
+    (Fedus et al. 2021: y = p_i(x) E_i(x) for the single chosen expert i).
+    Renormalising a single entry would make its weight exactly 1, a constant: the
+    gate (q, kv, gate_w, gate_b, noise_w, and mu / log_sigma through the gate's
+    query) would then get no gradient from the restoration loss, only from the
+    load-balancing loss. So with the shipped top_k = 1 the slot weight is
+    p(k|x)/sum_selected p(k'|x) * p(e|k,x) and the gate learns from L1; the MoE
+    output is x + sum of weights (< 1) x experts, a residual, so the smaller scale
+    is absorbed by the experts.
 
     Choices where the paper is silent (each a constructor argument):
     ``temperature`` 0.1 (cosines lie in [-1, 1]; at 1 the posterior is nearly
-    uniform); ``renormalize`` the selected posteriors to sum to 1 (so the MoE
-    output keeps the scale of one expert); mu ~ N(0, 1), log sigma = log 0.1 at
+    uniform); ``renormalize`` multi-entry selections (above); mu ~ N(0, 1), log sigma = log 0.1 at
     init; pooled gate tokens (8 x 8) so the gate cost does not grow with H x W;
     router_dim / prompt_dim / gate_dim default to ``dim``.
 
@@ -163,7 +176,7 @@ class PCGRMRouter(nn.Module):
 
         post = self.cluster_posterior(x)                                   # B, K
         cw, cidx = post.topk(ka, dim=-1)                                   # B, Ka
-        if self.renormalize:
+        if self.renormalize and ka > 1:      # one kept cluster keeps p(k|x): see the docstring
             cw = cw / cw.sum(-1, keepdim=True)
 
         mu, sigma = self.mu[cidx], self.log_sigma.exp()[cidx]             # B, Ka, P
@@ -181,7 +194,7 @@ class PCGRMRouter(nn.Module):
             logits = logits + torch.randn_like(logits) * std
         p_e = F.softmax(logits, dim=-1)                                    # p(e|k,x)
         ew, eidx = p_e.topk(tk, dim=-1)                                    # B, Ka, k
-        if self.renormalize:
+        if self.renormalize and tk > 1:      # switch-style for top-1: the gate learns from the task
             ew = ew / ew.sum(-1, keepdim=True)
         weights = (cw.unsqueeze(-1) * ew).reshape(b, ka * tk)
         slot_clusters = cidx.unsqueeze(-1).expand(b, ka, tk).reshape(b, ka * tk)

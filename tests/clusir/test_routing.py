@@ -44,6 +44,19 @@ def test_posteriors_sum_to_one_and_topk_counts():
     assert (out.weights > 0).all()
 
 
+def test_single_kept_entry_keeps_its_probability_switch_style():
+    """top_k = 1: the slot weight is (renormalised cluster weight) x p(e|k,x) of the kept
+    expert, not 1 -- so the gate learns from the task loss (issue 14)."""
+    r = PCGRMRouter(C, clusters=3, active_clusters=2, experts=3, top_k=1).eval()
+    out = r(varied())
+    p_kept = out.expert_posterior_in_cluster.gather(-1, out.experts.view(6, 2, 1)).squeeze(-1)
+    torch.testing.assert_close(out.weights, out.cluster_weights * p_kept)
+    torch.testing.assert_close(out.cluster_weights.sum(-1), torch.ones(6))    # 2 kept: renormalised
+    assert (out.weights.sum(-1) < 1).all()
+    one = PCGRMRouter(C, clusters=3, active_clusters=1, experts=3, top_k=1).eval()(varied())
+    torch.testing.assert_close(one.cluster_weights.squeeze(-1), one.cluster_posterior.max(-1).values)
+
+
 def test_moe_active_experts_exactly_k():
     m = moe(clusters=3, active_clusters=2, experts=2, top_k=1).eval()
     g = Guidance(diagnostics=True)
