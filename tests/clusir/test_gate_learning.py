@@ -54,7 +54,8 @@ def test_recipe_routers_learn_from_l1_alone(name):
     assert float(irblocks.total_aux_loss(m) or 0.0) == 0.0
     dead, total = _dead_router_params(m)
     assert total > 0, f"{name}: no parameter named '*.router.*'"
-    assert not dead, f"{name}: {len(dead)}/{total} router parameters get no gradient from L1: {dead[:6]}"
+    assert not dead, (f"{name}: {len(dead)}/{total} router parameters get no gradient "
+                      f"from L1: {dead[:6]}")
 
 
 def _routed_classes() -> set[str]:
