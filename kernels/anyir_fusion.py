@@ -26,8 +26,9 @@ from irblocks.registry import register
 
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
+from ._op import kernel_op
 
-__all__ = ["anyir_fusion", "anyir_fusion_reference", "anyir_fusion_naive", "COMPILE_SPECS", "bytes_moved"]
+__all__ = ["anyir_fusion", "anyir_fusion_reference", "anyir_fusion_naive", "bytes_moved"]
 
 
 # ----------------------------------------------------------------------------- references
@@ -69,8 +70,6 @@ _HAVE_TRITON = triton_available()   # the library works without Triton
 if _HAVE_TRITON:
     import triton
     import triton.language as tl
-
-COMPILE_SPECS: list = []
 
 if _HAVE_TRITON:
     @triton.jit
@@ -141,26 +140,6 @@ if _HAVE_TRITON:
                  dg.to(dg_ptr.dtype.element_ty), mask=mask)
         tl.store(dlam_ptr + pid * NBLK + blk, tl.sum(part, axis=0))
 
-    _GPU_BLOCK = 1024
-    _S = "i32"
-    COMPILE_SPECS = [
-        (_fusion_fwd_kernel,
-         {"a_ptr": "*fp32", "g_ptr": "*fp32", "lam_ptr": "*fp32", "out_ptr": "*fp32",
-          "C2": _S, "CH": _S, "H": _S, "W": _S,
-          **{n: _S for n in ("sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "sob", "soc", "soh", "sow")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": _GPU_BLOCK}),
-        (_fusion_bwd_kernel,
-         {"a_ptr": "*fp32", "g_ptr": "*fp32", "lam_ptr": "*fp32", "go_ptr": "*fp32",
-          "da_ptr": "*fp32", "dg_ptr": "*fp32", "dlam_ptr": "*fp32",
-          "CH": _S, "H": _S, "W": _S, "NBLK": _S,
-          **{n: _S for n in ("sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "s_gob", "s_goc", "s_goh", "s_gow",
-                             "s_dab", "s_dac", "s_dah", "s_daw", "s_dgb", "s_dgc", "s_dgh", "s_dgw")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": _GPU_BLOCK}),
-    ]
 
 
 def _block() -> int:
@@ -195,27 +174,20 @@ def _bwd_triton(grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor, lam: torch
 
 
 # ----------------------------------------------------------------------------- custom op
-@torch.library.custom_op("irblocks::anyir_fusion", mutates_args=())
-def _fusion_op(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    return _fwd_triton(a, g, lam)
-
-
-@_fusion_op.register_fake
-def _(a, g, lam):
+def _fusion_fake(a, g, lam):
     b, ch, h, w = a.shape
     return a.new_empty((b, 2 * ch, h, w)).contiguous(memory_format=_out_format(a))
 
 
-@torch.library.custom_op("irblocks::anyir_fusion_backward", mutates_args=())
+def _fusion_bwd_fake(grad, a, g, lam):
+    return (torch.empty_like(a, memory_format=_out_format(a)), torch.empty_like(g, memory_format=_out_format(g)),
+            torch.empty_like(lam))
+
+
+@kernel_op("anyir_fusion_backward", fake=_fusion_bwd_fake)
 def _fusion_bwd_op(grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor,
                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_triton(grad, a, g, lam)
-
-
-@_fusion_bwd_op.register_fake
-def _(grad, a, g, lam):
-    return (torch.empty_like(a, memory_format=_out_format(a)), torch.empty_like(g, memory_format=_out_format(g)),
-            torch.empty_like(lam))
 
 
 def _setup_context(ctx, inputs, output):
@@ -229,16 +201,9 @@ def _backward(ctx, grad):
     return da, dg, dlam
 
 
-_fusion_op.register_autograd(_backward, setup_context=_setup_context)
-
-try:
-    from torch.utils.flop_counter import register_flop_formula
-
-    @register_flop_formula([torch.ops.irblocks.anyir_fusion, torch.ops.irblocks.anyir_fusion_backward])
-    def _fusion_flops(*args, out_shape=None, **kwargs) -> int:
-        return 0   # element-wise: not counted (same convention as fvcore / FlopCounterMode)
-except RuntimeError:  # already registered (module re-imported)
-    pass
+@kernel_op("anyir_fusion", fake=_fusion_fake, backward=_backward, setup_context=_setup_context)
+def _fusion_op(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    return _fwd_triton(a, g, lam)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -28,8 +28,9 @@ from . import _dispatch
 from irblocks.registry import register
 
 from ._dispatch import select, triton_available
+from ._op import kernel_op
 
-__all__ = ["fsb_filter", "fsb_filter_reference", "reflect_index", "COMPILE_SPECS"]
+__all__ = ["fsb_filter", "fsb_filter_reference", "reflect_index"]
 
 
 def reflect_index(n: int, pad: int, device=None) -> torch.Tensor:
@@ -95,8 +96,6 @@ if _HAVE_TRITON:
     import triton
     import triton.language as tl
 
-COMPILE_SPECS: list = []
-
 if _HAVE_TRITON:
     @triton.jit
     def _mirror(i, n):
@@ -159,18 +158,6 @@ if _HAVE_TRITON:
             part = tl.sum(tl.where(mask, v * go, 0.0), axis=0)
             tl.atomic_add(gw_ptr + (b * G + g) * (K * K) + t, part)
 
-    _FSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "H": "i32", "W": "i32",
-             "CPG": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32",
-             "swg": "i32", "swt": "i32", "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32",
-             "K": "constexpr", "BLOCK": "constexpr"}
-    _BSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "go_ptr": "*fp32", "gx_ptr": "*fp32", "gw_ptr": "*fp32",
-             "C": "i32", "H": "i32", "W": "i32", "CPG": "i32",
-             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32", "swg": "i32", "swt": "i32",
-             "sgb": "i32", "sgc": "i32", "sgh": "i32", "sgw": "i32",
-             "sdb": "i32", "sdc": "i32", "sdh": "i32", "sdw": "i32", "G": "i32",
-             "K": "constexpr", "BLOCK": "constexpr"}
-    COMPILE_SPECS = [(_fsb_fwd_kernel, _FSIG, {"K": 3, "BLOCK": 512}),
-                     (_fsb_bwd_kernel, _BSIG, {"K": 3, "BLOCK": 512})]
 
 
 def _fmt(x: torch.Tensor):
@@ -182,25 +169,15 @@ def _block() -> int:
     return _dispatch.block_size(gpu=512, interpreter=128)
 
 
-@torch.library.custom_op("irblocks::fsb_filter", mutates_args=())
-def _fsb_op(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    g = weight.shape[1]
-    y = _dispatch.empty(b, c, h, w, like=x, memory_format=_fmt(x))
-    if y.numel():
-        blk = _block()
-        _fsb_fwd_kernel[(b * c, triton.cdiv(h * w, blk))](
-            x, weight, y, c, h, w, c // g, *x.stride(), *weight.stride(), *y.stride(),
-            K=kernel_size, BLOCK=blk)
-    return y
-
-
-@_fsb_op.register_fake
-def _(x, weight, kernel_size):
+def _fsb_fake(x, weight, kernel_size):
     return torch.empty_like(x, memory_format=_fmt(x))
 
 
-@torch.library.custom_op("irblocks::fsb_filter_backward", mutates_args=())
+def _fsb_bwd_fake(grad, x, weight, kernel_size):
+    return torch.empty_like(x, memory_format=_fmt(x)), torch.empty_like(weight)
+
+
+@kernel_op("fsb_filter_backward", fake=_fsb_bwd_fake)   # elementwise multiply-adds: 0 FLOPs
 def _fsb_bwd_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
@@ -215,11 +192,6 @@ def _fsb_bwd_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return gx.to(x.dtype), gw.to(weight.dtype)
 
 
-@_fsb_bwd_op.register_fake
-def _(grad, x, weight, kernel_size):
-    return torch.empty_like(x, memory_format=_fmt(x)), torch.empty_like(weight)
-
-
 def _setup(ctx, inputs, output):
     x, weight, k = inputs
     ctx.save_for_backward(x, weight)
@@ -232,20 +204,17 @@ def _backward(ctx, grad):
     return gx, gw, None
 
 
-_fsb_op.register_autograd(_backward, setup_context=_setup)
-
-try:
-    from torch.utils.flop_counter import register_flop_formula
-
-    @register_flop_formula(torch.ops.irblocks.fsb_filter)
-    def _fsb_flops(*args, **kwargs) -> int:  # elementwise multiply-adds: 0, like the reference
-        return 0
-
-    @register_flop_formula(torch.ops.irblocks.fsb_filter_backward)
-    def _fsb_bwd_flops(*args, **kwargs) -> int:
-        return 0
-except Exception:  # pragma: no cover
-    pass
+@kernel_op("fsb_filter", fake=_fsb_fake, backward=_backward, setup_context=_setup)
+def _fsb_op(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    g = weight.shape[1]
+    y = _dispatch.empty(b, c, h, w, like=x, memory_format=_fmt(x))
+    if y.numel():
+        blk = _block()
+        _fsb_fwd_kernel[(b * c, triton.cdiv(h * w, blk))](
+            x, weight, y, c, h, w, c // g, *x.stride(), *weight.stride(), *y.stride(),
+            K=kernel_size, BLOCK=blk)
+    return y
 
 
 @register("kernel", "fsb_filter")

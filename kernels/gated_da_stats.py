@@ -25,9 +25,10 @@ import torch
 from irblocks.registry import register
 
 from ._dispatch import block_size, empty, select, triton_available
+from ._op import kernel_op
 
 __all__ = ["gated_da_modulate", "gated_da_modulate_reference", "gated_da_modulate_naive",
-           "COMPILE_SPECS", "bytes_moved"]
+           "bytes_moved"]
 
 
 # ----------------------------------------------------------------------------- references
@@ -64,8 +65,6 @@ _HAVE_TRITON = triton_available()   # the library works without Triton
 if _HAVE_TRITON:
     import triton
     import triton.language as tl
-
-COMPILE_SPECS: list = []
 
 if _HAVE_TRITON:
     @triton.jit
@@ -153,23 +152,6 @@ if _HAVE_TRITON:
             x = tl.load(pf + hh * sfh + ww * sfw, mask=m, other=0.0).to(tl.float32)
             tl.store(pdf + hh * sdfh + ww * sdfw, (k0 + k1 * (x - mu)).to(df_ptr.dtype.element_ty), mask=m)
 
-    _S = "i32"
-    COMPILE_SPECS = [
-        (_gda_fwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "out_ptr": "*fp32", "stats_ptr": "*fp32",
-          "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S, "eps": "fp32",
-          **{s: _S for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sob", "soc", "soh", "sow")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": 1024}),
-        (_gda_bwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "stats_ptr": "*fp32", "go_ptr": "*fp32",
-          "df_ptr": "*fp32", "da_ptr": "*fp32", "dtau_ptr": "*fp32",
-          "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S,
-          **{s: _S for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "sdfb", "sdfc", "sdfh", "sdfw", "sdab", "sdac", "sdah", "sdaw")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": 1024}),
-    ]
 
 
 def _fmt(x: torch.Tensor) -> torch.memory_format:
@@ -209,29 +191,22 @@ def _bwd_triton(grad, f, alpha, tau, stats):
 
 
 # ----------------------------------------------------------------------------- custom op
-@torch.library.custom_op("irblocks::gated_da_modulate", mutates_args=())
-def _gda_op(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_triton(f, alpha, tau, eps)
-
-
-@_gda_op.register_fake
-def _(f, alpha, tau, eps):
+def _gda_fake(f, alpha, tau, eps):
     b, c = f.shape[:2]
     return (torch.empty_like(alpha, memory_format=_fmt(alpha)),
             f.new_empty((2, b, c), dtype=torch.float32))
 
 
-@torch.library.custom_op("irblocks::gated_da_modulate_backward", mutates_args=())
+def _gda_bwd_fake(grad, f, alpha, tau, stats):
+    return (torch.empty_like(f, memory_format=_fmt(f)), torch.empty_like(alpha, memory_format=_fmt(alpha)),
+            torch.empty_like(tau))
+
+
+# statistics and scaling are element-wise / reductions: 0 FLOPs
+@kernel_op("gated_da_modulate_backward", fake=_gda_bwd_fake)
 def _gda_bwd_op(grad: torch.Tensor, f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor,
                 stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_triton(grad, f, alpha, tau, stats)
-
-
-@_gda_bwd_op.register_fake
-def _(grad, f, alpha, tau, stats):
-    return (torch.empty_like(f, memory_format=_fmt(f)), torch.empty_like(alpha, memory_format=_fmt(alpha)),
-            torch.empty_like(tau))
 
 
 def _setup_context(ctx, inputs, output):
@@ -246,16 +221,10 @@ def _backward(ctx, grad_out, grad_stats):
     return df, dal, dtau, None
 
 
-_gda_op.register_autograd(_backward, setup_context=_setup_context)
-
-try:
-    from torch.utils.flop_counter import register_flop_formula
-
-    @register_flop_formula([torch.ops.irblocks.gated_da_modulate, torch.ops.irblocks.gated_da_modulate_backward])
-    def _gda_flops(*args, out_shape=None, **kwargs) -> int:
-        return 0   # statistics and scaling are element-wise / reductions: not counted
-except RuntimeError:  # already registered
-    pass
+@kernel_op("gated_da_modulate", fake=_gda_fake, backward=_backward, setup_context=_setup_context)
+def _gda_op(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor,
+            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_triton(f, alpha, tau, eps)
 
 
 # ----------------------------------------------------------------------------- entry point

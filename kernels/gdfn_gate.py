@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from irblocks.registry import register
 
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
+from ._op import kernel_op
 
-__all__ = ["gelu_gate", "gelu_gate_reference", "COMPILE_SPECS"]
+__all__ = ["gelu_gate", "gelu_gate_reference"]
 
 
 def gelu_gate_reference(x: torch.Tensor) -> torch.Tensor:
@@ -109,33 +109,6 @@ if triton_available():
                                    FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
         return dx
 
-    def _specs():
-        """GPU configs for NCHW (w stride 1) and channels_last (c stride 1) flat layouts, as the
-        runtime's ==1 specialisation sees them; float32 and float16."""
-        specs = []
-        for unit in ("w", "c"):
-            for dt, bp, bc in (("fp32", 32, 64), ("fp16", 16, 128)):
-                fwd = {"X": f"*{dt}", "Y": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
-                       **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                       "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-                ones = {f"s{t}{unit}": 1 for t in "xy"}
-                fwd.update({k: "constexpr" for k in ones})
-                specs.append((_gate_fwd_kernel, fwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
-                bwd = {"DY": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
-                       **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"},
-                       "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-                ones = {f"s{t}{unit}": 1 for t in "dxg"}
-                bwd.update({k: "constexpr" for k in ones})
-                specs.append((_gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
-        specs.append((_gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
-                                         **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                                         "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                      {"FLAT": False, "BLOCK_P": 32, "BLOCK_C": 64}))   # non-flat fallback, generic strides
-        return specs
-
-    COMPILE_SPECS = _specs()
-else:  # pragma: no cover
-    COMPILE_SPECS = []   # without Triton, select() never returns "triton"
 
 
 def _half_shape(x):
@@ -143,24 +116,17 @@ def _half_shape(x):
     return b, c2 // 2, h, w
 
 
-@torch.library.custom_op("irblocks::gelu_gate", mutates_args=())
-def _gate_op(x: torch.Tensor) -> torch.Tensor:
-    return _fwd_triton(x)
-
-
-@_gate_op.register_fake
-def _gate_op_fake(x):
+def _gate_fake(x):
     return torch.empty(_half_shape(x), dtype=x.dtype, device=x.device, memory_format=_out_format(x))
 
 
-@torch.library.custom_op("irblocks::gelu_gate_backward", mutates_args=())
+def _gate_bwd_fake(dy, x):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+
+
+@kernel_op("gelu_gate_backward", fake=_gate_bwd_fake)
 def _gate_bwd_op(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _bwd_triton(dy, x)
-
-
-@_gate_bwd_op.register_fake
-def _gate_bwd_op_fake(dy, x):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
 
 
 def _gate_setup(ctx, inputs, output):
@@ -169,14 +135,12 @@ def _gate_setup(ctx, inputs, output):
 
 def _gate_backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return torch.ops.irblocks.gelu_gate_backward(dy, x)
+    return _gate_bwd_op(dy, x)
 
 
-_gate_op.register_autograd(_gate_backward, setup_context=_gate_setup)
-
-for _op in (torch.ops.irblocks.gelu_gate, torch.ops.irblocks.gelu_gate_backward):
-    if _op not in flop_registry:
-        register_flop_formula(_op)(lambda *args, out_shape=None, **kwargs: 0)  # elementwise
+@kernel_op("gelu_gate", fake=_gate_fake, backward=_gate_backward, setup_context=_gate_setup)
+def _gate_op(x: torch.Tensor) -> torch.Tensor:
+    return _fwd_triton(x)
 
 
 @register("kernel", "gelu_gate")
@@ -185,5 +149,5 @@ def gelu_gate(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     if x.dim() != 4 or x.shape[1] % 2:
         raise ValueError(f"gelu_gate: expected (B, 2C, H, W) with an even channel count, got {tuple(x.shape)}")
     if select(impl, x) == "triton":
-        return torch.ops.irblocks.gelu_gate(x)
+        return _gate_op(x)
     return gelu_gate_reference(x)

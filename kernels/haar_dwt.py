@@ -30,8 +30,9 @@ from . import _dispatch
 from irblocks.registry import register
 
 from ._dispatch import select, triton_available
+from ._op import kernel_op
 
-__all__ = ["haar_dwt", "haar_idwt", "haar_dwt_reference", "haar_idwt_reference", "COMPILE_SPECS"]
+__all__ = ["haar_dwt", "haar_idwt", "haar_dwt_reference", "haar_idwt_reference"]
 
 
 # ----------------------------------------------------------------------------- reference
@@ -84,8 +85,6 @@ _HAVE_TRITON = triton_available()   # the library works without Triton
 if _HAVE_TRITON:
     import triton
     import triton.language as tl
-
-COMPILE_SPECS: list = []
 
 if _HAVE_TRITON:
     @triton.jit
@@ -146,14 +145,6 @@ if _HAVE_TRITON:
         tl.store(ob + sxh, ((s2 + d2) * 0.5).to(dt), mask=mask)
         tl.store(ob + sxh + sxw, ((s2 - d2) * 0.5).to(dt), mask=mask)
 
-    _SIG = {"x_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "h": "i32", "w": "i32", "total": "i32",
-            "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
-            "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32", "BLOCK": "constexpr"}
-    _ISIG = {"y_ptr": "*fp32", "x_ptr": "*fp32", "C": "i32", "h": "i32", "w": "i32", "total": "i32",
-             "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32",
-             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "BLOCK": "constexpr"}
-    COMPILE_SPECS = [(_haar_dwt_kernel, _SIG, {"BLOCK": 1024}),
-                     (_haar_idwt_kernel, _ISIG, {"BLOCK": 1024})]
 
 
 def _block() -> int:
@@ -182,28 +173,17 @@ def _idwt_triton(y: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@torch.library.custom_op("irblocks::haar_dwt", mutates_args=())
-def _haar_dwt_op(x: torch.Tensor) -> torch.Tensor:
-    return _dwt_triton(x)
-
-
-@torch.library.custom_op("irblocks::haar_idwt", mutates_args=())
-def _haar_idwt_op(y: torch.Tensor) -> torch.Tensor:
-    return _idwt_triton(y)
-
-
-@_haar_dwt_op.register_fake
-def _(x):
+def _dwt_fake(x):
     b, c, hh, ww = x.shape
     return x.new_empty(b, 4 * c, hh // 2, ww // 2).contiguous(memory_format=_fmt(x))
 
 
-@_haar_idwt_op.register_fake
-def _(y):
+def _idwt_fake(y):
     b, c4, h, w = y.shape
     return y.new_empty(b, c4 // 4, 2 * h, 2 * w).contiguous(memory_format=_fmt(y))
 
 
+# the two transforms are each other's adjoint: the backward of one is the other
 def _dwt_bwd(ctx, g):
     return _haar_idwt_op(g)
 
@@ -212,21 +192,14 @@ def _idwt_bwd(ctx, g):
     return _haar_dwt_op(g)
 
 
-_haar_dwt_op.register_autograd(_dwt_bwd)
-_haar_idwt_op.register_autograd(_idwt_bwd)
+@kernel_op("haar_dwt", fake=_dwt_fake, backward=_dwt_bwd)     # elementwise butterfly: 0 FLOPs
+def _haar_dwt_op(x: torch.Tensor) -> torch.Tensor:
+    return _dwt_triton(x)
 
-try:
-    from torch.utils.flop_counter import register_flop_formula
 
-    @register_flop_formula(torch.ops.irblocks.haar_dwt)
-    def _dwt_flops(*args, **kwargs) -> int:  # elementwise butterfly: 0, like the reference
-        return 0
-
-    @register_flop_formula(torch.ops.irblocks.haar_idwt)
-    def _idwt_flops(*args, **kwargs) -> int:
-        return 0
-except Exception:  # pragma: no cover - older torch
-    pass
+@kernel_op("haar_idwt", fake=_idwt_fake, backward=_idwt_bwd)
+def _haar_idwt_op(y: torch.Tensor) -> torch.Tensor:
+    return _idwt_triton(y)
 
 
 # ----------------------------------------------------------------------------- entry points

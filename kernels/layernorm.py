@@ -25,14 +25,14 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from irblocks.registry import register
 
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
+from ._op import kernel_op
 
-__all__ = ["channel_layer_norm", "channel_layer_norm_reference", "COMPILE_SPECS"]
+__all__ = ["channel_layer_norm", "channel_layer_norm_reference"]
 
 
 # --------------------------------------------------------------------------- reference
@@ -157,64 +157,22 @@ if triton_available():
                                    FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
         return dx, dwp.sum(0).to(weight.dtype), dbp.sum(0).to(weight.dtype)
 
-    # sm_90 compile specs (GPU block sizes), used by tests/kernels/test_compile_sm90.py
-    def _specs():
-        """GPU configs: C = 48 (Restormer level 1) and 384 (latent); NCHW (w stride 1) and
-        channels_last (c stride 1) flat layouts, as the runtime's ==1 specialisation sees them."""
-        specs = []
-        for bias in (True, False):
-            for c, bc in ((48, 64), (384, 512)):
-                for unit in ("w", "c"):   # which stride is 1: NCHW -> w, channels_last -> c
-                    fwd = {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32",
-                           "HW": "i32", "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                           "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
-                           "BLOCK_C": "constexpr"}
-                    ones = {f"s{t}{unit}": 1 for t in "xy"}
-                    fwd.update({k: "constexpr" for k in ones})
-                    specs.append((_ln_fwd_kernel, fwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 4096 // bc)),
-                                                        "BLOCK_C": bc, **ones}))
-                    bwd = {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
-                           "DBP": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
-                           **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
-                           "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-                    ones = {f"s{t}{unit}": 1 for t in "dxg"}
-                    bwd.update({k: "constexpr" for k in ones})
-                    specs.append((_ln_bwd_kernel, bwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
-                                                        "BLOCK_C": bc, **ones}))
-        # the non-flat fallback (H and W strides do not merge, e.g. a W-crop view), generic strides
-        specs.append((_ln_fwd_kernel, {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32",
-                                       "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                                       "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr",
-                                       "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                      {"HAS_BIAS": True, "FLAT": False, "BLOCK_P": 64, "BLOCK_C": 64}))
-        return specs
-
-    COMPILE_SPECS = _specs()
-else:  # pragma: no cover - Triton missing
-    COMPILE_SPECS = []   # without Triton, select() never returns "triton"
 
 
 # --------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("irblocks::channel_layer_norm", mutates_args=())
-def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    return _fwd_triton(x, weight, bias, eps)
-
-
-@_ln_op.register_fake
-def _ln_op_fake(x, weight, bias, eps):
+def _ln_fake(x, weight, bias, eps):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
 
 
-@torch.library.custom_op("irblocks::channel_layer_norm_backward", mutates_args=())
+def _ln_bwd_fake(dy, x, weight, has_bias, eps):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    return dx, torch.empty_like(weight), torch.empty_like(weight)
+
+
+@kernel_op("channel_layer_norm_backward", fake=_ln_bwd_fake)   # elementwise: no MACs
 def _ln_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_triton(dy, x, weight, has_bias, eps)
-
-
-@_ln_bwd_op.register_fake
-def _ln_bwd_op_fake(dy, x, weight, has_bias, eps):
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-    return dx, torch.empty_like(weight), torch.empty_like(weight)
 
 
 def _ln_setup(ctx, inputs, output):
@@ -226,15 +184,13 @@ def _ln_setup(ctx, inputs, output):
 
 def _ln_backward(ctx, dy):
     x, weight = ctx.saved_tensors
-    dx, dw, db = torch.ops.irblocks.channel_layer_norm_backward(dy, x, weight, ctx.has_bias, ctx.eps)
+    dx, dw, db = _ln_bwd_op(dy, x, weight, ctx.has_bias, ctx.eps)
     return dx, dw, (db if ctx.has_bias else None), None
 
 
-_ln_op.register_autograd(_ln_backward, setup_context=_ln_setup)
-
-for _op in (torch.ops.irblocks.channel_layer_norm, torch.ops.irblocks.channel_layer_norm_backward):
-    if _op not in flop_registry:
-        register_flop_formula(_op)(lambda *args, out_shape=None, **kwargs: 0)  # elementwise: no MACs
+@kernel_op("channel_layer_norm", fake=_ln_fake, backward=_ln_backward, setup_context=_ln_setup)
+def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    return _fwd_triton(x, weight, bias, eps)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -247,5 +203,5 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     memory format (channels_last in, channels_last out).
     """
     if select(impl, x) == "triton":
-        return torch.ops.irblocks.channel_layer_norm(x, weight, bias, float(eps))
+        return _ln_op(x, weight, bias, float(eps))
     return channel_layer_norm_reference(x, weight, bias, eps)

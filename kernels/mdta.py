@@ -31,14 +31,14 @@ Implementations
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from irblocks.registry import register
 
 from ._dispatch import block_size, empty, interpreting, select, triton_available
 from ._dispatch import out_format as _out_format
+from ._op import kernel_op
 
-__all__ = ["channel_attention", "channel_attention_reference", "COMPILE_SPECS", "MAX_TRITON_HEAD_DIM"]
+__all__ = ["channel_attention", "channel_attention_reference", "MAX_TRITON_HEAD_DIM"]
 
 MAX_TRITON_HEAD_DIM = 64
 _EPS = 1e-12  # F.normalize's clamp
@@ -261,63 +261,10 @@ if triton_available():
                                                      num_warps=warps)
         return dq, dk, dv, dt
 
-    def _specs():
-        """GPU configs per padded head dim, for NCHW (w stride 1) and channels_last (c stride 1)
-        flat layouts as the runtime's ==1 specialisation sees them."""
-        specs = []
-
-        def strides(names, unit):
-            sig = {f"s{t}{a}": "i32" for t in names for a in "bchw"}
-            ones = {f"s{t}{unit}": 1 for t in names}
-            sig.update({k: "constexpr" for k in ones})
-            return sig, ones
-
-        for block_d in (16, 32, 64):
-            gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
-            opts = {"num_warps": warps}
-            for unit in ("w", "c"):
-                common = {"BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr", "FLAT": "constexpr"}
-                for norms in (True, False):
-                    sig, ones = strides("xy", unit)
-                    specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32",
-                                                 "SY": "*fp32", "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
-                                                 "N_PER_SPLIT": "i32", "n_split": "i32", **sig, "NORMS": "constexpr",
-                                                 **common},
-                                  {"NORMS": norms, "FLAT": True, "BLOCK_D": block_d, "BLOCK_N": gram_n,
-                                   "PREC": _GPU_PREC, **ones}, opts))
-                sig, ones = strides("vo", unit)
-                specs.append((_apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
-                                              "N": "i32", "Wd": "i32", **sig, **common},
-                              {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": _GPU_PREC, **ones}, opts))
-                sig, ones = strides("qk12", unit)
-                specs.append((_bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
-                                                  "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
-                              {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": _GPU_PREC, **ones}, opts))
-        gram_n, _, _, warps = _GPU_TILES[64]   # non-flat fallback (W-crop views), generic strides
-        specs.append((_gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32", "d": "i32",
-                                     "heads": "i32", "N": "i32", "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32",
-                                     **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "NORMS": "constexpr",
-                                     "FLAT": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
-                                     "PREC": "constexpr"},
-                      {"NORMS": True, "FLAT": False, "BLOCK_D": 64, "BLOCK_N": gram_n, "PREC": _GPU_PREC},
-                      {"num_warps": warps}))
-        return specs
-
-    COMPILE_SPECS = _specs()
-else:  # pragma: no cover
-    COMPILE_SPECS = []   # without Triton, select() never returns "triton"
 
 
 # --------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("irblocks::channel_attention", mutates_args=())
-def _attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
-             heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (out, normalised gram Gn, |q| rows, |k| rows); the last three are saved for backward."""
-    return _fwd_triton(q, k, v, temperature, heads)
-
-
-@_attn_op.register_fake
-def _attn_op_fake(q, k, v, temperature, heads):
+def _attn_fake(q, k, v, temperature, heads):
     b, c = q.shape[:2]
     d = c // heads
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device, memory_format=_out_format(q))
@@ -325,17 +272,31 @@ def _attn_op_fake(q, k, v, temperature, heads):
             q.new_empty(b, heads, d, dtype=torch.float32))
 
 
-@torch.library.custom_op("irblocks::channel_attention_backward", mutates_args=())
+def _attn_bwd_fake(dout, q, k, v, temperature, gn, nq, nk, heads):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_out_format(t))
+                 for t in (q, k, v)) + (torch.empty_like(temperature),)
+
+
+def _matmul_flops(q_shape, heads) -> int:
+    b, c, h, w = q_shape
+    d = c // heads
+    return 2 * b * heads * d * d * h * w          # one (d x N) @ (N x d) matmul, 2 flops per MAC
+
+
+def _attn_flops(q_shape, k_shape, v_shape, t_shape, heads, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _matmul_flops(q_shape, heads)      # q k^T and attn v
+
+
+def _attn_bwd_flops(dout_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
+    heads = args[-1] if args and isinstance(args[-1], int) else kwargs["heads"]
+    return 4 * _matmul_flops(q_shape, heads)      # dA, dq/dk (via Mq k, Mk q), dv
+
+
+@kernel_op("channel_attention_backward", fake=_attn_bwd_fake, flops=_attn_bwd_flops)
 def _attn_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
                  gn: torch.Tensor, nq: torch.Tensor, nk: torch.Tensor,
                  heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_triton(dout, q, k, v, temperature, gn, nq, nk, heads)
-
-
-@_attn_bwd_op.register_fake
-def _attn_bwd_op_fake(dout, q, k, v, temperature, gn, nq, nk, heads):
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_out_format(t))
-                 for t in (q, k, v)) + (torch.empty_like(temperature),)
 
 
 def _attn_setup(ctx, inputs, output):
@@ -348,28 +309,16 @@ def _attn_setup(ctx, inputs, output):
 
 def _attn_backward(ctx, dout, _dgn, _dnq, _dnk):
     q, k, v, t, gn, nq, nk = ctx.saved_tensors
-    dq, dk, dv, dt = torch.ops.irblocks.channel_attention_backward(dout, q, k, v, t, gn, nq, nk, ctx.heads)
+    dq, dk, dv, dt = _attn_bwd_op(dout, q, k, v, t, gn, nq, nk, ctx.heads)
     return dq, dk, dv, dt, None
 
 
-_attn_op.register_autograd(_attn_backward, setup_context=_attn_setup)
-
-
-def _matmul_flops(q_shape, heads) -> int:
-    b, c, h, w = q_shape
-    d = c // heads
-    return 2 * b * heads * d * d * h * w          # one (d x N) @ (N x d) matmul, 2 flops per MAC
-
-
-if torch.ops.irblocks.channel_attention not in flop_registry:
-    @register_flop_formula(torch.ops.irblocks.channel_attention)
-    def _attn_flops(q_shape, k_shape, v_shape, t_shape, heads, *args, out_shape=None, **kwargs) -> int:
-        return 2 * _matmul_flops(q_shape, heads)      # q k^T and attn v
-
-    @register_flop_formula(torch.ops.irblocks.channel_attention_backward)
-    def _attn_bwd_flops(dout_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
-        heads = args[-1] if args and isinstance(args[-1], int) else kwargs["heads"]
-        return 4 * _matmul_flops(q_shape, heads)      # dA, dq/dk (via Mq k, Mk q), dv
+@kernel_op("channel_attention", fake=_attn_fake, backward=_attn_backward, setup_context=_attn_setup,
+           flops=_attn_flops)
+def _attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
+             heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out, normalised gram Gn, |q| rows, |k| rows); the last three are saved for backward."""
+    return _fwd_triton(q, k, v, temperature, heads)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -385,5 +334,5 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
                          f"temperature.numel()={temperature.numel()}")
     t = temperature.reshape(-1)
     if select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM and q.numel() > 0:
-        return torch.ops.irblocks.channel_attention(q, k, v, t, int(heads))[0]
+        return _attn_op(q, k, v, t, int(heads))[0]
     return channel_attention_reference(q, k, v, t, heads)

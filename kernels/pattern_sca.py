@@ -33,8 +33,8 @@ Three pieces live here:
   register use does not grow with the head dim; dk/dv programs own one output chunk.
   ``tl.dot`` runs with ``input_precision="tf32x3"`` on the GPU (float32-level
   accuracy on tensor cores). GPU tiles per padded head dim are ``_GPU_TILES``
-  (BLOCK_N 64, BLOCK_P 16, 8 warps, 1 stage) -- the same entries COMPILE_SPECS
-  lists (generic strides and the SCA block's unit head-dim strides), all with zero
+  (BLOCK_N 64, BLOCK_P 16, 8 warps, 1 stage) -- the same entries the sm_90 compile
+  table (tests/kernels/compile_specs.py) lists (generic strides and the SCA block's unit head-dim strides), all with zero
   register spills on sm_90. Head dims above ``MAX_TRITON_HEAD_DIM`` = 128 fall
   back to the reference path (ClearAIR's widest SCA: 384 channels / 4 heads = 96).
 
@@ -51,9 +51,10 @@ from . import _dispatch
 from irblocks.registry import register
 
 from ._dispatch import block_size, empty, select, triton_available
+from ._op import kernel_op
 
 __all__ = ["membership_codes", "membership_codes_reference", "pattern_tokens",
-           "pattern_attention", "pattern_attention_reference", "COMPILE_SPECS", "MAX_CODE_BITS",
+           "pattern_attention", "pattern_attention_reference", "MAX_CODE_BITS",
            "MAX_TRITON_HEAD_DIM"]
 
 MAX_CODE_BITS = 62
@@ -277,14 +278,11 @@ if triton_available():
         tl.store(dk_ptr + out_off, dk * scale, mask=mp)
         tl.store(dv_ptr + out_off, dv, mask=mp)
 
-    COMPILE_SPECS = []   # filled below (after the launch helpers)
-else:  # pragma: no cover
-    COMPILE_SPECS = []
 
 
 # GPU tiles per padded head dim BLOCK_D: (BLOCK_N pixels, BLOCK_P tokens, BLOCK_DC head-dim chunk,
 # num_warps, num_stages), the same for the forward, dq and dk/dv kernels. These are exactly the
-# configs COMPILE_SPECS lists, checked for zero register spills on sm_90 by
+# configs tests/kernels/compile_specs.py lists, checked for zero register spills on sm_90 by
 # tests/kernels/test_compile_sm90.py (``python -m irblocks.kernels.report --module pattern_sca``
 # prints registers/spills). One pipeline stage: the token loop is short (P = number of mask
 # patterns) and deeper software pipelining of the streamed pixel tiles is what spilled.
@@ -349,112 +347,100 @@ def _flops_attention(q_shape, k_shape) -> int:
     return 2 * 2 * bsz * heads * n * p * d     # q k^T and p v, 2 flops per multiply-add
 
 
-if triton_available():
-    @torch.library.custom_op("irblocks::pattern_codes", mutates_args=())
-    def _codes_op(masks: torch.Tensor) -> torch.Tensor:
-        b, k, h, w = masks.shape
-        # integer output: under tests fill with -1 (codes are >= 0) instead of NaN
-        out = torch.empty(b, h * w, device=masks.device, dtype=torch.int64)
-        if _dispatch.OUTPUT_FILL[0] is not None:
-            out.fill_(-1)
-        bn = block_size(gpu=1024, interpreter=64)
-        # (B, K, H, W) with any strides: index pixels through a (B, K, H*W) view when possible
-        m = masks if masks.stride(2) == w * masks.stride(3) else masks.contiguous()
-        _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1), m.stride(3),
-                                                   BLOCK_N=bn)
-        return out
+def _flop_attention_bwd(q_shape, k_shape, *args, **kwargs) -> int:
+    return 2 * _flops_attention(q_shape, k_shape)    # dq, dk, dv, dp: twice the forward
 
-    @_codes_op.register_fake
-    def _(masks):
-        return masks.new_empty(masks.shape[0], masks.shape[2] * masks.shape[3], dtype=torch.int64)
 
-    @torch.library.custom_op("irblocks::pattern_segment_sum", mutates_args=())
-    def _segment_sum_op(src: torch.Tensor, inverse: torch.Tensor, num_patterns: int) -> torch.Tensor:
-        """(B, C, H, W), (B, H*W) pattern index -> (B, P, C) per-pattern feature sums."""
-        b, c, h, w = src.shape
-        n = h * w
-        flat = src.permute(0, 2, 3, 1)
-        if flat.stride(1) != w * flat.stride(2):
-            flat = flat.contiguous()
-        flat = flat.reshape(b, n, c)
-        sums = torch.zeros(b, num_patterns, c, device=src.device, dtype=torch.float32)
-        bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
-        _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
-            flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
-        return sums.to(src.dtype)
+def _codes_fake(masks):
+    return masks.new_empty(masks.shape[0], masks.shape[2] * masks.shape[3], dtype=torch.int64)
 
-    @_segment_sum_op.register_fake
-    def _(src, inverse, num_patterns):
-        return src.new_empty(src.shape[0], num_patterns, src.shape[1])
 
-    def _segsum_setup(ctx, inputs, output):
-        src, inverse, _ = inputs
-        ctx.save_for_backward(inverse)
-        ctx.shape = src.shape
+@kernel_op("pattern_codes", fake=_codes_fake)        # bit packing: no multiply-adds
+def _codes_op(masks: torch.Tensor) -> torch.Tensor:
+    b, k, h, w = masks.shape
+    # integer output: under tests fill with -1 (codes are >= 0) instead of NaN
+    out = torch.empty(b, h * w, device=masks.device, dtype=torch.int64)
+    if _dispatch.OUTPUT_FILL[0] is not None:
+        out.fill_(-1)
+    bn = block_size(gpu=1024, interpreter=64)
+    # (B, K, H, W) with any strides: index pixels through a (B, K, H*W) view when possible
+    m = masks if masks.stride(2) == w * masks.stride(3) else masks.contiguous()
+    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1), m.stride(3),
+                                               BLOCK_N=bn)
+    return out
 
-    def _segsum_backward(ctx, dsums):
-        (inverse,) = ctx.saved_tensors
-        b, c, h, w = ctx.shape
-        g = torch.gather(dsums, 1, inverse.unsqueeze(-1).expand(b, h * w, c))      # (B, N, C)
-        return g.view(b, h, w, c).permute(0, 3, 1, 2), None, None
 
-    _segment_sum_op.register_autograd(_segsum_backward, setup_context=_segsum_setup)
+def _segment_sum_fake(src, inverse, num_patterns):
+    return src.new_empty(src.shape[0], num_patterns, src.shape[1])
 
-    @torch.library.custom_op("irblocks::pattern_attention", mutates_args=())
-    def _pattern_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        o, lse = _attn_fwd_triton(q, k, v, bias, scale)
-        return o.to(q.dtype), lse
 
-    @_pattern_attention_op.register_fake
-    def _(q, k, v, bias, scale):
-        bsz, heads, n, d = q.shape
-        return q.new_empty(bsz, heads, n, d), q.new_empty(bsz, heads, n, dtype=torch.float32)
+def _segsum_setup(ctx, inputs, output):
+    src, inverse, _ = inputs
+    ctx.save_for_backward(inverse)
+    ctx.shape = src.shape
 
-    @torch.library.custom_op("irblocks::pattern_attention_bwd", mutates_args=())
-    def _pattern_attention_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                                  scale: float, o: torch.Tensor, lse: torch.Tensor,
-                                  do: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dq, dk, dv = _attn_bwd_triton(q, k, v, bias, scale, o.to(torch.float32), lse, do)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
-    @_pattern_attention_bwd_op.register_fake
-    def _(q, k, v, bias, scale, o, lse, do):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _segsum_backward(ctx, dsums):
+    (inverse,) = ctx.saved_tensors
+    b, c, h, w = ctx.shape
+    g = torch.gather(dsums, 1, inverse.unsqueeze(-1).expand(b, h * w, c))      # (B, N, C)
+    return g.view(b, h, w, c).permute(0, 3, 1, 2), None, None
 
-    def _setup_context(ctx, inputs, output):
-        q, k, v, bias, scale = inputs
-        o, lse = output
-        ctx.save_for_backward(q, k, v, bias, o, lse)
-        ctx.scale = scale
 
-    def _backward(ctx, do, dlse):
-        q, k, v, bias, o, lse = ctx.saved_tensors
-        dq, dk, dv = _pattern_attention_bwd_op(q, k, v, bias, ctx.scale, o, lse, do.contiguous())
-        return dq, dk, dv, None, None
+# a scatter-add reduction: 0 FLOPs
+@kernel_op("pattern_segment_sum", fake=_segment_sum_fake, backward=_segsum_backward,
+           setup_context=_segsum_setup)
+def _segment_sum_op(src: torch.Tensor, inverse: torch.Tensor, num_patterns: int) -> torch.Tensor:
+    """(B, C, H, W), (B, H*W) pattern index -> (B, P, C) per-pattern feature sums."""
+    b, c, h, w = src.shape
+    n = h * w
+    flat = src.permute(0, 2, 3, 1)
+    if flat.stride(1) != w * flat.stride(2):
+        flat = flat.contiguous()
+    flat = flat.reshape(b, n, c)
+    sums = torch.zeros(b, num_patterns, c, device=src.device, dtype=torch.float32)
+    bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
+    _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
+        flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
+    return sums.to(src.dtype)
 
-    _pattern_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
-    try:
-        from torch.utils.flop_counter import register_flop_formula
+def _attention_fake(q, k, v, bias, scale):
+    bsz, heads, n, d = q.shape
+    return q.new_empty(bsz, heads, n, d), q.new_empty(bsz, heads, n, dtype=torch.float32)
 
-        @register_flop_formula(torch.ops.irblocks.pattern_attention)
-        def _flop_fwd(q_shape, k_shape, *args, **kwargs) -> int:
-            return _flops_attention(q_shape, k_shape)
 
-        @register_flop_formula(torch.ops.irblocks.pattern_attention_bwd)
-        def _flop_bwd(q_shape, k_shape, *args, **kwargs) -> int:
-            return 2 * _flops_attention(q_shape, k_shape)    # dq, dk, dv, dp: twice the forward
+def _attention_bwd_fake(q, k, v, bias, scale, o, lse, do):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
-        @register_flop_formula(torch.ops.irblocks.pattern_codes)
-        def _flop_codes(*args, **kwargs) -> int:
-            return 0                                         # bit packing: no multiply-adds
 
-        @register_flop_formula(torch.ops.irblocks.pattern_segment_sum)
-        def _flop_segsum(*args, **kwargs) -> int:
-            return 0                                         # a scatter-add reduction
-    except Exception:  # pragma: no cover - older torch
-        pass
+@kernel_op("pattern_attention_bwd", fake=_attention_bwd_fake, flops=_flop_attention_bwd)
+def _pattern_attention_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                              scale: float, o: torch.Tensor, lse: torch.Tensor,
+                              do: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = _attn_bwd_triton(q, k, v, bias, scale, o.to(torch.float32), lse, do)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, bias, o, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, bias, o, lse = ctx.saved_tensors
+    dq, dk, dv = _pattern_attention_bwd_op(q, k, v, bias, ctx.scale, o, lse, do.contiguous())
+    return dq, dk, dv, None, None
+
+
+@kernel_op("pattern_attention", fake=_attention_fake, backward=_backward, setup_context=_setup_context,
+           flops=lambda q_shape, k_shape, *args, **kwargs: _flops_attention(q_shape, k_shape))
+def _pattern_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    o, lse = _attn_fwd_triton(q, k, v, bias, scale)
+    return o.to(q.dtype), lse
 
 
 # =========================================================================== entry points
@@ -562,42 +548,3 @@ def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     return out
 
 
-# =========================================================================== compile specs
-if triton_available():
-    _F = "*fp32"
-    COMPILE_SPECS = [
-        (_codes_kernel, {"m_ptr": "*u8", "out_ptr": "*i64", "K": "i32", "N": "i32",
-                         "s_mb": "i32", "s_mk": "i32", "s_mn": "i32", "BLOCK_N": "constexpr"},
-         {"BLOCK_N": 1024}),
-        (_segment_sum_kernel, {"x_ptr": _F, "idx_ptr": "*i64", "out_ptr": _F, "N": "i32", "C": "i32",
-                               "P": "i32", "s_xb": "i32", "s_xn": "i32", "s_xc": "i32",
-                               "BLOCK_N": "constexpr", "BLOCK_C": "constexpr"},
-         {"BLOCK_N": 128, "BLOCK_C": 32}),
-    ]
-    _attn_sig = {"N": "i32", "P": "i32", "HEADS": "i32", "D": "i32", "scale": "fp32",
-                 **{f"s_{t}{a}": "i32" for t in "qkv" for a in ("b", "h", "n" if t == "q" else "p", "d")},
-                 "s_bb": "i32", "s_bp": "i32", "BLOCK_N": "constexpr", "BLOCK_P": "constexpr",
-                 "BLOCK_D": "constexpr", "BLOCK_DC": "constexpr", "PREC": "constexpr"}
-    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "o_ptr": _F, "lse_ptr": _F, **_attn_sig}
-    _dq = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
-           "delta_ptr": _F, "dq_ptr": _F, **_attn_sig}
-    _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
-             "delta_ptr": _F, "dk_ptr": _F, "dv_ptr": _F, "N": "i32", "P": "i32", "HEADS": "i32",
-             "D": "i32", "scale": "fp32", "CHUNK": "i32"}
-    _dkdv.update({k: v for k, v in _attn_sig.items() if k not in _dkdv})
-    # the SCA block's layout: q/k/v head-dim stride 1 and bias token stride 1, which the
-    # launcher's ==1 integer specialisation turns into constants (different code than generic)
-    _UNIT = ("s_qd", "s_kd", "s_vd", "s_bp")
-
-    def _attn_specs():
-        specs = []
-        for bd, (bn, bp, dc, warps, stages) in _GPU_TILES.items():   # head dims 12/24/48/96 of ClearAIR
-            const = {"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd, "BLOCK_DC": min(dc, bd), "PREC": _GPU_PREC}
-            opts = {"num_warps": warps, "num_stages": stages}
-            for fn, sig in ((_attn_fwd_kernel, _fwd), (_attn_bwd_dq_kernel, _dq), (_attn_bwd_dkdv_kernel, _dkdv)):
-                specs.append((fn, dict(sig), dict(const), dict(opts)))                    # generic strides
-                specs.append((fn, {k: ("constexpr" if k in _UNIT else t) for k, t in sig.items()},
-                              {**const, **{k: 1 for k in _UNIT}}, dict(opts)))             # unit strides
-        return specs
-
-    COMPILE_SPECS += _attn_specs()

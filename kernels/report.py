@@ -4,10 +4,11 @@
     python -m irblocks.kernels.report --json out.json
     python -m irblocks.kernels.report --arch 80 --module layernorm
 
-Every module in ``irblocks.kernels`` that exposes ``COMPILE_SPECS`` is picked up
-(``pkgutil`` discovery, so new kernel files need no registration here). A spec is
-``(jit_fn, signature, constexprs)`` or ``(jit_fn, signature, constexprs, options)`` with
-``options`` passed to ``triton.compile`` (e.g. ``{"num_warps": 8}``).
+The configurations come from the sm_90 compile table next to its test,
+``tests/kernels/compile_specs.py`` (a source checkout; ``--specs`` points elsewhere): one
+function per kernel module returning ``(jit_fn, signature, constexprs)`` or
+``(jit_fn, signature, constexprs, options)`` entries, ``options`` passed to ``triton.compile``
+(e.g. ``{"num_warps": 8}``).
 
 Compilation uses ``triton.compile(ASTSource(fn, signature, constexprs),
 target=GPUTarget("cuda", arch, 32))``, which runs the whole Triton -> LLVM -> PTX -> ptxas
@@ -19,10 +20,9 @@ compiled, so this module then re-runs itself in a subprocess with the interprete
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 
 __all__ = ["discover", "compile_spec", "ptxas_usage", "run_all", "run_all_subprocess", "main"]
 
-SKIP_MODULES = {"report", "_dispatch"}
+# the table lives with its test, outside the installed package
+DEFAULT_SPECS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "tests", "kernels", "compile_specs.py")
 
 
 @dataclass
@@ -51,18 +53,17 @@ class Record:
     error: str = ""
 
 
-def discover() -> dict[str, list]:
-    """{module name: COMPILE_SPECS} for every irblocks.kernels module that has specs."""
-    import irblocks.kernels as pkg
-    out = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name in SKIP_MODULES or info.name.startswith("_"):
-            continue
-        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        specs = getattr(mod, "COMPILE_SPECS", None)
-        if specs:
-            out[info.name] = list(specs)
-    return out
+def discover(specs_path: str | None = None) -> dict[str, list]:
+    """{kernel module name: compile specs} from the compile table file (default: the
+    checkout's ``tests/kernels/compile_specs.py``)."""
+    path = specs_path or DEFAULT_SPECS
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"compile table {path} not found: run from a source checkout or pass "
+                                "--specs path/to/compile_specs.py")
+    spec = importlib.util.spec_from_file_location("_irblocks_compile_specs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {name: list(entries) for name, entries in mod.compile_specs().items() if entries}
 
 
 def _ptxas(arch: int = 90) -> str:
@@ -132,7 +133,7 @@ def _ptxas_usage_uncached(ptx: str) -> dict:
 
 
 def compile_spec(spec, arch: int = 90):
-    """triton.compile one COMPILE_SPECS entry for a CUDA target; returns the CompiledKernel."""
+    """triton.compile one compile-table entry for a CUDA target; returns the CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     fn, signature, constexprs = spec[:3]
@@ -145,13 +146,13 @@ def _jsonable(d: dict) -> dict:
     return {k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)) for k, v in d.items()}
 
 
-def run_all(arch: int = 90, only: str | None = None) -> list[Record]:
+def run_all(arch: int = 90, only: str | None = None, specs_path: str | None = None) -> list[Record]:
     from irblocks.kernels._dispatch import interpreting
     if interpreting():
         raise RuntimeError("run_all needs TRITON_INTERPRET unset (interpreted kernels cannot be compiled); "
                            "use run_all_subprocess()")
     records = []
-    for mod, specs in discover().items():
+    for mod, specs in discover(specs_path).items():
         if only and mod != only:
             continue
         for i, spec in enumerate(specs):
@@ -173,13 +174,15 @@ def run_all(arch: int = 90, only: str | None = None) -> list[Record]:
     return records
 
 
-def run_all_subprocess(arch: int = 90, only: str | None = None, timeout: float = 900) -> list[Record]:
+def run_all_subprocess(arch: int = 90, only: str | None = None, timeout: float = 900,
+                       specs_path: str | None = None) -> list[Record]:
     """run_all in a fresh interpreter with TRITON_INTERPRET=0 (usable from interpreter-mode tests)."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
-        cmd = [sys.executable, "-m", "irblocks.kernels.report", "--arch", str(arch), "--json", out, "--quiet"]
+        cmd = [sys.executable, "-m", "irblocks.kernels.report", "--arch", str(arch), "--json", out, "--quiet",
+               "--specs", specs_path or DEFAULT_SPECS]
         if only:
             cmd += ["--module", only]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m irblocks.kernels.report", description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability (default 90 = H100)")
     p.add_argument("--module", default=None, help="only this kernel module (e.g. layernorm)")
+    p.add_argument("--specs", default=None, help=f"compile table file (default {DEFAULT_SPECS})")
     p.add_argument("--json", default=None, help="also write the records as JSON to this path")
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
     a = p.parse_args(argv)
@@ -212,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     if not triton_available():
         print("Triton is not importable; nothing to compile", file=sys.stderr)
         return 2
-    records = run_all_subprocess(a.arch, a.module) if interpreting() else run_all(a.arch, a.module)
+    try:
+        if interpreting():
+            records = run_all_subprocess(a.arch, a.module, specs_path=a.specs)
+        else:
+            records = run_all(a.arch, a.module, a.specs)
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.json:
         with open(a.json, "w") as f:
             json.dump([asdict(r) for r in records], f, indent=1)

@@ -7,8 +7,7 @@
 - ``force_triton``: also sets IRBLOCKS_KERNELS=triton (monkeypatch) so blocks take the Triton path.
 Helpers (shapes, layouts, tolerances): ``from tests.kernels.kutil import ...`` (see its docstring).
 
-COMPILE_SPECS entries may be ``(jit_fn, signature, constexprs)`` or with a 4th dict of compile
-options, e.g. ``{"num_warps": 8}`` (tests/kernels/test_compile_sm90.py passes it to triton.compile).
+GPU configurations compiled for sm_90 live in ``compile_specs.py`` here (see its docstring).
 """
 import os
 import sys

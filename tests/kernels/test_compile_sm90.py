@@ -1,7 +1,7 @@
 """Every kernel's GPU configuration compiles for sm_90 (H100) and spills no registers.
 
-Discovers every ``irblocks.kernels`` module exposing ``COMPILE_SPECS`` (pkgutil, so new
-kernel files are picked up automatically) and compiles each spec with
+The configurations are the compile table next to this test, ``compile_specs.py`` (one
+function per kernel module). Each entry is compiled with
 ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))``:
 the full Triton -> PTX -> ptxas pipeline, no GPU needed. This catches what the interpreter
 lets through (tl.dot with K < 16, unsupported ops, register spills). Registers/spills are
@@ -17,15 +17,14 @@ import pytest
 import irblocks.kernels as kpkg
 from irblocks.kernels import _dispatch
 from irblocks.kernels import report
+from tests.kernels import compile_specs
 
 pytestmark = pytest.mark.skipif(not _dispatch.triton_available(), reason="Triton is not importable")
 
 
 def _spec_ids():
-    if not _dispatch.triton_available():
-        return []
     ids = []
-    for mod, specs in report.discover().items():
+    for mod, specs in compile_specs.compile_specs().items():
         for i, spec in enumerate(specs):
             ids.append(pytest.param(mod, i, id=f"{mod}:{getattr(spec[0], '__name__', '?')}:{i}"))
     return ids
@@ -33,7 +32,7 @@ def _spec_ids():
 
 @pytest.fixture(scope="module")
 def records():
-    return {(r.module, r.index): r for r in report.run_all_subprocess(arch=90)}
+    return {(r.module, r.index): r for r in report.run_all_subprocess(arch=90, specs_path=compile_specs.__file__)}
 
 
 @pytest.mark.parametrize("module,index", _spec_ids())
@@ -46,16 +45,33 @@ def test_compiles_for_sm90_without_spills(records, module, index):
         f"{r.spill_loads} B spill loads): use smaller blocks or more warps"
 
 
-def test_every_kernel_module_declares_compile_specs():
-    missing = []
+def test_every_kernel_module_has_compile_specs():
+    """Every kernel module with Triton code has a table entry, and every launched kernel
+    (a jit function named ``*_kernel``; device helpers are compiled inside them) is listed."""
+    table = compile_specs.compile_specs()
+    problems = []
     for info in pkgutil.iter_modules(kpkg.__path__):
-        if info.name.startswith("_") or info.name in report.SKIP_MODULES:
+        if info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"{kpkg.__name__}.{info.name}")
-        has_jit = any(type(v).__name__ in ("JITFunction", "InterpretedFunction") for v in vars(mod).values())
-        if has_jit and not getattr(mod, "COMPILE_SPECS", None):
-            missing.append(info.name)
-    assert not missing, f"kernel modules with Triton kernels but no COMPILE_SPECS: {missing}"
+        jit = {k for k, v in vars(mod).items() if type(v).__name__ in ("JITFunction", "InterpretedFunction")}
+        listed = {getattr(s[0], "__name__", None) or s[0].fn.__name__ for s in table.get(info.name, [])}
+        missing = {k for k in jit if k.endswith("_kernel")} - listed
+        if jit and not listed or missing:
+            problems.append(f"{info.name}: {sorted(missing) or 'no entry'}")
+    assert not problems, f"Triton kernels missing from tests/kernels/compile_specs.py: {problems}"
+
+
+def test_compile_specs_name_real_arguments():
+    for mod, specs in compile_specs.compile_specs().items():
+        for spec in specs:
+            assert set(spec[2]) <= set(spec[1]), (mod, spec[0], sorted(set(spec[2]) - set(spec[1])))
+
+
+def test_report_reads_the_table_and_names_a_missing_one(tmp_path):
+    assert set(report.discover(compile_specs.__file__)) == set(compile_specs.SPECS)
+    with pytest.raises(FileNotFoundError, match="--specs"):
+        report.discover(str(tmp_path / "nope.py"))
 
 
 def test_report_table_formats():

@@ -8,7 +8,8 @@ split-N dk/dv partial sums reorder the reductions: observed ~1e-6). float64
 gradcheck on the reference. The SCA block gives the same output and grads through
 both paths. float16 is not tested in the interpreter (the kernels compute in float32).
 Head dims 48 / 96 (BLOCK_D 64 / 128, multi-chunk head-dim loops), the GPU launch
-configs = COMPILE_SPECS, and the documented reference fallback for head dims > 128.
+configs = the compile table (tests/kernels/compile_specs.py), and the documented reference
+fallback for head dims > 128.
 """
 import math
 
@@ -140,12 +141,12 @@ def test_flop_formula(triton_interp):
 
 
 _COMPILE_SCRIPT = """
-import os
-from irblocks.kernels.pattern_sca import COMPILE_SPECS
-from irblocks.kernels.report import compile_spec
-assert len(COMPILE_SPECS) == 26, len(COMPILE_SPECS)   # 2 + 4 head-dim blocks x 3 kernels x 2 stride variants
-specs = COMPILE_SPECS if os.environ.get("IRBLOCKS_FULL_COMPILE") == "1" else \
-    [s for s in COMPILE_SPECS if s[2].get("BLOCK_D") == 64]
+import os, sys
+from irblocks.kernels.report import compile_spec, discover
+table = discover(sys.argv[1])["pattern_sca"]
+assert len(table) == 26, len(table)   # 2 + 4 head-dim blocks x 3 kernels x 2 stride variants
+specs = table if os.environ.get("IRBLOCKS_FULL_COMPILE") == "1" else \
+    [s for s in table if s[2].get("BLOCK_D") == 64]
 for spec in specs:
     assert set(spec[2]) <= set(spec[1])
     k = compile_spec(spec, 90)
@@ -156,7 +157,7 @@ print("OK", len(specs))
 
 @pytest.mark.slow
 def test_compile_sm90():
-    """Real sm_90 code for the attention kernels at head-dim block 64 (all 26 COMPILE_SPECS
+    """Real sm_90 code for the attention kernels at head-dim block 64 (all 26 compile-table
     entries with IRBLOCKS_FULL_COMPILE=1; registers/spills of every entry are checked by
     tests/kernels/test_compile_sm90.py); run in a subprocess because jit functions are
     interpreter objects once TRITON_INTERPRET=1 is set."""
@@ -165,7 +166,8 @@ def test_compile_sm90():
     import sys
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+    from tests.kernels import compile_specs
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, compile_specs.__file__], env=env, capture_output=True, text=True,
                        timeout=600)
     if r.returncode != 0 and "ptxas" in r.stderr.lower():
         pytest.skip("sm_90 toolchain (ptxas) unavailable")
@@ -174,12 +176,13 @@ def test_compile_sm90():
 
 def test_gpu_launch_configs_are_the_compiled_specs(monkeypatch):
     """The block sizes / warps / stages the launcher uses on a GPU (interpreter off) for every
-    head dim up to MAX_TRITON_HEAD_DIM are exactly the configs COMPILE_SPECS lists (which
+    head dim up to MAX_TRITON_HEAD_DIM are exactly the configs the compile table lists (which
     test_compile_sm90.py checks for zero spills)."""
+    from tests.kernels.compile_specs import pattern_sca_specs
     monkeypatch.setenv("TRITON_INTERPRET", "0")      # block_size() reads it at call time
     compiled = {(s[0].__name__ if hasattr(s[0], "__name__") else s[0].fn.__name__,
                  tuple(sorted((k, v) for k, v in s[2].items() if not k.startswith("s_"))),
-                 tuple(sorted(s[3].items()))) for s in ps.COMPILE_SPECS[2:]}
+                 tuple(sorted(s[3].items()))) for s in pattern_sca_specs(ps)[2:]}
     for d in range(1, ps.MAX_TRITON_HEAD_DIM + 1):
         bn, bp, bd, dc, opts = ps._blocks(d)
         const = tuple(sorted(dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=ps._GPU_PREC).items()))
