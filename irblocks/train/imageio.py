@@ -1,4 +1,11 @@
-"""Image files <-> float tensors, with one-line errors and atomic writes."""
+"""Image files <-> float tensors, with one-line errors and atomic writes.
+
+Reading applies the EXIF / TIFF orientation tag (phone photos are stored sideways with a
+tag saying how to turn them), so tensors, restored outputs (written without the tag) and
+their sizes are upright. 16-bit TIFFs (grey or RGB) are read with tifffile at full
+precision (Pillow would cut RGB to 8 bits); other files through Pillow (16-bit grey PNG at
+full precision; Pillow reads 16-bit RGB PNG as 8 bits).
+"""
 from __future__ import annotations
 
 import os
@@ -9,7 +16,7 @@ from typing import Iterable, List
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "atomic_path"]
+__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "atomic_path", "orient"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -32,35 +39,112 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> List[Path
     return files
 
 
+ORIENTATION_TAG = 0x0112          # EXIF / TIFF Orientation
+
+
+def _orientation(im) -> int:
+    """The EXIF/TIFF orientation (1..8; 1 = upright) of an opened Pillow image."""
+    try:
+        o = int(im.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001  (a broken EXIF block: treat the image as upright)
+        return 1
+    return o if 1 <= o <= 8 else 1
+
+
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an H x W (x C) array stored with EXIF ``orientation`` upright (the transforms of
+    ``PIL.ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip, 5 transpose,
+    6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return np.rot90(arr, 2).swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _fail(path, e: Exception) -> ImageError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ImageError(f"cannot read image {path}: {msg}")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) from the header only."""
+    """(H, W) of the upright image, from the header only."""
     from PIL import Image
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except Exception as e:  # noqa: BLE001
-        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return h, w
-
-
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as a 3 x H x W float32 tensor in [0, 1] (grey/alpha converted to RGB)."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else 255.0)
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            o = _orientation(im)
     except FileNotFoundError:
         raise ImageError(f"no such image file: {path}") from None
     except Exception as e:  # noqa: BLE001
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"cannot read image {path}: {msg}") from None
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+        raise _fail(path, e) from None
+    return (w, h) if o >= 5 else (h, w)
 
+
+def _to_unit(arr: np.ndarray) -> np.ndarray:
+    """Integer or float pixels -> float32 in [0, 1] at the file's precision."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"unsupported pixel type {arr.dtype}")
+
+
+def _tiff_pixels(path) -> np.ndarray:
+    """H x W (x C) pixels of a TIFF's first image at full precision (tifffile)."""
+    import tifffile
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        arr = page.asarray()
+        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    if planar and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as an upright 3 x H x W float32 tensor in [0, 1] (grey/alpha converted to
+    RGB; 16-bit TIFF and grey PNG at full precision; EXIF orientation applied)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            o = _orientation(im)
+            if im.format == "TIFF":
+                arr = _tiff_pixels(path)
+            else:
+                im.load()
+                if im.mode.startswith("I;16"):
+                    arr = np.asarray(im).astype(np.uint16)
+                elif im.mode == "I":
+                    arr = np.asarray(im).astype(np.float32) / 255.0
+                else:
+                    arr = np.asarray(im.convert("RGB"))
+        arr = _to_unit(arr)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"unsupported layout {arr.shape} (expected H x W, H x W x 3 or H x W x 4)")
+        arr = arr[..., :1] if arr.shape[2] == 2 else arr[..., :3]       # drop alpha
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        arr = orient(arr, o)
+    except FileNotFoundError:
+        raise ImageError(f"no such image file: {path}") from None
+    except Exception as e:  # noqa: BLE001
+        raise _fail(path, e) from None
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 class atomic_path:
     """Context manager yielding a temporary path next to ``path``; renamed onto it on success,

@@ -20,6 +20,15 @@ Trainer("anyir-tiny", ds, out_dir="runs/a", steps=1000).fit()
   ``train_state.safetensors`` -- raw weights, EMA weights, optimizer tensors and
   RNG states; ``train_state.json`` -- step, optimizer hyper-parameters, scaler,
   run settings and the resolved recipe. Nothing is pickled.
+* Log (in ``out_dir``): ``train_log.jsonl``, a record of the mean loss terms (auxiliary
+  losses included), training-batch PSNR, learning rate and throughput every ``log_every``
+  steps and at every checkpoint, plus evaluation records when ``eval_data`` is given
+  (every ``eval_every`` steps and at the end); ``tensorboard=True`` writes the same
+  scalars and sample images (input | output | target) to ``out_dir/tensorboard``
+  (:mod:`irblocks.train.runlog`). ``irblocks plot RUN`` draws it.
+* EMA: ``ema_model = d * ema_model + (1 - d) * model`` after every optimizer step (one
+  ``torch._foreach_lerp_`` over all floating tensors; integer buffers copied), d warmed up
+  as ``min(ema, (1 + step) / (10 + step))``.
 * Resume (``resume=out_dir``): weights, optimizer, EMA, RNG states and the data
   position are restored, so on CPU with a fixed seed a resumed run ends with
   bit-identical weights to an uninterrupted one. A checkpoint of another recipe is
@@ -38,7 +47,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -47,9 +55,12 @@ import torch
 from torch import nn
 
 from irblocks.losses import build_loss
+from irblocks.progress import progress as progress_bar
 from irblocks.train.config import TrainConfig, lr_factor, parse_sections
 from irblocks.train.datasets import make_loader
-from irblocks.train.imageio import atomic_path
+from irblocks.train.imageio import atomic_path, hstack
+from irblocks.train.metrics import batch_psnr
+from irblocks.train.runlog import RunLog
 
 __all__ = ["Trainer", "TrainError", "load_model", "resolve_recipe_dict", "model_output", "recipe_difference",
            "STATE_JSON", "STATE_TENSORS", "LAST"]
@@ -157,44 +168,6 @@ def _dist_info() -> tuple[int, int, int]:
     return rank, world, local
 
 
-class _Progress:
-    """A one-line progress bar on a terminal (log lines otherwise)."""
-
-    def __init__(self, total: int, start: int, enabled: bool, every: int, stream=None,
-                 time_budget: Optional[float] = None):
-        self.total, self.start, self.enabled, self.every = total, start, enabled, max(1, every)
-        self.time_budget = time_budget
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.images = 0
-
-    def update(self, step: int, loss: float, images: int, lr: float) -> None:
-        self.images += images
-        if not self.enabled:
-            return
-        done = step - self.start
-        if not (self.tty or step % self.every == 0 or step == self.total):
-            return
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        its, ips = done / dt, self.images / dt
-        eta = (self.total - step) / its if its > 0 else 0
-        frac = step / max(self.total, 1)
-        head = f"step {step}/{self.total}"
-        if self.time_budget:
-            frac = max(frac, min(dt / self.time_budget, 1.0))
-            eta = max(0.0, min(eta, self.time_budget - dt))
-            head = f"step {step}"
-        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
-        line = (f"{head} [{bar}] loss {loss:.4f} lr {lr:.2e} | {its:.2f} it/s "
-                f"{ips:.1f} img/s | eta {int(eta) // 60}:{int(eta) % 60:02d}")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if step == self.total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """Train a recipe's model on a dataset. See the module docstring.
@@ -209,7 +182,12 @@ class Trainer:
         model_overrides: changes to the recipe's model section.
         save_every: checkpoint period in steps (0: only at the end).
         resume: a training folder (or its train_state.json) to continue from.
-        progress: show the progress bar / log lines. log_every: log period (non-tty).
+        progress: show the progress bar (:func:`irblocks.progress.progress`; off a terminal,
+            a line every ``log_every`` steps). log_every: period of progress lines and of
+            ``train_log.jsonl`` records, in steps.
+        eval_data: task -> dataset evaluated (PSNR/SSIM, EMA weights when on) every
+            ``eval_every`` steps (0: only at the end) into the log; eval_limit: images per task.
+        tensorboard: also write TensorBoard event files (optional extra ``[tensorboard]``).
         device: "cpu", "cuda", ... (default: cuda if available, else cpu).
         time_budget: stop (and checkpoint) after this many seconds.
         schedule_by_time: with a time budget, run the learning-rate schedule over the budget.
@@ -221,7 +199,9 @@ class Trainer:
                  ema: Optional[float] = None, grad_clip: Optional[float] = None, amp: Optional[str] = None,
                  model_overrides: Optional[dict] = None, save_every: int = 0, resume: Optional[str] = None,
                  progress: bool = True, log_every: int = 10, device: Optional[str] = None,
-                 time_budget: Optional[float] = None, schedule_by_time: bool = False):
+                 time_budget: Optional[float] = None, schedule_by_time: bool = False,
+                 eval_data: Optional[Dict[str, Any]] = None, eval_every: int = 0,
+                 eval_limit: Optional[int] = None, tensorboard: bool = False):
         self.rank, self.world, local = _dist_info()
         if device is None:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -263,6 +243,7 @@ class Trainer:
             self.ema_model = copy.deepcopy(self.model).eval()
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
+            self._ema_pairs = _ema_pairs(self.ema_model, self.model)
         self.amp_dtype, use_scaler = self._amp_mode(self.train_cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
@@ -308,6 +289,11 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=has_routing(self.model))
         self.history: list[dict] = []
+        self.eval_data, self.eval_every, self.eval_limit = eval_data, int(eval_every), eval_limit
+        self.log = RunLog(self.out_dir, every=log_every, steps_per_epoch=self.steps_per_epoch,
+                          resume_step=self.step if resume is not None else None,
+                          tensorboard=tensorboard, enabled=self.rank == 0)
+        self._sample: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ setup
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -344,6 +330,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Dict[str, Any]) -> tuple[float, Dict[str, float]]:
+        """One optimizer step; returns (total loss, {term: value}) (with ``psnr`` of the batch)."""
         x = batch["input"].to(self.device, non_blocking=True)
         y = batch["target"].to(self.device, non_blocking=True)
         lr = self.lr_at(self.step)
@@ -368,19 +355,35 @@ class Trainer:
         if self.ema_model is not None:
             self._update_ema()
         self.step += 1
-        return float(total.detach()), {k: float(v) for k, v in parts.items()}
+        with torch.no_grad():
+            pred = pred.detach().float()
+            batch_psnr_ = float(batch_psnr(pred.clamp(0, 1), y.float()).mean())
+            self._sample = (x[0], pred[0], y[0])
+        out = {k: float(v) for k, v in parts.items()}
+        out["psnr"] = batch_psnr_
+        return float(total.detach()), out
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         # warm-up of the decay (as in timm's EMA): early weights are not averaged in for long
         d = min(float(self.train_cfg.ema), (1 + self.step) / (10 + self.step))
-        ema_sd = self.ema_model.state_dict()
-        for k, v in self.model.state_dict().items():
-            e = ema_sd[k]
-            if v.is_floating_point():
-                e.mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                e.copy_(v)
+        ema_f, model_f, ema_i, model_i = self._ema_pairs
+        if ema_f:
+            torch._foreach_lerp_(ema_f, model_f, 1.0 - d)
+        if ema_i:
+            torch._foreach_copy_(ema_i, model_i)
+
+    def evaluate_now(self) -> Optional[Dict[str, Any]]:
+        """Evaluate ``eval_data`` with the eval model, log it and return the result (rank 0)."""
+        if not self.eval_data or self.rank != 0:
+            return None
+        from irblocks.train.evaluate import evaluate
+        model = self.eval_model()
+        was = model.training
+        res = evaluate(model, self.eval_data, tile=None, device=self.device, limit=self.eval_limit)
+        model.train(was)
+        self.log.add_eval(self.step, res)
+        return res
 
     def fit(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Run to ``total_steps`` (or the time budget, or global step ``stop_after``, after which
@@ -389,29 +392,49 @@ class Trainer:
         self.model.train()
         loader = make_loader(self.data, self.train_cfg.batch_size, self.train_cfg.workers, self.train_cfg.seed,
                              True, self.rank, self.world, start_step=self.step, steps=self.total_steps)
-        bar = _Progress(self.total_steps, self.step, self.progress and self.rank == 0, self.log_every,
-                        time_budget=self.time_budget)
+        # a time-budgeted run has no known step count: the bar shows steps and rate, no ETA
+        bar = progress_bar(total=None if self.time_budget else self.total_steps, initial=self.step,
+                           desc="train", unit="step", enabled=self.progress and self.rank == 0,
+                           interval=0, every=self.log_every)
         t0 = self._t0 = time.perf_counter()
         loss = float("nan")
         stopped_early = False
-        for batch in loader:
-            loss, parts = self.train_step(batch)
-            self.history.append({"step": self.step, "loss": loss, **parts})
-            bar.update(self.step, loss, batch["input"].shape[0] * self.world, self.lr_at(self.step - 1))
-            if self.out_dir is not None and self.save_every and self.step % self.save_every == 0 \
-                    and self.step < self.total_steps:
+        seen = 0
+        try:
+            t_step = time.perf_counter()
+            for batch in loader:
+                lr = self.lr_at(self.step)
+                loss, parts = self.train_step(batch)
+                now = time.perf_counter()
+                images = batch["input"].shape[0] * self.world
+                self.history.append({"step": self.step, "loss": loss, **parts})
+                self.log.add_step(self.step, lr, {"loss": loss, **parts}, images, now - t_step)
+                t_step = now
+                seen += images
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen / (now - t0):.1f}",
+                                refresh=False)
+                bar.update(1)
+                if self.eval_every and self.step % self.eval_every == 0 and self.step < self.total_steps:
+                    self.evaluate_now()
+                if self.out_dir is not None and self.save_every and self.step % self.save_every == 0 \
+                        and self.step < self.total_steps:
+                    self.save()
+                if self.stop_after is not None and self.step >= self.stop_after:
+                    stopped_early = self.step < self.total_steps
+                    break
+                if self.time_budget is not None and time.perf_counter() - t0 >= self.time_budget:
+                    stopped_early = self.step < self.total_steps
+                    break
+            paused = self.stop_after is not None and stopped_early
+            if self.eval_data and self.step > 0 and not paused:     # the end of the run
+                self.evaluate_now()
+            if self.out_dir is not None:
                 self.save()
-            if self.stop_after is not None and self.step >= self.stop_after:
-                stopped_early = self.step < self.total_steps
-                break
-            if self.time_budget is not None and time.perf_counter() - t0 >= self.time_budget:
-                stopped_early = self.step < self.total_steps
-                break
-        if self.out_dir is not None:
-            self.save()
+        finally:
+            bar.close()
+            self.log.flush_train(self.step)
+            self.log.close()
         elapsed = time.perf_counter() - t0
-        if stopped_early and self.progress and self.rank == 0 and bar.tty:
-            sys.stderr.write("\n")
         return {"steps": self.step, "loss": loss, "seconds": elapsed, "stopped_early": stopped_early,
                 "out_dir": str(self.out_dir) if self.out_dir else None}
 
@@ -444,6 +467,9 @@ class Trainer:
         import irblocks
         from safetensors.torch import save_file
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log.flush_train(self.step)            # the log reaches every checkpoint's step
+        if self._sample is not None:
+            self.log.add_images(self.step, "train/input_output_target", hstack(self._sample))
         tensors: Dict[str, torch.Tensor] = {}
         for k, v in self.model.state_dict().items():
             tensors[f"model.{k}"] = v.detach().cpu().clone().contiguous()
@@ -535,6 +561,20 @@ class Trainer:
         if self.step >= self.total_steps:
             raise TrainError(f"the checkpoint in {folder} is already at step {self.step}; "
                              f"ask for more than {self.step} steps to continue")
+
+
+def _ema_pairs(ema: nn.Module, model: nn.Module) -> tuple[list, list, list, list]:
+    """(EMA floating tensors, model floating tensors, EMA other tensors, model other tensors),
+    parameters and buffers in state_dict order (they share storage with the modules)."""
+    e_sd, m_sd = ema.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
+    ef, mf, ei, mi = [], [], [], []
+    for k, v in m_sd.items():
+        e = e_sd[k]
+        if v.is_floating_point():
+            ef.append(e.detach()), mf.append(v.detach())
+        else:
+            ei.append(e.detach()), mi.append(v.detach())
+    return ef, mf, ei, mi
 
 
 def _read_state_json(resume) -> dict:

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import irblocks
 from irblocks.train.config import ScheduleConfig, lr_factor, parse_sections, validate_sections
 from irblocks.train.datasets import SyntheticDataset
+from irblocks.train.runlog import LOG_NAME
 from irblocks.train.trainer import LAST, STATE_JSON, STATE_TENSORS, Trainer, TrainError, load_model
 
 from ._util import tiny_recipe
@@ -37,7 +38,7 @@ def test_resume_is_bit_identical(tmp_path, data):
     part = Trainer(_recipe(), data, out_dir=tmp_path / "part", steps=6, progress=False)
     s = part.fit(stop_after=3)
     assert s["steps"] == 3 and s["stopped_early"]
-    assert {p.name for p in (tmp_path / "part").iterdir()} == {LAST, STATE_JSON, STATE_TENSORS}
+    assert {p.name for p in (tmp_path / "part").iterdir()} == {LAST, STATE_JSON, STATE_TENSORS, LOG_NAME}
     resumed = Trainer(_recipe(), data, out_dir=tmp_path / "part", resume=tmp_path / "part", progress=False)
     assert resumed.step == 3 and resumed.total_steps == 6
     resumed.fit()
