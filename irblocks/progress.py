@@ -30,8 +30,8 @@ OFF_TERMINAL_INTERVAL = 10.0
 
 
 class LineStream:
-    """A file-like wrapper that turns tqdm's carriage-return repaints into whole lines
-    (each distinct status once), for streams that are not terminals."""
+    """A file-like wrapper that turns tqdm's carriage-return repaints into whole lines, for
+    streams that are not terminals (a repaint of the same count, e.g. on close, is dropped)."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
@@ -40,9 +40,10 @@ class LineStream:
     def write(self, text: str) -> int:
         for part in text.replace("\r", "\n").split("\n"):
             part = part.strip()
-            if part and part != self._last:
+            key = part.split("[")[0]          # the status without its timing
+            if part and key != self._last:
                 self.stream.write(part + "\n")
-                self._last = part
+                self._last = key
         return len(text)
 
     def flush(self) -> None:

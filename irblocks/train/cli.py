@@ -50,6 +50,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument of the recipe (YAML value), e.g. --set width=16")
+    p.add_argument("--eval-data", action="append", default=[], metavar="[TASK=]PATH[@DEG]",
+                   help="evaluate on this data during training into train_log.jsonl (same form as --data)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                   help="evaluation period with --eval-data (default: only at the end)")
+    p.add_argument("--eval-limit", type=int, default=None, metavar="N", help="at most N images per eval task")
+    p.add_argument("--log-every", type=int, default=10, metavar="STEPS",
+                   help="train_log.jsonl record period (and progress lines off a terminal)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars and sample images to RUN/tensorboard "
+                        "(pip install 'irblocks[tensorboard]')")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -67,6 +77,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--crop-border", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="at most this many images per task")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("restore", help="restore image files or folders with a checkpoint")
@@ -151,7 +162,9 @@ def cmd_train(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers, ema=args.ema,
                       grad_clip=args.grad_clip, amp=args.amp, model_overrides=overrides,
                       save_every=args.save_every, resume=args.resume, progress=not args.quiet,
-                      device=args.device)
+                      device=args.device, log_every=args.log_every, tensorboard=args.tensorboard,
+                      eval_data=build_eval_data(args.eval_data, args.degrade, seed=seed) if args.eval_data
+                      else None, eval_every=args.eval_every, eval_limit=args.eval_limit)
     if trainer.rank == 0:
         print(f"training {trainer.recipe_name}: {len(data)} items/epoch ({', '.join(f'{t} x{reps.get(t, 1)}' for t in datasets)}), "
               f"{trainer.total_steps} steps, loss {trainer.loss_fn.describe()}, {trainer.opt_cfg.type} lr {trainer.opt_cfg.lr:g}, "
@@ -174,7 +187,7 @@ def cmd_eval(args) -> int:
     model = load_model(args.checkpoint, recipe=args.recipe, device=args.device)
     res = evaluate(model, datasets, tile=args.tile or None, overlap=_overlap(args), device=args.device,
                    ssim_mode=args.ssim, y_channel=args.y_channel, crop_border=args.crop_border,
-                   progress=sys.stderr.isatty(), limit=args.limit)
+                   progress=not args.quiet, limit=args.limit)
     res["checkpoint"] = str(args.checkpoint)
     print(format_table(res))
     ck = Path(args.checkpoint)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from irblocks.progress import progress as progress_bar
 from irblocks.train.datasets import DataError, SyntheticDataset, find_paired
 from irblocks.train.imageio import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
@@ -90,8 +91,11 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 5
     model = model.to(device).eval()
     tasks: Dict[str, Any] = {}
     t0 = time.perf_counter()
+    counts = {task: len(ds) if limit is None else min(len(ds), limit) for task, ds in datasets.items()}
+    bar = progress_bar(total=sum(counts.values()), desc="eval", unit="img", enabled=progress)
     for task, ds in datasets.items():
-        n = len(ds) if limit is None else min(len(ds), limit)
+        n = counts[task]
+        bar.set_description(f"eval {task}")
         ps, ss, ips, iss = [], [], [], []
         for i in range(n):
             item = ds[i]
@@ -102,16 +106,11 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 5
             ss.append(float(batch_ssim(pred, y, mode=ssim_mode, **kw)[0]))
             ips.append(float(batch_psnr(x, y, **kw)[0]))
             iss.append(float(batch_ssim(x, y, mode=ssim_mode, **kw)[0]))
-            if progress:
-                import sys
-                sys.stderr.write(f"\r{task}: {i + 1}/{n}")
-                sys.stderr.flush()
-        if progress:
-            import sys
-            sys.stderr.write("\n")
+            bar.update(1)
         mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
         tasks[task] = {"psnr": mean(ps), "ssim": mean(ss), "input_psnr": mean(ips), "input_ssim": mean(iss),
                        "images": n}
+    bar.close()
     avg = {k: sum(t[k] for t in tasks.values()) / len(tasks) for k in ("psnr", "ssim", "input_psnr", "input_ssim")} \
         if tasks else {}
     return {"tasks": tasks, "average": avg, "seconds": time.perf_counter() - t0,

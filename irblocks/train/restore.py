@@ -11,14 +11,13 @@ input file, an image file name.
 """
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from irblocks.progress import progress as progress_bar
 from irblocks.train.imageio import IMAGE_EXTS, ImageError, image_size, list_images, read_image, write_image
 from irblocks.train.tiling import restore_image
 
@@ -73,17 +72,12 @@ def restore_files(model: nn.Module, inputs: Sequence[str], out: str, tile: Optio
             raise ImageError(f"output {clash[0]} already exists (pass --overwrite)")
     model = model.to(device).eval()
     written: List[Path] = []
-    t0 = time.perf_counter()
-    show = progress and len(files) > 1
-    for i, (f, t) in enumerate(zip(files, targets)):
-        img = read_image(f)
-        y = restore_image(model, img, tile, overlap, device)
-        write_image(y, t)
-        written.append(t)
-        if show:
-            dt = time.perf_counter() - t0
-            sys.stderr.write(f"\rrestored {i + 1}/{len(files)} ({(i + 1) / dt:.2f} img/s) {f.name[:40]:40s}")
-            sys.stderr.flush()
-    if show:
-        sys.stderr.write("\n")
+    with progress_bar(total=len(files), desc="restore", unit="img", enabled=progress) as bar:
+        for f, t in zip(files, targets):
+            bar.set_postfix_str(f.name[:40], refresh=False)
+            img = read_image(f)
+            y = restore_image(model, img, tile, overlap, device)
+            write_image(y, t)
+            written.append(t)
+            bar.update(1)
     return written
