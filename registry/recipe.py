@@ -26,7 +26,8 @@ import yaml
 from . import core
 
 __all__ = ["RecipeError", "Problem", "Recipe", "load", "validate", "find", "names", "deep_merge",
-           "TOP_KEYS", "RECIPE_VERSION"]
+           "parse_yaml", "TOP_KEYS", "RECIPE_VERSION", "MAX_RECIPE_BYTES", "MAX_YAML_NODES",
+           "MAX_YAML_DEPTH", "MAX_EXTENDS"]
 
 RECIPE_VERSION = 1
 TOP_KEYS = ("recipe", "description", "extends", "model", "loss", "optimizer", "schedule", "train", "eval")
@@ -112,28 +113,132 @@ def find(name_or_path: str | Path, relative_to: Path | None = None, path: str = 
 
 
 # ----------------------------------------------------------------------------- YAML with lines
-def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
-    loader = yaml.SafeLoader(text)
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe (or ``--set`` value) larger than this is refused before parsing (1 MiB)."""
+MAX_YAML_NODES = 100_000
+"""Budget of YAML nodes a document may expand to, counting each alias as the nodes it
+repeats: a "billion laughs" alias bomb is refused while it is composed."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings/sequences a recipe may have (shipped recipes use < 10)."""
+MAX_EXTENDS = 32
+"""Longest ``extends`` chain."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts while composing, so hostile YAML costs bounded work.
+
+    Every node adds one to a running total and every alias adds the size of the subtree
+    it repeats; past :data:`MAX_YAML_NODES` (or past :data:`MAX_YAML_DEPTH` levels, or
+    for an alias of a node that is still open, i.e. a recursive structure) composing
+    stops with a one-line :class:`RecipeError` naming the file and line. Only the safe
+    constructors run (no tags beyond YAML's standard ones).
+    """
+
+    def __init__(self, text: str, file: str, path: str = "", with_lines: bool = True):
+        super().__init__(text)
+        self._file, self._path, self._with_lines = file, path, with_lines
+        self._depth = 0
+        self._total = 0
+        self._sizes: dict[int, int] = {}      # id(anchored node) -> expanded size
+
+    def _refuse(self, mark, message: str):
+        line = mark.line + 1 if mark and self._with_lines else None
+        raise RecipeError([Problem(self._file, line, self._path, message)])
+
+    def _too_deep(self, mark):
+        self._refuse(mark, f"YAML nested deeper than {MAX_YAML_DEPTH} levels; refused")
+
+    # the scanner stops at the depth limit too, before it looks further ahead
+    def fetch_flow_collection_start(self, token_class):
+        if self.flow_level >= MAX_YAML_DEPTH:
+            self._too_deep(self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column):
+        if len(self.indents) >= MAX_YAML_DEPTH:
+            self._too_deep(self.get_mark())
+        return super().add_indent(column)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                size = self._sizes.get(id(node))
+                if size is None:
+                    self._refuse(event.start_mark, f"recursive YAML alias *{event.anchor} "
+                                 "(a structure containing itself) is not allowed in a recipe")
+                self._total += size
+                if self._total > MAX_YAML_NODES:
+                    self._refuse(event.start_mark, f"YAML aliases expand to more than "
+                                 f"{MAX_YAML_NODES} values (at alias *{event.anchor}); "
+                                 "refused (alias bomb?)")
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        mark, anchor = event.start_mark, event.anchor
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            self._too_deep(mark)
+        self._total += 1
+        if self._total > MAX_YAML_NODES:
+            self._refuse(mark, f"YAML document has more than {MAX_YAML_NODES} values; refused")
+        before = self._total
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if anchor is not None:
+            self._sizes[id(node)] = self._total - before + 1
+        return node
+
+
+def _compose(text: str, file: str, path: str = "", with_lines: bool = True):
+    """(root node or None, data) of one YAML document, with bounded work (see _BoundedLoader)."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError([Problem(file, None, path, f"{len(text)} characters of YAML; "
+                                   f"recipes are at most {MAX_RECIPE_BYTES} (refused unread)")])
+    loader = _BoundedLoader(text, file, path, with_lines)
     try:
         node = loader.get_single_node()
-        if node is None:
-            raise RecipeError([Problem(file, 1, "", "empty recipe: expected a mapping with a 'model' key")])
-        data = loader.construct_document(node)
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise RecipeError([Problem(file, line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+        line = mark.line + 1 if mark and with_lines else None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise RecipeError([Problem(file, line, path, f"not valid YAML: {problem}")]) from None
     finally:
         loader.dispose()
+    return node, data
+
+
+def parse_yaml(text: str, source: str = "<yaml>", path: str = "") -> Any:
+    """One YAML value parsed safely with bounded work (``--set KEY=VALUE`` values).
+
+    Same limits as recipe files: :data:`MAX_RECIPE_BYTES`, :data:`MAX_YAML_NODES`,
+    :data:`MAX_YAML_DEPTH`, safe constructors only (a ``!!python/...`` tag is refused).
+    Problems are a one-line :class:`RecipeError` naming ``source`` and ``path``
+    (``--set: model.width: ...``). An empty text is ``None``.
+    """
+    return _compose(text, source, path, with_lines=False)[1]
+
+
+def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
+    node, data = _compose(text, file)
+    if node is None:
+        raise RecipeError([Problem(file, 1, "", "empty recipe: expected a mapping with a "
+                                   "'model' key")])
     lines: dict[str, tuple[str, int]] = {}
+    seen: set[int] = set()        # collections already walked: an alias is never re-visited
 
     def walk(n, path):
+        if id(n) in seen:
+            return
         if isinstance(n, yaml.MappingNode):
+            seen.add(id(n))
             for k, v in n.value:
                 key = f"{path}.{k.value}" if path else str(k.value)
                 lines[key] = (file, k.start_mark.line + 1)
                 walk(v, key)
         elif isinstance(n, yaml.SequenceNode):
+            seen.add(id(n))
             for i, v in enumerate(n.value):
                 key = f"{path}[{i}]"
                 lines[key] = (file, v.start_mark.line + 1)
@@ -144,6 +249,18 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
         raise RecipeError([Problem(file, node.start_mark.line + 1, "",
                                    f"a recipe must be a YAML mapping (with a 'model' key), got a {type(data).__name__}")])
     return data, lines
+
+
+def _read(path: Path) -> str:
+    """A recipe file's text; refused unread past MAX_RECIPE_BYTES, one line if unreadable."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError([Problem(str(path), None, "", f"recipe file is {size} bytes; "
+                                       f"recipes are at most {MAX_RECIPE_BYTES} (refused unread)")])
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError([Problem(str(path), None, "", f"cannot read recipe: {e}")]) from None
 
 
 def deep_merge(base: Any, over: Any) -> Any:
@@ -160,13 +277,19 @@ def deep_merge(base: Any, over: Any) -> Any:
 
 
 def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
-    """Load a recipe (name, path or an already-parsed mapping), following ``extends``."""
+    """Load a recipe (name, path or an already-parsed mapping), following ``extends``.
+
+    A chain that comes back to a file it already read (compared as resolved paths, so
+    ``sub/s.yaml`` extending ``../sub/s.yaml`` is caught) or is longer than
+    :data:`MAX_EXTENDS` is a one-line :class:`RecipeError`.
+    """
     if isinstance(name_or_path, dict):
         data, lines, file = copy.deepcopy(name_or_path), {}, "<dict>"
     else:
         path = find(name_or_path)
         file = str(path)
-        data, lines = _parse(Path(path).read_text(), file)
+        data, lines = _parse(_read(Path(path)), file)
+        _seen = _seen + (str(Path(path).resolve()),)
     if "extends" in data:
         parent_ref = data.pop("extends")
         origin = lines.get("extends", (file, None))
@@ -175,9 +298,13 @@ def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
                                        f"got {type(parent_ref).__name__}")])
         rel = Path(file).parent if file != "<dict>" else None
         parent_path = find(parent_ref, rel, "extends", origin)
-        if str(parent_path) in _seen:
-            raise RecipeError([Problem(*origin, "extends", f"circular extends: {parent_ref!r}")])
-        parent = load(parent_path, _seen + (file,))
+        if str(Path(parent_path).resolve()) in _seen:
+            raise RecipeError([Problem(*origin, "extends", f"circular extends: {parent_ref!r} is "
+                                       f"{Path(parent_path).resolve()}, already in the chain")])
+        if len(_seen) >= MAX_EXTENDS:
+            raise RecipeError([Problem(*origin, "extends", f"extends chain longer than "
+                                       f"{MAX_EXTENDS} recipes; refused")])
+        parent = load(parent_path, _seen)
         merged_lines = dict(parent.lines)
         merged_lines.update(lines)
         data = deep_merge(parent.data, data)

@@ -113,13 +113,15 @@ def _overlap(args) -> int:
 
 
 def _parse_sets(items):
-    import yaml
+    """``KEY=VALUE`` overrides; values are YAML read by the recipe loader's bounded safe parser
+    (a tag such as ``!!python/...``, an alias bomb or deep nesting is a one-line error)."""
+    from irblocks.registry.recipe import parse_yaml
     out = {}
     for it in items:
         if "=" not in it:
             raise ValueError(f"--set expects KEY=VALUE, got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_yaml(v, "--set", k.strip())
     return out
 
 

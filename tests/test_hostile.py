@@ -1,0 +1,227 @@
+"""Hostile and malformed input (issue 10): bounded work, one clear line, no output.
+
+Every case asserts the error type, that the message is one line naming the problem,
+and, where a payload could act or a command could write, that no marker/output file
+exists. Cases that could run away (alias bombs, deep nesting) run in a subprocess
+under an address-space limit (``resource.setrlimit(RLIMIT_AS)``) and a timeout, so
+a regression fails the test instead of taking the machine down.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import irblocks
+from irblocks.checkpoint import CheckpointError
+from irblocks.convert import ConversionError
+from irblocks.registry import recipe as R
+from irblocks.registry.recipe import RecipeError
+
+LIMIT_BYTES = 3 << 30      # address space of a bounded subprocess (importing torch maps ~0.9 GB)
+MAX_BYTES = getattr(R, "MAX_RECIPE_BYTES", 1 << 20)   # getattr: the module also runs on old code
+TIMEOUT_S = 300            # runaway guard only (cases take milliseconds); no timing assertion
+
+
+def one_line(e: BaseException | str) -> str:
+    msg = str(e)
+    assert msg and "\n" not in msg.strip(), f"expected a one-line message, got:\n{msg}"
+    return msg
+
+
+def run_bounded(code: str, cwd: Path) -> dict:
+    """Run ``code`` in a fresh interpreter under LIMIT_BYTES of address space; it prints
+    a JSON object on its last line, which is returned."""
+    prog = ("import resource\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_BYTES}, {LIMIT_BYTES}))\n"
+            + textwrap.dedent(code))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", prog], cwd=cwd, capture_output=True, text=True,
+                       timeout=TIMEOUT_S, env=env)
+    assert r.returncode == 0, f"bounded subprocess failed ({r.returncode}):\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# the harness a bounded subprocess uses: call(name, fn) records (error type, message, seconds, MB)
+_HARNESS = """
+import json, resource, time
+out = {}
+def call(name, fn):
+    t = time.perf_counter()
+    try:
+        fn()
+        res = ["ok", ""]
+    except Exception as e:
+        res = [type(e).__name__, str(e)]
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out[name] = res + [time.perf_counter() - t, rss_mb]
+"""
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """"Billion laughs": ``width ** levels`` strings from a few hundred bytes."""
+    lines = ['a0: &a0 [' + ",".join(['lol'] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def merge_key_bomb(levels: int = 9, width: int = 9) -> str:
+    """The same blow-up through YAML merge keys (``<<: [*m, *m, ...]``) inside a recipe."""
+    lines = ["m0: &m0 {x: 1, y: 2}"]
+    for i in range(1, levels):
+        lines.append(f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * width) + "], z: 1}")
+    lines.append(f"model: {{type: unet_restorer, <<: *m{levels - 1}}}")
+    return "\n".join(lines) + "\n"
+
+
+MARKER = "PWNED_MARKER"
+
+
+class _Evil:
+    """A pickle payload that would create MARKER if it were ever unpickled."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+# ============================================================================ recipes
+def test_recipe_bombs_and_nesting_refused_bounded(tmp_path):
+    """Issue examples (460-byte alias bomb; 20,000-level nesting) and own variants, under a
+    memory limit: each is a one-line RecipeError naming file and line."""
+    files = {
+        "bomb.yaml": alias_bomb(),
+        "merge_bomb.yaml": merge_key_bomb(),
+        "map_bomb.yaml": "k0: &k0 {a: 1}\n" + "".join(
+            f"k{i}: &k{i} {{a: *k{i - 1}, b: *k{i - 1}}}\n" for i in range(1, 40)),
+        "recursive.yaml": "model: &m {type: unet_restorer, self: *m}\n",
+        "deep_flow.yaml": "model: " + "[" * 20000 + "]" * 20000 + "\n",
+        "deep_map.yaml": "model: " + "{a: " * 20000 + "1" + "}" * 20000 + "\n",
+        "deep_dash.yaml": "model:\n  " + "- " * 20000 + "x\n",
+        "deep_block.yaml": "".join(" " * i + f"k{i}:\n" for i in range(300)),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert len(files["bomb.yaml"]) < 600          # ~9 ** 9 strings once expanded
+    res = run_bounded(_HARNESS + f"""
+from irblocks.registry import recipe as R
+for name in {sorted(files)!r}:
+    call(name, lambda: R.load(name))
+# the same shapes as --set values
+call("set_bomb", lambda: R.parse_yaml(open("bomb.yaml").read(), "--set", "model.width"))
+call("set_deep", lambda: R.parse_yaml("[" * 100000, "--set", "model.width"))
+print(json.dumps(out))
+""", tmp_path)
+    expect = {"bomb.yaml": "expand to more than", "merge_bomb.yaml": "expand to more than",
+              "map_bomb.yaml": "expand to more than", "recursive.yaml": "recursive YAML alias",
+              "deep_flow.yaml": "nested deeper than", "deep_map.yaml": "nested deeper than",
+              "deep_dash.yaml": "nested deeper than", "deep_block.yaml": "nested deeper than",
+              "set_bomb": "expand to more than", "set_deep": "nested deeper than"}
+    for name, needle in expect.items():
+        etype, msg, seconds, mb = res[name]
+        assert etype == "RecipeError", (name, etype, msg)
+        one_line(msg)
+        assert needle in msg, (name, msg)
+        if name.endswith(".yaml"):
+            assert msg.startswith(f"{name}:") and msg.split(":")[1].isdigit(), msg   # file:line
+        else:
+            assert msg.startswith("--set: model.width: "), msg
+    assert res["bomb.yaml"][1].startswith("bomb.yaml:")
+
+
+def test_recipe_tag_never_executes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "evil.yaml"
+    p.write_text(f"model: !!python/object/apply:os.system ['touch {MARKER}']\n")
+    with pytest.raises(RecipeError) as ei:
+        irblocks.create_model(str(p))
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{p}:1:") and "python/object/apply:os.system" in msg
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_set_value_tag_refused_by_train_cli(tmp_path, capsys, monkeypatch):
+    """Issue example: a YAML tag in ``irblocks train --set`` was a ConstructorError traceback."""
+    from irblocks.cli import main
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "restormer-tiny", "-o", str(tmp_path / "run"),
+                 "--set", f"width=!!python/object/apply:os.system ['touch {MARKER}']"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    one_line(err)
+    assert err.startswith("irblocks: error: --set: width: not valid YAML") and "os.system" in err
+    assert not (tmp_path / MARKER).exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("*undefined_alias", "undefined alias"),
+    ("[1, 2", "not valid YAML"),
+    ("!!binary 'not base64 ***'", "not valid YAML"),
+    ("x" * (MAX_BYTES + 1), "recipes are at most"),
+])
+def test_set_values_one_line(text, needle):
+    from irblocks.train.cli import _parse_sets
+    with pytest.raises(RecipeError) as ei:
+        _parse_sets([f"model.width={text}"])
+    assert needle in one_line(ei.value)
+
+
+def test_extends_cycles_on_resolved_paths(tmp_path):
+    """Issue example: ``sub/s.yaml`` extending ``../sub/s.yaml`` grew paths until
+    'File name too long'; plus own cycles: two files through ./ and a symlink."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "s.yaml").write_text("extends: ../sub/s.yaml\nmodel: {width: 8}\n")
+    (sub / "a.yaml").write_text("extends: ./../sub/./b.yaml\nmodel: {width: 8}\n")
+    (sub / "b.yaml").write_text("recipe: 1\nextends: a.yaml\nmodel: {width: 8}\n")
+    (sub / "c.yaml").write_text("extends: link.yaml\nmodel: {width: 8}\n")
+    (sub / "link.yaml").symlink_to(sub / "c.yaml")
+    for name, line in (("s.yaml", 1), ("a.yaml", 2), ("c.yaml", 1)):
+        with pytest.raises(RecipeError) as ei:
+            irblocks.resolve_recipe(str(sub / name))
+        msg = one_line(ei.value)
+        assert "circular extends" in msg and msg.split(":")[1] == str(line), msg
+
+
+def test_extends_chain_bounded(tmp_path):
+    n = getattr(R, "MAX_EXTENDS", 32) + 5
+    (tmp_path / "r0.yaml").write_text("extends: restormer-tiny\n")
+    for i in range(1, n):
+        (tmp_path / f"r{i}.yaml").write_text(f"extends: r{i - 1}.yaml\n")
+    with pytest.raises(RecipeError) as ei:
+        irblocks.resolve_recipe(str(tmp_path / f"r{n - 1}.yaml"))
+    assert f"extends chain longer than {n - 5}" in one_line(ei.value)
+    # a chain within the limit still loads
+    rec = irblocks.resolve_recipe(str(tmp_path / "r5.yaml"))
+    assert rec.data["model"]["type"] == "unet_restorer"
+
+
+def test_recipe_file_size_and_encoding(tmp_path):
+    big = tmp_path / "big.yaml"
+    with open(big, "w") as f:
+        f.write("description: '" + "x" * (MAX_BYTES + 10) + "'\n")
+    with pytest.raises(RecipeError, match="refused unread") as ei:
+        R.load(str(big))
+    one_line(ei.value)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"description: caf\xe9\nmodel: {type: unet_restorer}\n")
+    with pytest.raises(RecipeError, match="cannot read recipe") as ei:
+        R.load(str(bad))
+    assert str(bad) in one_line(ei.value)
+
+
+def test_aliases_within_budget_still_work(tmp_path):
+    """Ordinary anchors/aliases (shared block specs) are fine and keep their lines."""
+    p = tmp_path / "shared.yaml"
+    p.write_text("recipe: 1\n_b: &blk {type: transformer_block, ffn: gdfn}\n"
+                 "model:\n  type: unet_restorer\n  block: *blk\n")
+    rec = R.load(str(p))
+    assert rec.data["model"]["block"]["type"] == "transformer_block"
+    assert rec.where("model.block.ffn") == (str(p), 5)     # the alias line (not re-walked)
