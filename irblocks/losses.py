@@ -42,6 +42,7 @@ from torch import nn
 
 from irblocks.aux import aux_losses
 from irblocks.registry import ConfigError, build, lookup, register
+from irblocks.ssim import gaussian_window, separable_filter, ssim_maps
 
 __all__ = [
     "L1Loss", "L2Loss", "CharbonnierLoss", "MSSSIMLoss", "FFTLoss", "ICRMLoss", "AuxLoss",
@@ -108,64 +109,51 @@ class CharbonnierLoss(nn.Module):
 _MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def gaussian_window(size: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian of ``size`` taps."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).to(dtype=dtype, device=device)
-
-
-def _sep_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Valid separable filtering of every channel of (B, C, H, W) with the 1-D kernel g."""
-    c = x.shape[1]
-    k = g.numel()
-    x = F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-    return F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-
-
-def _ssim_terms(x, y, g, data_range, k1=0.01, k2=0.03):
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    mx, my = _sep_filter(x, g), _sep_filter(y, g)
-    sxx = _sep_filter(x * x, g) - mx * mx
-    syy = _sep_filter(y * y, g) - my * my
-    sxy = _sep_filter(x * y, g) - mx * my
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    return lum * cs, cs
-
-
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
             sigma: float = 1.5, weights: Sequence[float] = _MS_WEIGHTS) -> torch.Tensor:
-    """Multi-scale SSIM (Wang et al. 2003) per image, shape (B,).
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) per image, shape (B,).
 
-    Scales whose side falls below ``win_size`` are dropped (weights renormalised);
-    negative contrast terms are clamped at 0 before the power (avoids NaN).
+    The standard definition (as pytorch-msssim computes it): at each scale the
+    contrast-structure term (the SSIM term at the coarsest) is averaged over the
+    pixels of each channel; per channel, the product over scales of term ** weight;
+    then the mean over channels. Between scales: 2x2 average pooling, zero-padded by
+    one on both sides of an odd dimension (``avg_pool2d(padding=size % 2)``, the
+    library's convention). Negative terms are clamped at 0 before the power.
+
+    With the five standard weights, images whose smaller side is at least
+    ``win_size * 16`` use all five scales with the weights as published (they sum
+    to 1.0001). Smaller images drop the coarsest scales whose side would fall below
+    ``win_size``; the remaining weights are then renormalised to sum to 1 (an
+    extension: the standard definition is undefined there).
     """
     _check_pair(pred, target, "ms_ssim")
     if min(pred.shape[-2:]) < win_size:
         raise ValueError(f"ms_ssim: images must be at least {win_size}x{win_size} "
                          f"(the window), got {pred.shape[-2]}x{pred.shape[-1]}")
-    g = gaussian_window(win_size, sigma, dtype=pred.dtype if pred.is_floating_point() else torch.float32,
-                        device=pred.device)
-    n = 1
-    while n < len(weights) and min(pred.shape[-2:]) // 2 ** n >= win_size:
-        n += 1
-    w = torch.tensor(list(weights[:n]), dtype=pred.dtype, device=pred.device)
-    w = w / w.sum()
+    dtype = pred.dtype if pred.is_floating_point() else torch.float32
+    g = gaussian_window(win_size, sigma, dtype=dtype, device=pred.device)
+    sizes = [tuple(pred.shape[-2:])]
+    while len(sizes) < len(weights):
+        nxt = tuple(s // 2 + s % 2 for s in sizes[-1])
+        if min(nxt) < win_size:
+            break
+        sizes.append(nxt)
+    n = len(sizes)
+    w = torch.tensor(list(weights[:n]), dtype=dtype, device=pred.device)
+    if n < len(weights):
+        w = w / w.sum()
     x, y = pred, target
     vals = []
     for i in range(n):
-        ssim_map, cs_map = _ssim_terms(x, y, g, data_range)
-        if i == n - 1:
-            vals.append(ssim_map.flatten(1).mean(1).clamp_min(0))
-        else:
-            vals.append(cs_map.flatten(1).mean(1).clamp_min(0))
-            pad = (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)
-            x = F.avg_pool2d(F.pad(x, pad, mode="replicate") if any(pad) else x, 2)
-            y = F.avg_pool2d(F.pad(y, pad, mode="replicate") if any(pad) else y, 2)
-    stack = torch.stack(vals, dim=1)  # (B, n)
+        ssim_map, cs_map = ssim_maps(x, y, g, data_range)
+        term = ssim_map if i == n - 1 else cs_map
+        vals.append(term.flatten(2).mean(-1).clamp_min(0))           # (B, C)
+        if i < n - 1:
+            pad = (x.shape[-2] % 2, x.shape[-1] % 2)
+            x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
+    stack = torch.stack(vals, dim=0)                                  # (scales, B, C)
     # eps keeps the gradient of x**w finite at x = 0
-    return torch.prod((stack + 1e-8) ** w, dim=1)
+    return torch.prod((stack + 1e-8) ** w.view(-1, 1, 1), dim=0).mean(1)
 
 
 @register("loss", "ms_ssim", aliases=("msssim",))
@@ -259,7 +247,7 @@ def icrm_views(x: torch.Tensor, crop_scale: float = 0.7, jitter: float = 0.4, bl
         g = gaussian_window(blur_kernel, blur_sigma, dtype=x.dtype, device=dev)
         r = blur_kernel // 2
         mode = "reflect" if min(h, w) > r else "replicate"
-        s = _sep_filter(F.pad(s, (r, r, r, r), mode=mode), g)
+        s = separable_filter(F.pad(s, (r, r, r, r), mode=mode), g)
     return weak, s
 
 
@@ -275,11 +263,15 @@ class ICRMLoss(nn.Module):
         crop_scale: side fraction of the weak random crop (0.7).
         jitter: colour-jitter strength (0.4: factors in [0.6, 1.4]).
         blur_kernel, blur_sigma: the strong view's Gaussian blur (5, 1.0).
-        clamp: clamp the prediction to [0, 1] first (the scaffold does).
+        clamp: clamp the prediction to [0, 1] before both views. Off by default, as in
+            the scaffold's ICRM (House-yuyu/ClearAIR src/losses.py): there only the
+            strong view is clamped, by torchvision's colour-jitter rule on float images
+            (each adjustment clamps to [0, 1]); the weak view keeps the raw values. (One
+            revision of the scaffold adds an input clamp; ``clamp=True`` is that.)
     """
 
     def __init__(self, crop_scale: float = 0.7, jitter: float = 0.4, blur_kernel: int = 5,
-                 blur_sigma: float = 1.0, clamp: bool = True):
+                 blur_sigma: float = 1.0, clamp: bool = False):
         super().__init__()
         if not 0 < crop_scale <= 1:
             raise ValueError(f"icrm: crop_scale must be in (0, 1], got {crop_scale}")

@@ -1,8 +1,10 @@
-"""Channel LayerNorm over dim 1 of a B x C x H x W tensor (WithBias and BiasFree).
+"""Channel LayerNorm over dim 1 of a B x C x H x W tensor (WithBias, BiasFree, Centered).
 
 WithBias (``bias`` given): ``(x - mean) / sqrt(var + eps) * w + b``.
 BiasFree (``bias is None``): ``x / sqrt(var + eps) * w`` with the variance taken
 around the mean but the mean NOT subtracted (Restormer's BiasFree_LayerNorm).
+Centered (``bias is None, center=True``): ``(x - mean) / sqrt(var + eps) * w``, a
+LayerNorm with a weight and no bias (ClearAIR's scaffold, eps 1e-6 there).
 Population variance, eps 1e-5 by default.
 
 Implementations
@@ -18,6 +20,8 @@ Implementations
   One pass over x forward, one pass over (x, dy) backward.
   Exposed as the custom ops ``irblocks::channel_layer_norm`` and
   ``irblocks::channel_layer_norm_backward`` (fake impls, autograd, FLOP formula 0).
+  Centered runs the WithBias kernel with a zero bias that does not require grad: the
+  same arithmetic (``+ 0``) and the same dx/dw; the bias partial sums are discarded.
 """
 from __future__ import annotations
 
@@ -37,9 +41,9 @@ __all__ = ["channel_layer_norm", "channel_layer_norm_reference"]
 
 # --------------------------------------------------------------------------- reference
 def channel_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                 eps: float = 1e-5) -> torch.Tensor:
+                                 eps: float = 1e-5, center: bool | None = None) -> torch.Tensor:
     xl = x.permute(0, 2, 3, 1)                         # B H W C (a view)
-    if bias is not None:
+    if bias is not None or center:
         y = F.layer_norm(xl, (xl.shape[-1],), weight, bias, eps)
     else:
         # two-pass population variance from mean + vector_norm over the contiguous channel
@@ -196,12 +200,19 @@ def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
 # --------------------------------------------------------------------------- entry point
 @register("kernel", "channel_layer_norm")
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                       eps: float = 1e-5, impl: str | None = None) -> torch.Tensor:
+                       eps: float = 1e-5, impl: str | None = None,
+                       center: bool | None = None) -> torch.Tensor:
     """LayerNorm over channels. x: (B, C, H, W) any strides -> (B, C, H, W).
 
-    ``bias=None`` is Restormer's BiasFree variant. The output follows the input's
-    memory format (channels_last in, channels_last out).
+    ``bias=None`` is Restormer's BiasFree variant; ``bias=None, center=True`` subtracts
+    the mean (a LayerNorm without bias, ClearAIR's scaffold). ``center`` defaults to
+    ``bias is not None``; ``center=False`` with a bias is refused. The output follows
+    the input's memory format (channels_last in, channels_last out).
     """
+    if center is False and bias is not None:
+        raise ValueError("channel_layer_norm: center=False (BiasFree) takes no bias, got a bias tensor")
     if select(impl, x) == "triton":
+        if center and bias is None:   # Centered = the WithBias kernel with a zero, gradient-free bias
+            bias = torch.zeros_like(weight)
         return _ln_op(x, weight, bias, float(eps))
-    return channel_layer_norm_reference(x, weight, bias, eps)
+    return channel_layer_norm_reference(x, weight, bias, eps, center)

@@ -8,7 +8,7 @@ from torch import nn
 
 from irblocks.errors import check_feature
 from irblocks.guidance import Guidance, GuidedBlock
-from irblocks.registry import Context, build, register
+from irblocks.registry import BlockSpec, Context, build, register
 
 from .priors_common import CONTENT_DIM, DEGRADATION_DIM
 from .qgm import guidance_vector, shared_or_own
@@ -68,13 +68,15 @@ class DegradationAwareModule(GuidedBlock):
         source: "prior" reads ``prior.degradation`` and ``prior.content`` (B x 512);
             "learned" replaces both by learnable constants (Table 7 ablation).
         content_dim, degradation_dim: interface sizes (512). bias: of the 1x1 convs.
+        norm: the LayerNorm spec (default ``layernorm``).
 
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None, num_heads: int = 4,
                  prompt: str = "degradation_prompt", source: Literal["prior", "learned"] = "prior",
-                 content_dim: int = CONTENT_DIM, degradation_dim: int = DEGRADATION_DIM, bias: bool = False):
+                 content_dim: int = CONTENT_DIM, degradation_dim: int = DEGRADATION_DIM, bias: bool = False,
+                 norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"degradation_aware: num_heads={num_heads} must divide dim={dim}")
@@ -84,7 +86,7 @@ class DegradationAwareModule(GuidedBlock):
         self.content_dim, self.degradation_dim = content_dim, degradation_dim
         gen = shared_or_own(self, "prompt_gen", shared, prompt,
                             {"type": "degradation_prompt", "embed_dim": degradation_dim}, dim=dim)
-        self.norm = build("layernorm", "block", dim=dim)
+        self.norm = build(norm, "block", dim=dim)
         self.in_conv = nn.Conv2d(dim, dim, 1, bias=bias)
         self.content_kv = nn.Linear(content_dim, 2 * dim)
         self.q_proj = nn.Conv2d(dim, dim, 1, bias=bias)

@@ -7,7 +7,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from irblocks.guidance import Guidance, GuidedBlock
-from irblocks.registry import Context, build, register
+from irblocks.registry import BlockSpec, Context, build, register
 
 __all__ = ["ClearAIRGuidance", "PERCEPTION_STEPS"]
 
@@ -40,6 +40,8 @@ class ClearAIRGuidance(GuidedBlock):
         learned_tokens: SCA tokens when regions="learned". bias: of the 1x1 convs.
         checkpoint: recompute this block's activations in backward (activation
             checkpointing; only while training with gradients).
+        norm: the LayerNorm spec of QGM, SCA and DAM (the scaffold's: ``{type: layernorm,
+            variant: centered, eps: 1.0e-6}``, as in its transformer blocks).
 
     The SCA pools the unit's input feature (the scaffold pools the level's input
     before its first blocks; a mid block only sees the feature at its position).
@@ -54,16 +56,17 @@ class ClearAIRGuidance(GuidedBlock):
                  degradation: Literal["prior", "learned"] = "prior",
                  sca_heads: int = 4, dam_heads: int = 4, mask_dropout: float = 0.2,
                  sca_mode: Literal["pattern", "dense"] = "pattern", learned_tokens: int = 16,
-                 bias: bool = False, checkpoint: bool = False):
+                 bias: bool = False, checkpoint: bool = False, norm: BlockSpec = "layernorm"):
         super().__init__()
         self.order = parse_order(order)
         self.checkpoint = checkpoint
-        self.qgm = build({"type": "quality_guidance", "source": quality}, "block", dim=dim, shared=shared)
+        self.qgm = build({"type": "quality_guidance", "source": quality, "norm": norm}, "block", dim=dim,
+                         shared=shared)
         self.sca = build({"type": "semantic_cross_attention", "num_heads": sca_heads, "mask_dropout": mask_dropout,
-                          "mode": sca_mode, "source": regions, "learned_tokens": learned_tokens, "bias": bias},
-                         "block", dim=dim)
+                          "mode": sca_mode, "source": regions, "learned_tokens": learned_tokens, "bias": bias,
+                          "norm": norm}, "block", dim=dim)
         self.dam = build({"type": "degradation_aware", "num_heads": dam_heads, "source": degradation,
-                          "bias": bias}, "block", dim=dim, shared=shared)
+                          "bias": bias, "norm": norm}, "block", dim=dim, shared=shared)
 
     def guidance_io(self):
         consumes = set()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.errors import InputError, check_feature
+from irblocks.ssim import gaussian_window, separable_filter
 
 __all__ = ["QUALITY_DIM", "DEGRADATION_DIM", "CONTENT_DIM", "GuidancePrior", "PriorOutputError",
            "check_prior_output", "seeded_projection", "lift", "luminance", "box_blur", "gaussian_blur"]
@@ -123,13 +124,7 @@ def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, k: int = 7) -> torch.Tensor:
     """Separable Gaussian blur per channel ('same' size, reflect padding)."""
-    r = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = x.shape[1]
-    x = _pad_same(x, k)
-    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return separable_filter(_pad_same(x, k), gaussian_window(k, sigma, dtype=x.dtype, device=x.device))
 
 
 def moments(x: torch.Tensor) -> torch.Tensor:

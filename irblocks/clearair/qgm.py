@@ -8,7 +8,7 @@ from torch import nn
 
 from irblocks.errors import InputError, check_feature
 from irblocks.guidance import Guidance, GuidedBlock
-from irblocks.registry import Context, build, register
+from irblocks.registry import BlockSpec, Context, build, register
 
 from .priors_common import QUALITY_DIM
 
@@ -51,17 +51,24 @@ class QualityAdapter(nn.Module):
     Args:
         dim: d, the base width (context). in_dim: quality interface size (256).
         hidden: MLP width (default 4d). levels: heads for widths d * 2^i, i < levels.
+        state_dim: 0, or the width of a raw MLLM hidden state (DeQA: 4096) that the
+            ``deqa_quality`` prior provides: a trainable Linear state_dim -> in_dim is
+            applied first (the scaffold's learned reduction in its IQA wrapper).
 
-    Shapes: forward(fq (B, in_dim), width) -> (B, width).
+    Shapes: forward(fq (B, input_dim), width) -> (B, width); ``input_dim`` is
+    ``state_dim`` when set, else ``in_dim``.
     """
 
-    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0, levels: int = 4):
+    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0, levels: int = 4,
+                 state_dim: int = 0):
         super().__init__()
         hidden = hidden or 4 * dim
-        if dim < 1 or in_dim < 1 or hidden < 1 or levels < 1:
-            raise ValueError(f"quality_adapter: dim, in_dim, hidden and levels must be >= 1, "
-                             f"got {dim}, {in_dim}, {hidden}, {levels}")
-        self.dim, self.in_dim = dim, in_dim
+        if dim < 1 or in_dim < 1 or hidden < 1 or levels < 1 or state_dim < 0:
+            raise ValueError(f"quality_adapter: dim, in_dim, hidden and levels must be >= 1 and "
+                             f"state_dim >= 0, got {dim}, {in_dim}, {hidden}, {levels}, {state_dim}")
+        self.dim, self.in_dim, self.state_dim = dim, in_dim, state_dim
+        self.input_dim = state_dim or in_dim
+        self.reduce = nn.Linear(state_dim, in_dim) if state_dim else None
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i) for i in range(levels)})
 
@@ -69,6 +76,8 @@ class QualityAdapter(nn.Module):
         head = self.heads[str(width)] if str(width) in self.heads else None
         if head is None:
             raise InputError(f"quality_adapter: no head for width {width} (has {sorted(map(int, self.heads))})")
+        if self.reduce is not None:
+            fq = self.reduce(fq)
         return head(self.net(fq))
 
 
@@ -86,22 +95,26 @@ class QualityGuidance(GuidedBlock):
             ``prior.quality`` (B x 256); ``"learned"`` replaces it by a learnable
             constant (the paper's Table 7 ablation).
         quality_dim: the interface size (256).
+        norm: the LayerNorm spec (the scaffold's: ``{type: layernorm, variant: centered,
+            eps: 1.0e-6}``).
 
     Shapes: (B, C, H, W) -> (B, C, H, W). Reads ``prior.quality`` (source="prior").
     """
 
     def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None,
                  adapter: str = "quality_adapter", source: Literal["prior", "learned"] = "prior",
-                 quality_dim: int = QUALITY_DIM, key: str = "prior.quality"):
+                 quality_dim: int = QUALITY_DIM, key: str = "prior.quality",
+                 norm: BlockSpec = "layernorm"):
         super().__init__()
         self.dim, self.source, self.key, self.quality_dim = dim, source, key, quality_dim
         # a private adapter (no shared one) takes the block's own width as its 'd'
         shared_or_own(self, "adapter", shared, adapter,
                       {"type": "quality_adapter", "in_dim": quality_dim, "levels": 1}, dim=dim)
-        self.norm = build("layernorm", "block", dim=dim)
+        self.norm = build(norm, "block", dim=dim)
         self.scale = nn.Linear(dim, dim)
         self.shift = nn.Linear(dim, dim)
-        self.learned = nn.Parameter(torch.randn(quality_dim) * 0.02) if source == "learned" else None
+        self.learned = nn.Parameter(torch.randn(getattr(self.adapter, "input_dim", quality_dim)) * 0.02) \
+            if source == "learned" else None
 
     def guidance_io(self):
         return set(), ({self.key} if self.source == "prior" else set())
@@ -109,7 +122,8 @@ class QualityGuidance(GuidedBlock):
     def embedding(self, batch: int, guidance: Guidance, like: torch.Tensor) -> torch.Tensor:
         if self.learned is not None:
             return self.learned.to(like.dtype).expand(batch, -1)
-        return guidance_vector(guidance, self.key, self.quality_dim, batch, "quality_guidance",
+        dim = getattr(self.adapter, "input_dim", self.quality_dim)
+        return guidance_vector(guidance, self.key, dim, batch, "quality_guidance",
                                "quality").to(like.dtype)
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 from irblocks.errors import check_feature
 from irblocks.guidance import Guidance, GuidedBlock
 from irblocks.kernels.pattern_sca import pattern_attention, pattern_tokens
-from irblocks.registry import Context, build, register
+from irblocks.registry import BlockSpec, Context, build, register
 
 from .mask_pool import level_masks, mask_average_pool
 
@@ -44,7 +44,7 @@ class SemanticCrossAttention(GuidedBlock):
         mask_dropout: training-time mask dropout (0.2 in the scaffold).
         mode: "pattern" | "dense". source: "prior" | "learned".
         learned_tokens: number of tokens when source="learned".
-        bias: bias of the 1x1 projections.
+        bias: bias of the 1x1 projections. norm: the LayerNorm spec (default ``layernorm``).
 
     Shapes: (B, C, H, W) -> (B, C, H, W); ``forward(x, guidance, src=None)`` pools
     ``src`` (default x), which the ClearAIR guidance block sets to its own input.
@@ -52,7 +52,8 @@ class SemanticCrossAttention(GuidedBlock):
 
     def __init__(self, dim: Context[int], num_heads: int = 4, mask_dropout: float = 0.2,
                  mode: Literal["pattern", "dense"] = "pattern", source: Literal["prior", "learned"] = "prior",
-                 learned_tokens: int = 16, bias: bool = False, key: str = "prior.masks"):
+                 learned_tokens: int = 16, bias: bool = False, key: str = "prior.masks",
+                 norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"semantic_cross_attention: num_heads={num_heads} must divide dim={dim}")
@@ -64,7 +65,7 @@ class SemanticCrossAttention(GuidedBlock):
         self.mask_dropout = mask_dropout
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.norm = build("layernorm", "block", dim=dim)
+        self.norm = build(norm, "block", dim=dim)
         self.sem_proj = nn.Conv2d(dim, dim, 1, bias=False)
         self.q_proj = nn.Conv2d(dim, dim, 1, bias=bias)
         self.k_proj = nn.Conv2d(dim, dim, 1, bias=bias)

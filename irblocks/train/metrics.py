@@ -27,7 +27,8 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from irblocks.ssim import gaussian_window, ssim_maps, uniform_window
 
 __all__ = ["psnr", "ssim", "rgb_to_y", "prepare", "batch_psnr", "batch_ssim"]
 
@@ -82,41 +83,26 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop
     return float(batch_psnr(pred, target, y_channel, crop_border, quantize).mean())
 
 
-def _window(mode: str, dtype, device):
+def _window(mode: str, dtype, device) -> tuple[torch.Tensor, float]:
+    """The 1-D window of ``mode`` and its covariance factor (sample N / (N - 1) or 1)."""
     if mode == "uniform":
         k = 7
-        g = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
-        return g, k * k
+        return uniform_window(k, dtype, device), k * k / (k * k - 1)
     if mode == "gaussian":
-        k, sigma = 11, 1.5
-        x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-        g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-        return (g / g.sum()).to(dtype=dtype, device=device), None
+        return gaussian_window(11, 1.5, dtype, device), 1.0
     raise ValueError(f"ssim: mode must be 'uniform' (scikit-image default) or 'gaussian' (BasicSR), got {mode!r}")
-
-
-def _filt(x, g):
-    c, k = x.shape[1], g.numel()
-    x = F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-    return F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
 
 
 def batch_ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform", y_channel: bool = False,
                crop_border: int = 0, quantize: bool = False) -> torch.Tensor:
     """SSIM per image, shape (B,) (see the module docstring for the conventions)."""
     p, t = prepare(pred, target, y_channel, crop_border, quantize)
-    g, n = _window(mode, p.dtype, p.device)
+    g, cov = _window(mode, p.dtype, p.device)
     k = g.numel()
     if min(p.shape[-2:]) < k:
         raise ValueError(f"ssim: images must be at least {k}x{k} for the {mode} window, "
                          f"got {p.shape[-2]}x{p.shape[-1]}")
-    cov = n / (n - 1) if n else 1.0          # sample covariance (skimage default) or population
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mx, my = _filt(p, g), _filt(t, g)
-    vx = cov * (_filt(p * p, g) - mx * mx)
-    vy = cov * (_filt(t * t, g) - my * my)
-    vxy = cov * (_filt(p * t, g) - mx * my)
-    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    s, _ = ssim_maps(p, t, g, data_range=1.0, covariance=cov)
     return s.mean(dim=(2, 3)).mean(1)
 
 

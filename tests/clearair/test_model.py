@@ -17,7 +17,11 @@ def test_clearair_size_on_meta():
         m = irblocks.create_model("clearair")
     n = count(m)
     assert abs(n / TARGET - 1) < 0.03, n
-    assert n == 30_810_012     # backbone 25,623,879 + 7 guidance units 4,620,480 + shared 565,653
+    # exactly the scaffold's count: backbone 25,609,767 + 7 guidance units 4,617,168 + shared 565,653
+    assert n == 30_792_588
+    norms = [x for x in m.modules() if isinstance(x, irblocks.ChannelLayerNorm)]
+    assert len(norms) == 2 * (3 + 5 + 6 + 8 + 6 + 5 + 3 + 3) + 3 * 7
+    assert all(x.variant == "centered" and x.bias is None and x.eps == 1e-6 for x in norms)
     kv = sum(p.numel() for k, p in m.named_parameters() if "content_kv" in k)
     assert kv == 1_132_704     # the 7 DAM sites' Linear 512 -> 2C (architectures.md: 1.13M)
     assert sum(1 for x in m.modules() if type(x).__name__ == "ClearAIRGuidance") == 7
@@ -131,3 +135,13 @@ def test_save_load_and_to_recipe_roundtrip(tmp_path):
     assert set(m2.priors) == {"quality", "regions", "degradation"}
     m3 = irblocks.create_model(irblocks.to_recipe(m))
     m3.load_state_dict(m.state_dict())
+
+
+def test_recipe_training_section_is_the_scaffolds():
+    # House-yuyu/ClearAIR train.py: AdamW(2e-4, wd 1e-4), CosineAnnealingLR(T_max=iterations,
+    # eta_min=1e-6), clip_grad_norm_(1.0), batch 4, 256 patches, 300k iterations
+    from irblocks.train.config import parse_sections
+    opt, sched, train = parse_sections(irblocks.resolve_recipe("clearair").data)
+    assert (opt.type, opt.lr, opt.weight_decay, tuple(opt.betas)) == ("adamw", 2e-4, 1e-4, (0.9, 0.999))
+    assert (sched.type, sched.warmup_epochs, sched.min_lr) == ("warmup_cosine", 0, 1e-6)
+    assert (train.grad_clip, train.batch_size, train.patch_size, train.iterations) == (1.0, 4, 256, 300000)

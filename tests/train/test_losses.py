@@ -167,3 +167,44 @@ def test_losses_compile():
     for m in (L1Loss(), CharbonnierLoss(), FFTLoss()):
         c = torch.compile(m, backend="aot_eager")
         assert torch.allclose(c(p, t), m(p, t), atol=1e-6)
+
+
+def test_icrm_clamps_only_the_strong_view_by_default():
+    # the scaffold's ICRM: the weak view keeps the prediction's raw values; only the strong
+    # view is clamped (torchvision's colour jitter clamps float images to [0, 1])
+    x = torch.rand(2, 3, 20, 20) * 1.6 - 0.3
+    torch.manual_seed(7)
+    weak, strong = icrm_views(x)
+    assert weak.min() < 0 and weak.max() > 1 and 0 <= strong.min() and strong.max() <= 1
+    torch.manual_seed(7)
+    assert torch.allclose(ICRMLoss()(x), F.mse_loss(weak, strong))
+    torch.manual_seed(7)
+    assert not torch.allclose(ICRMLoss(clamp=True)(x), F.mse_loss(weak, strong))
+
+
+def _degradations(t, g):
+    noisy = (t + 0.1 * torch.randn(t.shape, generator=g, dtype=t.dtype)).clamp(0, 1)
+    blurred = F.avg_pool2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
+    one_channel = t.clone()
+    one_channel[:, :1] = (one_channel[:, :1] + 0.3 * torch.randn(one_channel[:, :1].shape, generator=g,
+                                                                  dtype=t.dtype)).clamp(0, 1)
+    return {"noise": noisy, "blur": blurred, "one channel": one_channel}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_ms_ssim_equals_pytorch_msssim(channels):
+    # the standard definition: per-channel product over the five scales with the published
+    # weights (not renormalised), then the mean over channels. 192 x 200: all five scales,
+    # odd sides at the coarse scales (the pooling convention matters there)
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    g = torch.Generator().manual_seed(0)
+    base = F.interpolate(torch.rand(2, channels, 24, 25, generator=g, dtype=torch.float64),
+                         size=(192, 200), mode="bicubic", align_corners=False).clamp(0, 1)
+    for name, p in _degradations(base, g).items():
+        if channels == 1 and name == "one channel":
+            continue
+        want = pytorch_msssim.ms_ssim(p, base, data_range=1.0, size_average=False)
+        got = ms_ssim(p, base)
+        assert torch.allclose(got, want, rtol=0, atol=1e-6), (name, got, want)
+        loss = MSSSIMLoss()(p.float(), base.float())
+        assert loss.item() == pytest.approx(1 - want.mean().item(), abs=1e-5)
