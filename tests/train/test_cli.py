@@ -1,6 +1,7 @@
 """irblocks train / eval / restore / demo end to end, and bad input: one line, exit 2, no partial files."""
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -158,4 +159,8 @@ def test_demo_tiny_budget(tmp_path, capsys):
     res = json.loads((tmp_path / "demo.json").read_text())
     assert res["steps"] == 2 and res["psnr_noisy"] == pytest.approx(20.2, abs=0.5)
     h, w = image_size(tmp_path / "before_after.png")
-    assert (h, w) == (300, 451 * 3 + 8)
+    assert (h, w) == (300 + 26, 451 * 3 + 8)            # a 26-pixel caption band on top
+    from PIL import Image
+    band = np.asarray(Image.open(tmp_path / "before_after.png").convert("L"))[:26]
+    for k in range(3):                                   # every panel has its caption (dark text)
+        assert (band[:, k * 455:k * 455 + 300] < 100).sum() > 50
