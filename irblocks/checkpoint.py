@@ -10,16 +10,87 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["save", "load", "read_recipe", "CheckpointError"]
+__all__ = ["save", "load", "read_recipe", "read_tensors", "CheckpointError", "MAX_RECIPE_DEPTH"]
+
+MAX_RECIPE_DEPTH = 64
+"""Deepest nesting of the embedded recipe JSON (the recipe loader's YAML limit too)."""
+
+RECIPE_KEY = "irblocks.recipe"
 
 
 class CheckpointError(ValueError):
-    pass
+    """A checkpoint that cannot be read or does not fit (one line naming the file)."""
+
+
+def as_path(path, what: str) -> Path:
+    """``path`` as a Path, or a one-line CheckpointError when it is not a file name."""
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    hint = " (a state_dict: use irblocks.convert.from_official(arch, state_dict))" \
+        if isinstance(path, Mapping) else ""
+    raise CheckpointError(f"{what}: expected a checkpoint file path (str or os.PathLike), "
+                          f"got {type(path).__name__}{hint}")
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+
+
+def _safetensors_error(path: Path, e: BaseException) -> CheckpointError:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        why = ("not a safetensors file (it looks like a torch pickle/zip file; "
+               "irblocks never unpickles it)")
+    else:
+        why = f"not a safetensors file ({_reason(e)})"
+    return CheckpointError(f"{path}: {why}")
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # noqa: BLE001  (every safetensors failure -> one line naming the file)
+        raise _safetensors_error(path, e) from None
+
+
+def read_tensors(path: str | os.PathLike,
+                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; any failure is one CheckpointError naming the file."""
+    from safetensors.torch import load_file
+    path = as_path(path, "read_tensors")
+    _metadata(path)
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # noqa: BLE001
+        raise _safetensors_error(path, e) from None
+
+
+def _depth_ok(obj, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return True
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,34 +130,77 @@ def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, 
 
 
 def read_recipe(path: str | os.PathLike) -> dict:
-    """The resolved recipe stored in an irblocks checkpoint."""
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
-    if "irblocks.recipe" not in meta:
+    """The resolved recipe stored in an irblocks checkpoint (metadata ``irblocks.recipe``).
+
+    A file that is not safetensors, metadata that is not JSON, JSON nested deeper than
+    :data:`MAX_RECIPE_DEPTH` or not a mapping: one :class:`CheckpointError` naming the
+    file and the metadata key. Nothing is unpickled or evaluated.
+    """
+    path = as_path(path, "read_recipe")
+    meta = _metadata(path)
+    if RECIPE_KEY not in meta:
         raise CheckpointError(f"{path}: safetensors file without an irblocks recipe in its metadata "
                               "(convert official checkpoints with `irblocks convert`)")
-    return json.loads(meta["irblocks.recipe"])
+    bad = f"{path}: metadata {RECIPE_KEY!r}"
+    try:
+        rec = json.loads(meta[RECIPE_KEY])
+    except RecursionError:
+        raise CheckpointError(f"{bad}: JSON nested deeper than {MAX_RECIPE_DEPTH} levels; "
+                              "refused") from None
+    except ValueError as e:
+        raise CheckpointError(f"{bad} is not valid JSON ({_reason(e)})") from None
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"{bad}: expected a JSON object (the recipe), "
+                              f"got {type(rec).__name__}")
+    if not _depth_ok(rec, MAX_RECIPE_DEPTH):
+        raise CheckpointError(f"{bad}: JSON nested deeper than {MAX_RECIPE_DEPTH} levels; refused")
+    return rec
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from the checkpoint's recipe and load its weights (strict)."""
-    from safetensors.torch import load_file
+    """Rebuild the model from the checkpoint's recipe and load its weights (strict).
 
+    Every problem is one :class:`CheckpointError` naming the file: not safetensors, a bad
+    embedded recipe (named by its metadata key), missing/unexpected tensors, and every
+    tensor whose shape differs (all listed, with both shapes).
+    """
     from irblocks.api import create_model
+    from irblocks.registry import ConfigError, RegistryError
+    from irblocks.registry.recipe import RecipeError
+    path = as_path(path, "irblocks.checkpoint.load")
     rec = read_recipe(path)
-    model = create_model(rec)
-    sd = load_file(str(path), device=str(map_location))
-    ours = model.state_dict()
-    missing, extra = [k for k in ours if k not in sd], [k for k in sd if k not in ours]
-    if missing or extra:
-        raise CheckpointError(f"{path}: weights do not match the stored recipe (missing {missing[:3]}, "
-                              f"unexpected {extra[:3]})")
+    try:
+        model = create_model(rec)
+    except RecipeError as e:
+        msgs = "; ".join(f"{p.path or '<recipe>'}: {p.message}" for p in e.problems[:3])
+        more = f" (+{len(e.problems) - 3} more)" if len(e.problems) > 3 else ""
+        raise CheckpointError(f"{path}: metadata {RECIPE_KEY!r} is not a valid recipe: "
+                              f"{msgs}{more}") from None
+    except (RegistryError, ConfigError) as e:
+        raise CheckpointError(f"{path}: metadata {RECIPE_KEY!r} does not build: "
+                              f"{' '.join(str(e).split())[:300]}") from None
+    sd = read_tensors(path, map_location)
+    check_state_dict(model.state_dict(), sd, str(path), CheckpointError)
     model.load_state_dict(sd, strict=True)
     return model.to(map_location)
+
+
+def check_state_dict(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
+                     where: str,
+                     error: type[Exception] = CheckpointError, hint: str = "",
+                     label: str = "checkpoint") -> None:
+    """One error (one line) listing missing/unexpected keys, else every shape mismatch.
+
+    Used by :func:`load` and by :func:`irblocks.convert.load_mapped`.
+    """
+    missing, extra = [k for k in ours if k not in theirs], [k for k in theirs if k not in ours]
+    if missing or extra:
+        def show(keys):
+            return f"{len(keys)} {keys[:3]}{'...' if len(keys) > 3 else ''}"
+        raise error(f"{where}: state_dict mismatch: missing {show(missing)}, "
+                    f"unexpected {show(extra)}{hint}")
+    bad = [f"{k}: {label} shape {tuple(theirs[k].shape)} != ours {tuple(ours[k].shape)}"
+           for k in ours if tuple(ours[k].shape) != tuple(theirs[k].shape)]
+    if bad:
+        shown = "; ".join(bad[:8]) + (f"; ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
+        raise error(f"{where}: {len(bad)} tensor shape(s) differ: {shown}{hint}")

@@ -14,19 +14,23 @@ refused.
 """
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from irblocks.checkpoint import CheckpointError, as_path, check_state_dict, read_tensors
+
 __all__ = ["register_converter", "from_official", "converters", "map_unet_key", "load_official_checkpoint",
            "convert_file", "ConversionError", "load_mapped", "official_config"]
 
 
-class ConversionError(ValueError):
-    """An official checkpoint that does not fit the architecture (one line)."""
+class ConversionError(CheckpointError):
+    """An official checkpoint that does not fit the architecture (one line; a CheckpointError)."""
 
 
 _CONVERTERS: dict[str, Callable[[dict, dict | None], nn.Module]] = {}
@@ -47,8 +51,29 @@ def converters() -> list[str]:
     return sorted(_CONVERTERS)
 
 
-def from_official(arch: str, state_dict: dict, config: dict | None = None) -> nn.Module:
-    """Build our model for the official kwargs ``config`` and load the official ``state_dict``."""
+def from_official(arch: str, state_dict: Mapping[str, torch.Tensor],
+                  config: dict | None = None) -> nn.Module:
+    """Build our model for the official kwargs ``config`` and load the official ``state_dict``.
+
+    ``state_dict`` is a mapping of official parameter names to tensors (read files with
+    :func:`load_official_checkpoint`, or convert a file with :func:`convert_file`); a path
+    or anything else is a one-line ConversionError saying so.
+    """
+    if isinstance(state_dict, (str, os.PathLike)):
+        raise ConversionError(f"from_official: state_dict must be a mapping of names to tensors, "
+                              f"got the path {str(state_dict)!r}; use from_official({arch!r}, "
+                              f"load_official_checkpoint(path)) or convert_file")
+    if not isinstance(state_dict, Mapping):
+        raise ConversionError(f"from_official: state_dict must be a mapping of names to tensors, "
+                              f"got {type(state_dict).__name__}")
+    bad = next(((k, v) for k, v in state_dict.items() if not isinstance(k, str)
+                or (not k.startswith("__") and not isinstance(v, torch.Tensor))), None)
+    if bad is not None:
+        raise ConversionError(f"from_official: state_dict must map names (str) to tensors, got "
+                              f"{bad[0]!r}: {type(bad[1]).__name__}")
+    if config is not None and not isinstance(config, Mapping):
+        raise ConversionError(f"from_official: config must be a mapping of official constructor "
+                              f"arguments or None, got {type(config).__name__}")
     names = converters()
     if arch not in _CONVERTERS:
         import difflib
@@ -97,16 +122,8 @@ def load_mapped(model: nn.Module, mapped: dict[str, torch.Tensor], arch: str, un
     if unmapped:
         raise ConversionError(f"{arch}: {len(unmapped)} official keys have no place in our model "
                               f"(e.g. {', '.join(unmapped[:3])}); is the config right?")
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in mapped]
-    extra = [k for k in mapped if k not in ours]
-    if missing or extra:
-        raise ConversionError(f"{arch}: state_dict mismatch: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
-                              f" unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}; is the config right?")
-    for k, v in mapped.items():
-        if tuple(ours[k].shape) != tuple(v.shape):
-            raise ConversionError(f"{arch}: {k}: official shape {tuple(v.shape)} != ours {tuple(ours[k].shape)}; "
-                                  f"is the config right?")
+    check_state_dict(model.state_dict(), mapped, arch, ConversionError,
+                     hint="; is the config right?", label="official")
     model.load_state_dict(mapped, strict=True)
     return model
 
@@ -223,26 +240,29 @@ def _promptir(state_dict: dict, config: dict | None) -> nn.Module:
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official checkpoint: ``.safetensors``, or a torch file loaded with
     ``weights_only=True`` (Lightning's ``state_dict``/``params`` wrappers and
-    ``net.``/``module.`` prefixes are unwrapped). Arbitrary pickles are refused."""
-    path = Path(path)
+    ``net.``/``module.`` prefixes are unwrapped). Arbitrary pickles are refused.
+
+    Takes a path (a mapping is refused with a pointer to :func:`from_official`); every
+    read failure is one CheckpointError naming the file."""
+    path = as_path(path, "load_official_checkpoint")
     if not path.is_file():
-        raise ConversionError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
+        sd = read_tensors(path)
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConversionError(f"{path}: refused: not loadable with torch.load(weights_only=True) "
+            raise CheckpointError(f"{path}: refused: not loadable with "
+                                  "torch.load(weights_only=True) "
                                   f"(irblocks never unpickles arbitrary objects): {first[:200]}") from None
         for key in ("state_dict", "params_ema", "params", "model"):
             if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ConversionError(f"{path}: expected a mapping of parameter names to tensors")
+            raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
         sd = obj
     for prefix in ("module.", "net."):
         if sd and all(k.startswith(prefix) for k in sd):
@@ -251,8 +271,13 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def convert_file(arch: str, src: str | Path, dst: str | Path, config: dict | None = None) -> nn.Module:
-    """Convert an official checkpoint file to an irblocks safetensors file (recipe in its metadata)."""
+    """Convert an official checkpoint file to an irblocks safetensors file (recipe in its metadata).
+
+    Everything is read and checked before ``dst`` is written (atomically), so a failed
+    conversion leaves no output file.
+    """
     from irblocks.checkpoint import save
+    as_path(dst, "convert_file dst")
     model = from_official(arch, load_official_checkpoint(src), config)
     save(model, dst)
     return model

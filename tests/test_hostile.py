@@ -225,3 +225,139 @@ def test_aliases_within_budget_still_work(tmp_path):
     rec = R.load(str(p))
     assert rec.data["model"]["block"]["type"] == "transformer_block"
     assert rec.where("model.block.ffn") == (str(p), 5)     # the alias line (not re-walked)
+
+
+# ============================================================================ checkpoints
+def _tiny():
+    torch.manual_seed(0)
+    return irblocks.create_model("restormer-tiny")
+
+
+def _save_with_meta(path: Path, tensors: dict, meta: dict) -> Path:
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_loaders_say_what_they_take(tmp_path):
+    """Issue example: a path to from_official was ``'str' object has no attribute 'items'``;
+    own cases: a mapping to the path loaders, a list, non-tensor values."""
+    from irblocks.convert import from_official, load_official_checkpoint
+    for bad in ("ckpt.pth", tmp_path / "ckpt.pth"):
+        with pytest.raises(ConversionError) as ei:
+            from_official("restormer", bad)
+        msg = one_line(ei.value)
+        assert "must be a mapping" in msg and "load_official_checkpoint" in msg
+    with pytest.raises(ConversionError, match="got list"):
+        from_official("restormer", [torch.zeros(1)])
+    with pytest.raises(ConversionError, match=r"'w': str"):
+        from_official("restormer", {"w": "not a tensor"})
+    with pytest.raises(ConversionError, match="config must be a mapping"):
+        from_official("restormer", {}, "dim=48")
+    sd = {"w": torch.zeros(1)}
+    for fn in (load_official_checkpoint, irblocks.load, irblocks.checkpoint.read_recipe):
+        with pytest.raises(CheckpointError) as ei:
+            fn(sd)
+        assert "expected a checkpoint file path" in one_line(ei.value) and "got dict" in str(ei.value)
+    assert issubclass(ConversionError, CheckpointError)   # one type to catch for any checkpoint
+
+
+def test_broken_safetensors_name_the_file(tmp_path, monkeypatch, capsys):
+    """Issue examples: a truncated .safetensors and a pickle renamed .safetensors raised a raw
+    SafetensorError naming no file; own: a malicious pickle (never run), garbage, empty."""
+    from irblocks.cli import main
+    from irblocks.convert import load_official_checkpoint
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "good.safetensors"
+    irblocks.checkpoint.save(_tiny(), good)
+    data = good.read_bytes()
+    files = {"truncated.safetensors": data[: len(data) // 2],
+             "header_only.safetensors": data[:12],
+             "empty.safetensors": b"",
+             "pickle.safetensors": pickle.dumps({"w": _Evil()}),
+             "torchzip.safetensors": None,
+             "huge_header.safetensors": (2 ** 62).to_bytes(8, "little") + b"{}"}
+    for name, blob in files.items():
+        if blob is None:
+            torch.save({"w": torch.zeros(2)}, tmp_path / name)
+        else:
+            (tmp_path / name).write_bytes(blob)
+    for name in files:
+        p = tmp_path / name
+        for fn in (load_official_checkpoint, irblocks.load, irblocks.checkpoint.read_recipe):
+            with pytest.raises(CheckpointError) as ei:
+                fn(p)
+            msg = one_line(ei.value)
+            assert msg.startswith(f"{p}: not a safetensors file"), (fn.__name__, msg)
+        if name.startswith(("pickle", "torchzip")):
+            assert "pickle" in str(ei.value)
+        out = tmp_path / f"{name}.out.safetensors"
+        assert main(["convert", "restormer", str(p), str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"irblocks: error: {p}: not a safetensors file"), err
+        one_line(err)
+        assert not out.exists()
+    assert not (tmp_path / MARKER).exists()
+    # the same pickle under its own suffix: refused by weights_only, never executed
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"w": _Evil()}))
+    with pytest.raises(CheckpointError, match="weights_only=True") as ei:
+        load_official_checkpoint(evil)
+    one_line(ei.value)
+    assert not (tmp_path / MARKER).exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_shape_mismatches_listed_in_one_error(tmp_path):
+    """Issue example: one tensor of the wrong shape gave torch's multi-line size-mismatch
+    RuntimeError; own: several tensors, and the converters' strict loader."""
+    from safetensors.torch import save_file
+
+    from irblocks.convert import load_mapped
+    m = _tiny()
+    good = tmp_path / "good.safetensors"
+    irblocks.checkpoint.save(m, good)
+    meta = {"irblocks.recipe": json.dumps(irblocks.checkpoint.read_recipe(good)), "format": "pt"}
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    k1 = next(k for k, v in sd.items() if v.dim() == 4)
+    bad = tmp_path / "bad.safetensors"
+    save_file({**sd, k1: torch.zeros(3, 3)}, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError) as ei:
+        irblocks.load(bad)
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{bad}: 1 tensor shape(s) differ: {k1}: checkpoint shape (3, 3) != ours "
+                          f"{tuple(sd[k1].shape)}"), msg
+    # every mismatch listed (up to 8, then a count), still one line
+    wrong = {k: torch.zeros(1) for k in list(sd)[:10] if sd[k].shape != (1,)}
+    save_file({**sd, **wrong}, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError) as ei:
+        irblocks.load(bad)
+    msg = one_line(ei.value)
+    assert f"{len(wrong)} tensor shape(s) differ" in msg and list(wrong)[0] in msg
+    assert f"({len(wrong) - 8} more)" in msg
+    # the converters' strict load: official names, same one line
+    with pytest.raises(ConversionError) as ei:
+        load_mapped(_tiny(), {**sd, k1: torch.zeros(2, 2)}, "restormer", [])
+    msg = one_line(ei.value)
+    assert f"{k1}: official shape (2, 2) != ours" in msg and msg.endswith("is the config right?")
+
+
+@pytest.mark.parametrize("payload,needle", [
+    ("{not json", "is not valid JSON"),                                     # issue example
+    ("[" * 100_000 + "]" * 100_000, "nested"),                             # issue example
+    ("[[1]]", "expected a JSON object"),
+    ('{"model": ' + "[" * 200 + "]" * 200 + "}", "nested deeper than"),
+    ('{"model": {"type": "unet_restorer", "bogus": 1}}', "is not a valid recipe: model.bogus"),
+    ('{"model": {"type": "no_such_model"}}', "is not a valid recipe"),
+    (json.dumps({"model": f"!!python/object/apply:os.system ['touch {MARKER}']"}),
+     "is not a valid recipe"),
+])
+def test_embedded_recipe_refused_naming_file_and_key(tmp_path, monkeypatch, payload, needle):
+    monkeypatch.chdir(tmp_path)
+    p = _save_with_meta(tmp_path / "c.safetensors", {"w": torch.zeros(1)},
+                        {"irblocks.recipe": payload, "format": "pt"})
+    with pytest.raises(CheckpointError) as ei:
+        irblocks.load(p)
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{p}: metadata 'irblocks.recipe'") and needle in msg, msg
+    assert not (tmp_path / MARKER).exists()
