@@ -36,7 +36,11 @@ class GatedDegradationAdaptation(nn.Module):
         kernel_size: depthwise kernel on alpha (odd; released: 7).
         norm: ``"batch"`` (BatchNorm2d, as released: behaviour depends on the batch in
             training), ``"layer"`` (channel LayerNorm) or ``"group"`` (GroupNorm with
-            ``norm_groups`` groups) for batch-size-independent behaviour.
+            ``norm_groups`` groups) for batch-size-independent behaviour. Paper and code
+            disagree here: the paper's text says the block starts with
+            "a layer normalization"; the released code (Amazingren/AnyIR, commit 098dcd1,
+            net/anyir.py) uses BatchNorm2d, and its weights fit that. The default follows
+            the code; ``norm="layer"`` is the paper's wording.
         norm_groups: groups of ``norm="group"`` (must divide C).
         bias: biases of the four convolutions (released: False).
         eps: inside the sqrt of the std (1e-6).

@@ -69,8 +69,12 @@ def add_parsers(sub) -> None:
     _common_data(p)
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
     p.add_argument("--json", default=None, help="write the results here (default <checkpoint>.eval.json)")
-    p.add_argument("--tile", type=int, default=512, help="tile size for large images (0: never tile)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="tiled inference with this tile size (default 0: whole images, the papers' protocol)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default min(32, tile/4))")
+    p.add_argument("--crop-multiple", type=int, default=None, metavar="N",
+                   help="centre-crop test images to a multiple of N, as the PromptIR/AnyIR test loaders "
+                        "(16); default: the recipe's eval.crop_multiple, else 1 (no crop)")
     p.add_argument("--ssim", choices=("uniform", "gaussian"), default="uniform",
                    help="uniform: scikit-image default (the all-in-one papers); gaussian: BasicSR")
     p.add_argument("--y-channel", action="store_true", help="measure on the BT.601 Y channel")
@@ -183,13 +187,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from irblocks.train.evaluate import build_eval_data, evaluate, format_table, write_json
+    from irblocks.train.evaluate import build_eval_data, evaluate, format_table, recipe_crop_multiple, write_json
     from irblocks.train.trainer import load_model
+    if args.crop_multiple is not None and args.crop_multiple < 1:
+        raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")
     datasets = build_eval_data(args.data, args.degrade, seed=args.seed or 0)
     model = load_model(args.checkpoint, recipe=args.recipe, device=args.device)
+    crop = args.crop_multiple if args.crop_multiple is not None else recipe_crop_multiple(model)
     res = evaluate(model, datasets, tile=args.tile or None, overlap=_overlap(args), device=args.device,
                    ssim_mode=args.ssim, y_channel=args.y_channel, crop_border=args.crop_border,
-                   progress=not args.quiet, limit=args.limit)
+                   progress=not args.quiet, limit=args.limit, crop_multiple=crop)
     res["checkpoint"] = str(args.checkpoint)
     print(format_table(res))
     ck = Path(args.checkpoint)

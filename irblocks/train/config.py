@@ -1,4 +1,5 @@
-"""Schemas of a recipe's training sections: ``optimizer``, ``schedule``, ``train`` (and ``loss``).
+"""Schemas of a recipe's training sections: ``optimizer``, ``schedule``, ``train`` (and ``loss``),
+and of its evaluation protocol ``eval: {crop_multiple: N}`` (see irblocks.train.evaluate).
 
 ```yaml
 loss: [{type: l1, weight: 1.0}, {type: fft, weight: 0.1}]
@@ -27,8 +28,8 @@ from typing import Any, Dict, List, Literal, Optional
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["OptimizerConfig", "ScheduleConfig", "TrainConfig", "validate_sections", "parse_sections",
-           "lr_factor"]
+__all__ = ["OptimizerConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "validate_sections",
+           "parse_sections", "lr_factor"]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -79,6 +80,12 @@ class TrainConfig(BaseModel):
     sigmas: Optional[List[float]] = Field(None, description="denoising levels of the all-in-one setting")
 
 
+class EvalConfig(BaseModel):
+    """The evaluation protocol that reproduces a recipe's paper (``irblocks eval`` default)."""
+    model_config = _STRICT
+    crop_multiple: int = Field(1, ge=1, description="centre-crop test images to a multiple of this")
+
+
 def lr_factor(schedule: ScheduleConfig, epoch: float) -> float:
     """Multiplier of the base learning rate at fractional epoch ``epoch``."""
     if schedule.type == "constant":
@@ -107,12 +114,12 @@ def _errors(section: str, e: pydantic.ValidationError) -> List[str]:
     return out
 
 
-_MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+_MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def validate_sections(recipe: Dict[str, Any], include_loss: bool = False) -> List[str]:
-    """One-line errors ("path: message") in the ``optimizer``, ``schedule`` and ``train``
-    sections (and ``loss`` with ``include_loss``; the recipe validator checks that one itself)."""
+    """One-line errors ("path: message") in the ``optimizer``, ``schedule``, ``train`` and
+    ``eval`` sections (and ``loss`` with ``include_loss``; the recipe validator checks that one itself)."""
     errors: List[str] = []
     if not isinstance(recipe, dict):
         return [f"recipe: expected a mapping, got {type(recipe).__name__}"]

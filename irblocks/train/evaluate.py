@@ -1,9 +1,21 @@
 """Evaluation: per-task PSNR / SSIM of a model on paired or synthesized test data.
 
 Metrics follow :mod:`irblocks.train.metrics` (all-in-one convention by default:
-RGB, [0, 1], no border crop, skimage SSIM), computed per image on the whole
-image and averaged per task; "average" is the mean over tasks (the papers'
-"Avg" column). Images larger than ``tile`` go through tiled inference.
+RGB, [0, 1], no border crop, skimage SSIM), computed per image and averaged per
+task; "average" is the mean over tasks (the papers' "Avg" column).
+
+Protocol (recorded in the result's ``convention`` and printed under the table):
+
+* whole image by default: the model sees each test image at once, as in the
+  papers' test scripts. ``tile`` runs tiled inference instead (only when asked:
+  tiled outputs differ, since pooled prompts and gates see only part of the
+  image). An image that does not fit in memory whole fails with one line
+  suggesting ``--tile``.
+* ``crop_multiple``: centre-crop input and target to a multiple of this before
+  the model (PromptIR's / AnyIR's test loaders: ``crop_img(base=16)``, remainder
+  split top/bottom with the extra pixel at the bottom/right). 1 = no crop. A
+  recipe's ``eval: {crop_multiple: N}`` section states its paper's protocol;
+  ``irblocks eval`` uses it unless ``--crop-multiple`` is given.
 """
 from __future__ import annotations
 
@@ -21,7 +33,56 @@ from irblocks.train.imageio import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
 from irblocks.train.tiling import tiled_forward
 
-__all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json"]
+__all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json", "crop_to_multiple",
+           "protocol_text", "recipe_crop_multiple", "EvalError"]
+
+
+class EvalError(ValueError):
+    """Evaluation cannot proceed (one line naming the image and what to do)."""
+
+
+def crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Centre-crop (..., H, W) to the largest multiple of ``multiple`` in each side, as the
+    PromptIR / AnyIR test loaders' ``crop_img``: rows ``[r // 2, H - r + r // 2)`` with
+    ``r = H % multiple`` (columns alike). ``multiple`` 1 returns ``x``."""
+    if multiple < 1:
+        raise ValueError(f"crop_multiple must be >= 1, got {multiple}")
+    if multiple == 1:
+        return x
+    h, w = x.shape[-2:]
+    if h < multiple or w < multiple:
+        raise EvalError(f"a {h}x{w} image has no {multiple}x{multiple} crop (crop_multiple={multiple})")
+    rh, rw = h % multiple, w % multiple
+    return x[..., rh // 2: h - rh + rh // 2, rw // 2: w - rw + rw // 2]
+
+
+def recipe_crop_multiple(model_or_recipe: Any) -> int:
+    """The ``eval.crop_multiple`` of a model's recipe (or of a recipe dict); 1 when absent."""
+    from irblocks.train.config import EvalConfig, validate_sections
+    rec = model_or_recipe if isinstance(model_or_recipe, dict) else \
+        getattr(model_or_recipe, "_irblocks_recipe", None)
+    section = (rec or {}).get("eval")
+    if section is None:
+        return 1
+    errors = validate_sections({"eval": section})
+    if errors:
+        raise EvalError(f"recipe {errors[0]}")
+    return EvalConfig.model_validate(section).crop_multiple
+
+
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+
+
+def protocol_text(convention: Dict[str, Any]) -> str:
+    """One line naming the protocol of a result (printed under the table)."""
+    tile = convention.get("tile")
+    crop = convention.get("crop_multiple", 1)
+    how = f"tiled {tile}x{tile} (overlap {convention.get('overlap')})" if tile else "whole image"
+    crop_txt = f"centre-cropped to a multiple of {crop}" if crop > 1 else "no crop"
+    return f"protocol: {how}, {crop_txt}; SSIM {convention.get('ssim')}" + \
+        (", Y channel" if convention.get("y_channel") else ", RGB")
 
 
 def parse_data_arg(text: str) -> tuple[Optional[str], str, Optional[str]]:
@@ -84,10 +145,14 @@ def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: in
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 512, overlap: int = 32,
+def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = None, overlap: int = 32,
              device: str | torch.device = "cpu", ssim_mode: str = "uniform", y_channel: bool = False,
-             crop_border: int = 0, progress: bool = False, limit: Optional[int] = None) -> Dict[str, Any]:
-    """{"tasks": {task: {"psnr", "ssim", "input_psnr", "input_ssim", "images"}}, "average": {...}}."""
+             crop_border: int = 0, progress: bool = False, limit: Optional[int] = None,
+             crop_multiple: int = 1) -> Dict[str, Any]:
+    """{"tasks": {task: {"psnr", "ssim", "input_psnr", "input_ssim", "images"}}, "average": {...},
+    "convention": {..., "tile", "crop_multiple"}} (protocol: see the module docstring)."""
+    if crop_multiple < 1:
+        raise ValueError(f"crop_multiple must be >= 1, got {crop_multiple}")
     model = model.to(device).eval()
     tasks: Dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -100,7 +165,16 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 5
         for i in range(n):
             item = ds[i]
             x, y = item["input"].unsqueeze(0).to(device), item["target"].unsqueeze(0).to(device)
-            pred = tiled_forward(model, x, tile, overlap).float().clamp(0, 1)
+            if crop_multiple > 1:
+                x, y = crop_to_multiple(x, crop_multiple), crop_to_multiple(y, crop_multiple)
+            try:
+                pred = tiled_forward(model, x, tile, overlap).float().clamp(0, 1)
+            except (RuntimeError, MemoryError) as e:
+                if tile or not _is_oom(e):
+                    raise
+                raise EvalError(f"task {task!r} image {i} ({x.shape[-2]}x{x.shape[-1]}) does not fit in memory "
+                                "whole; pass --tile 512 to tile it (tiled scores differ from the papers' "
+                                "whole-image protocol)") from None
             kw = dict(y_channel=y_channel, crop_border=crop_border)
             ps.append(float(batch_psnr(pred, y, **kw)[0]))
             ss.append(float(batch_ssim(pred, y, mode=ssim_mode, **kw)[0]))
@@ -115,7 +189,8 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = 5
         if tasks else {}
     return {"tasks": tasks, "average": avg, "seconds": time.perf_counter() - t0,
             "convention": {"ssim": ssim_mode, "y_channel": y_channel, "crop_border": crop_border,
-                           "range": "[0,1] clamped", "tile": tile, "overlap": overlap}}
+                           "range": "[0,1] clamped", "tile": tile, "overlap": overlap if tile else None,
+                           "crop_multiple": crop_multiple}}
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -133,6 +208,8 @@ def format_table(result: Dict[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if "convention" in result:
+        lines.append(protocol_text(result["convention"]))
     return "\n".join(lines)
 
 

@@ -241,3 +241,17 @@ def test_anyir_tiny_trains_with_the_trainer_and_recipe_loss():
     tr.fit()
     after = loss_now()
     assert after < 0.8 * before, (before, after)
+
+
+def test_recipe_optimizer_is_the_released_one_and_paper_code_differences_documented():
+    # released train.py: optim.AdamW(self.parameters(), lr=2e-4) -> torch's default weight decay
+    # 0.01; LinearWarmupCosineAnnealingLR(warmup_epochs=15, max_epochs=150); scripts EPOCHS=130
+    from irblocks.anyir.gated_da import GatedDegradationAdaptation
+    from irblocks.train.config import parse_sections
+    rec = irblocks.resolve_recipe("anyir").data
+    opt, sched, train = parse_sections(rec)
+    assert (opt.type, opt.lr, tuple(opt.betas), opt.weight_decay) == ("adamw", 2e-4, (0.9, 0.999), 0.01)
+    assert (sched.type, sched.warmup_epochs, sched.epochs) == ("warmup_cosine", 15, 150)
+    assert "EPOCHS=130" in rec["description"]     # the run-length difference is stated
+    doc = GatedDegradationAdaptation.__doc__
+    assert "layer normalization" in doc and "BatchNorm2d" in doc and "disagree" in doc
