@@ -361,3 +361,73 @@ def test_embedded_recipe_refused_naming_file_and_key(tmp_path, monkeypatch, payl
     msg = one_line(ei.value)
     assert msg.startswith(f"{p}: metadata 'irblocks.recipe'") and needle in msg, msg
     assert not (tmp_path / MARKER).exists()
+
+
+# ============================================================================ restore
+def _png(path: Path, h: int = 20, w: int = 24, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+class _FailsOn(torch.nn.Module):
+    """Identity, except for inputs of width ``bad_w`` (a model failing mid-run)."""
+
+    def __init__(self, bad_w: int):
+        super().__init__()
+        self.bad_w = bad_w
+
+    def forward(self, x):
+        if x.shape[-1] == self.bad_w:
+            raise RuntimeError("boom")
+        return x
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_restore_truncated_input_leaves_no_output(tmp_path):
+    """Issue example: one good PNG and one truncated PNG (valid header): the good image's
+    output used to be written although the run failed."""
+    from irblocks.train.imageio import ImageError
+    from irblocks.train.restore import restore_files
+    src = tmp_path / "in"
+    _png(src / "a.png")
+    good = _png(tmp_path / "b.png", 64, 64, seed=1).read_bytes()
+    (src / "b.png").write_bytes(good[: len(good) // 2])       # header intact, data cut
+    out = tmp_path / "out"
+    with pytest.raises(ImageError) as ei:
+        restore_files(_FailsOn(-1), [str(src)], str(out), tile=None, progress=False)
+    assert "b.png" in one_line(ei.value)
+    assert not out.exists()
+    # the CLI the same way (header check passes, the full decode fails), nothing written
+    from irblocks.cli import main
+    ck = tmp_path / "m.safetensors"
+    irblocks.checkpoint.save(_tiny(), ck)
+    assert main(["restore", str(ck), str(src), "-o", str(out), "--quiet"]) == 2
+    assert not out.exists()
+
+
+def test_restore_failure_midway_leaves_no_output(tmp_path):
+    """Own cases: the model fails on the second image; outputs that already existed stay
+    as they were, folders the run created are removed, no staging folder is left."""
+    from irblocks.train.restore import restore_files
+    src = tmp_path / "in"
+    _png(src / "a.png", 20, 24)
+    _png(src / "b.png", 20, 31)
+    nested = tmp_path / "x" / "y" / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        restore_files(_FailsOn(31), [str(src)], str(nested), tile=None, progress=False)
+    assert not (tmp_path / "x").exists()
+    existing = tmp_path / "existing"
+    old = _png(existing / "a.png", 5, 5, seed=7).read_bytes()
+    with pytest.raises(RuntimeError, match="boom"):
+        restore_files(_FailsOn(31), [str(src)], str(existing), tile=None, progress=False)
+    assert _files(existing) == ["a.png"] and (existing / "a.png").read_bytes() == old
+    # and when everything succeeds, all outputs appear and nothing else
+    written = restore_files(_FailsOn(-1), [str(src)], str(existing), tile=None, progress=False)
+    assert [p.name for p in written] == ["a.png", "b.png"] and _files(existing) == ["a.png", "b.png"]

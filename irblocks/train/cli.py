@@ -209,7 +209,8 @@ def cmd_eval(args) -> int:
 def cmd_restore(args) -> int:
     from irblocks.train.restore import collect_inputs, restore_files
     from irblocks.train.trainer import load_model
-    collect_inputs(args.inputs)          # bad inputs fail before the model is loaded
+    collect_inputs(args.inputs, decode=False)   # headers: fail before the model is loaded
+    # (restore_files decodes every input completely before writing anything)
     model = load_model(args.checkpoint, recipe=args.recipe, device=args.device)
     written = restore_files(model, args.inputs, args.out, tile=args.tile or None, overlap=_overlap(args),
                             device=args.device, progress=not args.quiet, overwrite=not args.no_overwrite)

@@ -1,16 +1,26 @@
 """Restore image files and folders with a trained model (``irblocks restore``).
 
-Inputs are files and/or folders (their images, not recursive). Every input is
-checked (header read) before anything is written, so a bad input stops the run
-with one line and no output. Outputs are written under a temporary name and
-renamed, so an interrupted run leaves no partial file. Any image size: the model
-pads internally; images larger than ``tile`` go through overlapping tiles.
+Inputs are files and/or folders (their images, not recursive). No partial output:
+
+1. every input is decoded completely (not only its header) before the first output
+   is written, so a bad input (e.g. a truncated PNG with a valid header) stops the run
+   with one line and writes nothing;
+2. outputs are written into a hidden staging folder next to them
+   (``.irblocks-restore-*``) and moved into place only when every image succeeded;
+   a failure or interruption while restoring removes the staging folder and any
+   output folder the run created, so no output file is left.
+
+Any image size: the model pads internally; images larger than ``tile`` go through
+overlapping tiles.
 
 ``out``: a folder (created; outputs keep the input file names), or, for a single
 input file, an image file name.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -24,8 +34,12 @@ from irblocks.train.tiling import restore_image
 __all__ = ["restore_files", "collect_inputs"]
 
 
-def collect_inputs(inputs: Sequence[str]) -> List[Path]:
-    """The image files named by ``inputs`` (files or folders), checked readable."""
+def collect_inputs(inputs: Sequence[str], decode: bool = True) -> List[Path]:
+    """The image files named by ``inputs`` (files or folders), checked readable.
+
+    ``decode=True`` decodes every image completely (a truncated file whose header is
+    valid fails here); ``decode=False`` reads headers only.
+    """
     if not inputs:
         raise ImageError("no input given: name image files or folders")
     files: List[Path] = []
@@ -39,6 +53,9 @@ def collect_inputs(inputs: Sequence[str]) -> List[Path]:
             raise ImageError(f"no such file or folder: {p}")
     for f in files:
         image_size(f)            # raises "cannot read image ..." for unreadable files
+    if decode:
+        for f in files:
+            read_image(f)        # the whole file: the decode the restore will do
     return files
 
 
@@ -55,11 +72,21 @@ def _outputs(files: List[Path], out: str, single_file: bool) -> List[Path]:
     return [o / f.name for f in files]
 
 
+def _missing_dirs(folder: Path) -> List[Path]:
+    """``folder`` and its ancestors that do not exist yet (deepest first)."""
+    out = []
+    p = folder.absolute()
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out
+
+
 @torch.no_grad()
 def restore_files(model: nn.Module, inputs: Sequence[str], out: str, tile: Optional[int] = 512,
                   overlap: int = 32, device: str | torch.device = "cpu", progress: bool = True,
                   overwrite: bool = True) -> List[Path]:
-    """Restore every input image; returns the written paths."""
+    """Restore every input image; returns the written paths (all or nothing, see the module doc)."""
     files = collect_inputs(inputs)
     single = len(files) == 1 and Path(inputs[0]).is_file() and len(inputs) == 1
     targets = _outputs(files, out, single)
@@ -71,13 +98,27 @@ def restore_files(model: nn.Module, inputs: Sequence[str], out: str, tile: Optio
         if clash:
             raise ImageError(f"output {clash[0]} already exists (pass --overwrite)")
     model = model.to(device).eval()
-    written: List[Path] = []
-    with progress_bar(total=len(files), desc="restore", unit="img", enabled=progress) as bar:
-        for f, t in zip(files, targets):
-            bar.set_postfix_str(f.name[:40], refresh=False)
-            img = read_image(f)
-            y = restore_image(model, img, tile, overlap, device)
-            write_image(y, t)
-            written.append(t)
-            bar.update(1)
-    return written
+    folder = targets[0].parent
+    created = _missing_dirs(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".irblocks-restore-", dir=folder))
+    done = False
+    try:
+        with progress_bar(total=len(files), desc="restore", unit="img", enabled=progress) as bar:
+            for f, t in zip(files, targets):
+                bar.set_postfix_str(f.name[:40], refresh=False)
+                y = restore_image(model, read_image(f), tile, overlap, device)
+                write_image(y, stage / t.name)
+                bar.update(1)
+        for t in targets:
+            os.replace(stage / t.name, t)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for d in created:            # deepest first; only folders this run made and left empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+    return targets
