@@ -6,37 +6,87 @@ Three ways in:
 * build whole models from YAML recipes: ``irblocks.create_model("restormer")``;
 * microbenchmark the kernels (``pytest tests/benchmarks --benchmark-only``).
 
-Everything built in registers when ``irblocks`` is imported (no other import
-needed); third-party plug-ins register through the ``irblocks.plugins`` entry
-point group, loaded lazily on the first lookup.
+``import irblocks`` is light (no torch, no Triton): every public name below is
+imported on first use (PEP 562), and the built-in blocks, losses, degradations,
+converters and kernels register on the first registry lookup (``create_model``,
+``irblocks.registry.list``, ...), before third-party plug-ins (the
+``irblocks.plugins`` entry point group). A new public name goes into ``_EXPORTS``;
+a new file that registers entries goes into ``_BUILTIN_MODULES``.
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from irblocks import registry  # noqa: F401  (irblocks.registry)
-from irblocks.aux import aux_losses, clear_aux_losses, record_aux_loss, total_aux_loss  # noqa: F401
-from irblocks.errors import InputError  # noqa: F401
-from irblocks.execution import set_execution  # noqa: F401
-from irblocks.guidance import Guidance, GuidanceError, GuidedBlock  # noqa: F401
+# public name -> module that defines it (imported on first attribute access)
+_EXPORTS: dict[str, str] = {
+    # registry, errors, execution switches
+    "InputError": "irblocks.errors",
+    "set_execution": "irblocks.execution",
+    "Guidance": "irblocks.guidance", "GuidanceError": "irblocks.guidance", "GuidedBlock": "irblocks.guidance",
+    # auxiliary losses
+    "record_aux_loss": "irblocks.aux_loss", "aux_losses": "irblocks.aux_loss",
+    "total_aux_loss": "irblocks.aux_loss", "clear_aux_losses": "irblocks.aux_loss",
+    # blocks
+    "ChannelLayerNorm": "irblocks.norm",
+    "GDFN": "irblocks.gdfn",
+    "MDTA": "irblocks.mdta",
+    "TransformerBlock": "irblocks.transformer_block",
+    "Downsample": "irblocks.sampling", "PatchEmbed": "irblocks.sampling", "Upsample": "irblocks.sampling",
+    "PromptGenBlock": "irblocks.prompt", "PromptInteraction": "irblocks.prompt",
+    "UNetRestorer": "irblocks.unet",
+    # building models, checkpoints, summaries
+    "create_model": "irblocks.api", "list_models": "irblocks.api", "is_model": "irblocks.api",
+    "resolve_recipe": "irblocks.api", "to_recipe": "irblocks.api",
+    "load": "irblocks.checkpoint", "save": "irblocks.checkpoint",
+    "summarize": "irblocks.summary",
+}
+# paper subpackages: their ``__all__`` is re-exported
+_SUBPACKAGES = ("irblocks.anyir", "irblocks.clusir", "irblocks.clearair")
 
-# --- blocks (each file registers its entries) ---
-from irblocks.norm import ChannelLayerNorm  # noqa: F401
-from irblocks.gdfn import GDFN  # noqa: F401
-from irblocks.mdta import MDTA  # noqa: F401
-from irblocks.transformer_block import TransformerBlock  # noqa: F401
-from irblocks.sampling import Downsample, PatchEmbed, Upsample  # noqa: F401
-from irblocks.prompt import PromptGenBlock, PromptInteraction  # noqa: F401
-from irblocks.unet import UNetRestorer  # noqa: F401
+# files whose decorators register the built-in entries (imported on the first lookup)
+_BUILTIN_MODULES = (
+    "irblocks.norm", "irblocks.gdfn", "irblocks.mdta", "irblocks.transformer_block", "irblocks.sampling",
+    "irblocks.prompt", "irblocks.unet", *_SUBPACKAGES, "irblocks.losses", "irblocks.train.degradations",
+    "irblocks.convert",
+)
 
-# --- paper blocks (each subpackage's __init__ imports its files) ---
-from irblocks.anyir import *  # noqa: F401,F403,E402
-from irblocks.clusir import *  # noqa: F401,F403,E402
-from irblocks.clearair import *  # noqa: F401,F403,E402
 
-from irblocks import losses  # noqa: F401,E402  (registers the losses)
-from irblocks import train  # noqa: F401,E402  (registers the degradations; trainer, metrics, datasets)
-from irblocks import convert  # noqa: F401,E402  (registers the official-weight converters)
-from irblocks.api import create_model, list_models, resolve_recipe, to_recipe  # noqa: E402,F401
-from irblocks.checkpoint import load, save  # noqa: E402,F401
-from irblocks.summary import summarize  # noqa: E402,F401
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    mod = _EXPORTS.get(name)
+    if mod is not None:
+        value = getattr(importlib.import_module(mod), name)
+    else:
+        for sub in _SUBPACKAGES:
+            pkg = importlib.import_module(sub)
+            if name in getattr(pkg, "__all__", ()):
+                value = getattr(pkg, name)
+                break
+        else:
+            try:    # a submodule: irblocks.losses, irblocks.train, ...
+                value = importlib.import_module(f"irblocks.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"irblocks.{name}":
+                    raise
+                raise AttributeError(f"module 'irblocks' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+__all__ = ["__version__", *_EXPORTS]
+
+from irblocks.registry import plugins as _plugins  # noqa: E402  (pydantic only, no torch)
+
+_plugins.add_builtin_loader(_load_builtins)

@@ -47,7 +47,8 @@ def register_converter(arch: str):
 
 
 def converters() -> list[str]:
-    import irblocks  # noqa: F401  (registers the built-in converters)
+    from irblocks.registry.plugins import ensure_loaded
+    ensure_loaded()                  # the built-in files register their converters
     return sorted(_CONVERTERS)
 
 
@@ -74,14 +75,20 @@ def from_official(arch: str, state_dict: Mapping[str, torch.Tensor],
     if config is not None and not isinstance(config, Mapping):
         raise ConversionError(f"from_official: config must be a mapping of official constructor "
                               f"arguments or None, got {type(config).__name__}")
+    convert = _converter(arch)
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("__")}  # parity files carry __input__
+    return convert(sd, dict(config) if config else None)
+
+
+def _converter(arch: str) -> Callable:
+    """The converter of ``arch``, or a one-line ConversionError with a suggestion."""
     names = converters()
     if arch not in _CONVERTERS:
         import difflib
         hint = difflib.get_close_matches(arch, names, n=2)
         raise ConversionError(f"no converter for {arch!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                               + f" (available: {', '.join(names)})")
-    sd = {k: v for k, v in state_dict.items() if not k.startswith("__")}  # parity files carry __input__
-    return _CONVERTERS[arch](sd, dict(config) if config else None)
+    return _CONVERTERS[arch]
 
 
 # ----------------------------------------------------------------------------- shared renames
@@ -277,6 +284,7 @@ def convert_file(arch: str, src: str | Path, dst: str | Path, config: dict | Non
     conversion leaves no output file.
     """
     from irblocks.checkpoint import save
+    _converter(arch)                 # an unknown architecture is reported before the file is read
     as_path(dst, "convert_file dst")
     model = from_official(arch, load_official_checkpoint(src), config)
     save(model, dst)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.aux import aux_losses
+from irblocks.aux_loss import aux_losses
 from irblocks.registry import ConfigError, build, lookup, register
 from irblocks.ssim import gaussian_window, separable_filter, ssim_maps
 

@@ -23,7 +23,9 @@ from typing import Any
 import pydantic
 import yaml
 
-from . import core
+from .errors import RegistryError
+from .schemas import type_name
+from .table import Entry, lookup
 
 __all__ = ["RecipeError", "Problem", "Recipe", "load", "validate", "find", "names", "deep_merge",
            "parse_yaml", "TOP_KEYS", "RECIPE_VERSION", "MAX_RECIPE_BYTES", "MAX_YAML_NODES",
@@ -266,7 +268,10 @@ def _read(path: Path) -> str:
 def deep_merge(base: Any, over: Any) -> Any:
     """Maps merge recursively; anything else (lists included) is replaced. A component
     mapping whose ``type`` changes is replaced whole (the old parameters belong to
-    the old type)."""
+    the old type); a component given by name and overridden by a mapping without
+    ``type`` keeps its name (``block: gdfn`` + ``{expansion: 3}``)."""
+    if isinstance(base, str) and isinstance(over, dict) and "type" not in over:
+        base = {"type": base}
     if isinstance(base, dict) and isinstance(over, dict) and not (
             "type" in base and "type" in over and base["type"] != over["type"]):
         out = dict(base)
@@ -313,10 +318,10 @@ def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
 
 
 # ----------------------------------------------------------------------------- validation
-_type_name = core.type_name
+_type_name = type_name
 
 
-def _check_value(entry: core.Entry, key: str, value, path: str, out: list[tuple[str, str]]) -> None:
+def _check_value(entry: Entry, key: str, value, path: str, out: list[tuple[str, str]]) -> None:
     field = entry.schema.model_fields.get(key)
     if field is None:
         return
@@ -350,8 +355,8 @@ def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allo
         out.append((path, f"expected a {kind} name or a mapping with 'type', got {type(spec).__name__} {spec!r}"))
         return
     try:
-        entry = core.lookup(kind, name)
-    except core.RegistryError as e:
+        entry = lookup(kind, name)
+    except RegistryError as e:
         out.append((f"{path}.type" if isinstance(spec, dict) else path, str(e)))
         return
     params = entry.params

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import pydantic
 
-from . import core
+from .markers import KINDS
+from .schemas import Param
+from .table import Entry, entries
 
 __all__ = ["recipe_schema"]
 
 
-def _field_schema(entry: core.Entry, name: str, p: core.Param) -> dict:
+def _field_schema(entry: Entry, name: str, p: Param) -> dict:
     if p.mapping:
         return {"anyOf": [{"type": "object", "additionalProperties": _component_ref(p.component)}, {"type": "null"}]}
     if p.component:
@@ -38,7 +40,7 @@ def _component_ref(kind: str) -> dict:
     return {"$ref": f"#/$defs/{kind}"}
 
 
-def _entry_schema(entry: core.Entry) -> dict:
+def _entry_schema(entry: Entry) -> dict:
     props = {"type": {"const": entry.name} if not entry.aliases else {"enum": [entry.name, *entry.aliases]}}
     required = ["type"]
     for n, p in entry.params.items():
@@ -55,17 +57,17 @@ def _entry_schema(entry: core.Entry) -> dict:
 def recipe_schema() -> dict:
     """A JSON Schema (draft 2020-12) for recipe files, with a definition per entry."""
     defs: dict = {}
-    for kind in core.KINDS:
+    for kind in KINDS:
         names = []
-        for e in core.entries(kind):
+        for e in entries(kind):
             key = f"{kind}.{e.name}"
             defs[key] = _entry_schema(e)
             names += [e.name, *e.aliases]
         defs[kind] = {"anyOf": [{"type": "string", "enum": sorted(names)} if names else {"not": {}},
-                                *[{"$ref": f"#/$defs/{kind}.{e.name}"} for e in core.entries(kind)]]}
+                                *[{"$ref": f"#/$defs/{kind}.{e.name}"} for e in entries(kind)]]}
     loss_item = {"allOf": [{"$ref": "#/$defs/loss"}]}
     loss_entries = []
-    for e in core.entries("loss"):   # loss items may carry a weight
+    for e in entries("loss"):   # loss items may carry a weight
         s = _entry_schema(e)
         s["properties"]["weight"] = {"type": "number"}
         defs[f"loss_item.{e.name}"] = s

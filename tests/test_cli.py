@@ -30,7 +30,7 @@ def test_info(capsys):
     project = json.loads(out)["schema"]["properties"]["project"]      # a bool, or a per-level list of bools
     assert {"type": "boolean"} in project["anyOf"] and project["default"] is True
     code, out, err = run(capsys, "info", "mdtaa")
-    assert code == 2 and "did you mean 'mdta'" in err.lower() and len(err.strip().splitlines()) == 1
+    assert code == 1 and "did you mean 'mdta'" in err.lower() and len(err.strip().splitlines()) == 1
 
 
 def test_summary_reports_params_gmacs_and_stages(capsys):
@@ -52,7 +52,7 @@ def test_check_ok_and_every_problem(capsys, tmp_path):
     assert f"{bad}:4: model.widht: unknown parameter of unet_restorer; did you mean 'width'?" in err
     assert f"{bad}:5: model.block.ffn.expansion: expected float" in err
     code, _, err = run(capsys, "summary", str(bad))
-    assert code == 2 and err.count("irblocks: error:") == 2
+    assert code == 1 and err.count("irblocks: error:") == 2
 
 
 def test_schema(capsys, tmp_path):
@@ -65,7 +65,7 @@ def test_schema(capsys, tmp_path):
 
 def test_missing_file_is_one_line(capsys):
     code, _, err = run(capsys, "convert", "restormer", "/nonexistent.pth", "/tmp/x.safetensors")
-    assert code == 2 and err.strip() == "irblocks: error: /nonexistent.pth: no such checkpoint file"
+    assert code == 1 and err.strip() == "irblocks: error: /nonexistent.pth: no such checkpoint file"
 
 
 def test_installed_script():

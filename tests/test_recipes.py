@@ -109,7 +109,7 @@ def test_error_messages_for_common_mistakes(tmp_path):
 
 def test_missing_required_field_is_reported(tmp_path):
     from irblocks import registry
-    from irblocks.registry import core
+    from irblocks.registry import table as core
     from torch import nn
 
     @registry.register("block", "required_probe")

@@ -10,7 +10,7 @@ from torch import nn
 
 import irblocks
 from irblocks import registry
-from irblocks.registry import core
+from irblocks.registry import table as core, plugins
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_plugin_package_registers_a_block_usable_in_recipes(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("IRBLOCKS_NO_PLUGINS", raising=False)
     try:
-        assert name in core.load_plugins(force=True)
+        assert name in plugins.load_plugins(force=True)
         m = irblocks.create_model("restormer-tiny", block={"mixer": {"type": "probe_plugin_mixer", "scale": 0.5}})
         assert type(m.encoders[0].blocks[0].attn).__name__ == "ProbeMixer"
         assert m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
@@ -173,7 +173,7 @@ def test_broken_plugin_is_a_warning(tmp_path, monkeypatch):
     name = _write_plugin(tmp_path, "raise ImportError('missing dependency xyz')\n", name="irb_broken_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(RuntimeWarning, match="irb_broken_plugin.*missing dependency xyz"):
-        loaded = core.load_plugins(force=True)
+        loaded = plugins.load_plugins(force=True)
     assert name not in loaded
     assert "gdfn" in registry.list("block")          # the library still works
 
@@ -182,10 +182,10 @@ def test_no_plugins_env_turns_autoloading_off(tmp_path, monkeypatch):
     _write_plugin(tmp_path, "raise RuntimeError('must not be imported')\n", name="irb_off_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("IRBLOCKS_NO_PLUGINS", "1")
-    monkeypatch.setattr(core, "_PLUGINS_LOADED", False)
+    monkeypatch.setattr(plugins, "_PLUGINS_LOADED", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert core.load_plugins() == []
+        assert plugins.load_plugins() == []
 
 
 def test_kernels_are_registered_with_their_entry_points():

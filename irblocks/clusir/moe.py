@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from irblocks.aux import record_aux_loss
+from irblocks.aux_loss import record_aux_loss
 from irblocks.clusir.router import PCGRMRouter, Routing
 from irblocks.errors import check_feature
 from irblocks.guidance import Guidance, GuidedBlock

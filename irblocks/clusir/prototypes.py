@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.aux import record_aux_loss
+from irblocks.aux_loss import record_aux_loss
 from irblocks.errors import InputError
 from irblocks.registry import Context, register
 

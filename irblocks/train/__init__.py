@@ -1,22 +1,35 @@
 """Training, evaluation and restoration tools: degradations, datasets, metrics, the trainer,
 ``irblocks train / eval / restore / demo``.
 
-Importing this package registers the degradations (registry kind ``"degradation"``).
+Light to import (names below load on first use, PEP 562); the degradations
+(registry kind ``"degradation"``) register with the other built-in entries on
+the first registry lookup.
 """
-from irblocks.train.degradations import (  # noqa: F401
-    CDD11, JPEG, Compose, Degradation, GaussianNoise, Haze, LowLight, MotionBlur, Rain, Snow,
-    build_degradation,
-)
-from irblocks.train.datasets import (  # noqa: F401
-    AllInOne, EpochBatchSampler, PairedFolder, SyntheticDataset, find_paired, make_loader,
-)
-from irblocks.train.metrics import batch_psnr, batch_ssim, psnr, ssim  # noqa: F401
-from irblocks.train.tiling import tiled_forward  # noqa: F401
-from irblocks.train.trainer import Trainer, TrainError, load_model  # noqa: F401
+from __future__ import annotations
 
-__all__ = [
-    "Degradation", "GaussianNoise", "Haze", "Rain", "Snow", "MotionBlur", "LowLight", "JPEG", "Compose",
-    "CDD11", "build_degradation", "PairedFolder", "SyntheticDataset", "AllInOne", "find_paired",
-    "EpochBatchSampler", "make_loader", "psnr", "ssim", "batch_psnr", "batch_ssim", "tiled_forward",
-    "Trainer", "TrainError", "load_model",
-]
+import importlib
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["Degradation", "GaussianNoise", "Haze", "Rain", "Snow", "MotionBlur", "LowLight",
+                     "JPEG", "Compose", "CDD11", "build_degradation"], "irblocks.train.degradations"),
+    **dict.fromkeys(["PairedFolder", "SyntheticDataset", "AllInOne", "find_paired", "EpochBatchSampler",
+                     "make_loader"], "irblocks.train.datasets"),
+    **dict.fromkeys(["psnr", "ssim", "batch_psnr", "batch_ssim"], "irblocks.train.metrics"),
+    "tiled_forward": "irblocks.train.tiling",
+    **dict.fromkeys(["Trainer", "TrainError", "load_model"], "irblocks.train.trainer"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'irblocks.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,7 +1,8 @@
-"""``irblocks train | eval | restore | demo`` (registered into the main CLI by ``add_parsers``).
+"""``irblocks train | eval | restore | demo`` (listed in ``irblocks.cli.COMMANDS``).
 
-Errors are raised as exceptions with one-line messages; the main CLI prints
-``irblocks: error: <message>`` and exits 2.
+Each ``setup_<command>`` adds that command's arguments; heavy modules are imported
+inside the ``cmd_*`` functions only. Errors are raised as exceptions with one-line
+messages; the main CLI prints ``irblocks: error: <message>`` and exits 1.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_parsers"]
+__all__ = ["setup_train", "setup_eval", "setup_restore", "setup_demo"]
 
 _DATA_HELP = ("[TASK=]PATH[@DEGRADATION]: a folder with a paired layout (input/target, degraded/clean, lq/gt, "
               "rainy/gt, hazy/clear, low/high ...; searched recursively, one task per pair), or clean images "
@@ -25,11 +26,9 @@ def _common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed (data, weights, losses)")
 
 
-def add_parsers(sub) -> None:
-    """Register the train / eval / restore / demo subcommands on an argparse subparsers object."""
-    p = sub.add_parser("train", help="train a recipe's model (single process, or multi-GPU/-node under torchrun)",
-                       description="Train a recipe's model. Under torchrun every process trains its shard "
-                                   "(DistributedDataParallel; gloo on CPU, nccl on GPUs).")
+def setup_train(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train a recipe's model. Under torchrun every process trains its shard "
+                     "(DistributedDataParallel; gloo on CPU, nccl on GPUs).")
     p.add_argument("recipe", help="recipe name or YAML path")
     _common_data(p)
     p.add_argument("--repeat", action="append", default=[], metavar="TASK=N",
@@ -64,7 +63,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="per-task PSNR/SSIM of a checkpoint (table + JSON)")
+
+def setup_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a training folder")
     _common_data(p)
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
@@ -84,19 +84,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("restore", help="restore image files or folders with a checkpoint")
+
+def setup_restore(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint or a training folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--out", required=True, help="output folder (or file name for one input file)")
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
     p.add_argument("--tile", type=int, default=512, help="tile size for large images (0: never tile)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default min(32, tile/4))")
-    p.add_argument("--no-overwrite", action="store_true")
+    p.add_argument("--no-overwrite", action="store_true",
+                   help="refuse to replace existing output files (default: replace them)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("demo", help="train anyir-tiny on noisy natural images for ~2 minutes and restore a held-out one")
+
+def setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="irblocks-demo", help="output folder (default irblocks-demo)")
     p.add_argument("--seconds", type=float, default=120.0, help="training time budget")
     p.add_argument("--steps", type=int, default=None, help="train this many steps instead of a time budget")

@@ -96,7 +96,8 @@ def restore_files(model: nn.Module, inputs: Sequence[str], out: str, tile: Optio
     if not overwrite:
         clash = [t for t in targets if t.exists()]
         if clash:
-            raise ImageError(f"output {clash[0]} already exists (pass --overwrite)")
+            raise ImageError(f"output {clash[0]} already exists (--no-overwrite was given: "
+                             "remove it, or drop --no-overwrite to replace it)")
     model = model.to(device).eval()
     folder = targets[0].parent
     created = _missing_dirs(folder)

@@ -26,7 +26,7 @@ def run(tmp_path_factory):
 
 def _one_error_line(capsys, rc, *needles):
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
+    assert rc == 1
     assert len(err) == 1 and err[0].startswith("irblocks: error: "), err
     for n in needles:
         assert n in err[0], err[0]

@@ -33,9 +33,17 @@ def aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def total_aux_loss(model: nn.Module) -> torch.Tensor | None:
+def total_aux_loss(model: nn.Module) -> torch.Tensor:
+    """Sum of the recorded auxiliary losses (float32 scalar); a zero tensor on the model's
+    device when nothing was recorded, so ``loss = l1 + total_aux_loss(model)`` works for
+    every model."""
     vals = list(aux_losses(model).values())
-    return torch.stack([v.float() for v in vals]).sum() if vals else None
+    if vals:
+        return torch.stack([v.float() for v in vals]).sum()
+    first = next(model.parameters(), None)
+    if first is None:
+        first = next(model.buffers(), None)
+    return torch.zeros((), device=first.device if first is not None else "cpu")
 
 
 def clear_aux_losses(model: nn.Module) -> None:
