@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if folder is None or not folder.is_dir():
         print("irblocks bench: no tests/benchmarks folder found (benchmarks ship with the source checkout); "
               "run from the repository or pass --tests PATH", file=sys.stderr)
-        return 2
+        return 1
     try:
         import pytest_benchmark  # noqa: F401
     except ImportError:
         print("irblocks bench: pytest-benchmark is not installed (pip install 'irblocks[dev]')", file=sys.stderr)
-        return 2
+        return 1
     out = os.path.abspath(a.out)      # pytest runs from the checkout root; keep paths relative to the caller
     cmd = [sys.executable, "-m", "pytest", str(folder.resolve()), "--benchmark-only", f"--benchmark-json={out}",
            "-p", "no:cacheprovider", "-q"]

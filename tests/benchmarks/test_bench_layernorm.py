@@ -110,5 +110,5 @@ def test_bench_entry_point_finds_benchmarks_and_rejects_missing_folder(tmp_path,
     # plain test (no benchmark fixture): runs in the default suite
     from irblocks import bench
     assert bench.find_benchmarks() is not None
-    assert bench.main(["--tests", str(tmp_path / "nope")]) == 2
+    assert bench.main(["--tests", str(tmp_path / "nope")]) == 1
     assert "no tests/benchmarks folder" in capsys.readouterr().err
