@@ -6,8 +6,11 @@ padded RGB input (B x 3 x H x W, values roughly in [0, 1]) and returns a dict of
 tensors; ``provides()`` names the dict keys. The U-Net runs priors under ``no_grad``
 and stores each output as guidance field ``prior.<key>``.
 
-Interface sizes are fixed, so the network's size never depends on the prior
-plugged in: quality 256, degradation 512, content 512, masks K x H x W.
+Interface sizes are fixed, so the network's size does not depend on the prior
+plugged in: quality 256, degradation 512, content 512, masks K x H x W. One exception,
+as in ClearAIR's scaffold: ``deqa_quality`` provides DeQA's raw 4096-d hidden state,
+which the network reduces to 256 with a trainable Linear
+(``shared.quality_adapter.state_dim: 4096``, +1,048,832 parameters).
 """
 from __future__ import annotations
 

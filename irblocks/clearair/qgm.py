@@ -29,13 +29,15 @@ def shared_or_own(owner: nn.Module, attr: str, shared, key: str, spec, **context
     return mod
 
 
-def guidance_vector(guidance: Guidance, key: str, dim: int, batch: int, where: str, prior: str) -> torch.Tensor:
-    """Read a (B, dim) prior embedding, failing with one line naming the prior and shape."""
+def guidance_vector(guidance: Guidance, key: str, dim: int, batch: int, where: str, prior: str,
+                    hint: str = "") -> torch.Tensor:
+    """Read a (B, dim) prior embedding, failing with one line naming the prior and shape
+    (``hint`` is appended to the message)."""
     t = guidance.get(key)
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != (batch, dim):
         got = "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
         raise InputError(f"{where}: guidance {key!r} from the {prior} prior must be {batch} x {dim} "
-                         f"(B x {dim}), got {got}")
+                         f"(B x {dim}), got {got}{hint}")
     return t
 
 
@@ -123,8 +125,9 @@ class QualityGuidance(GuidedBlock):
         if self.learned is not None:
             return self.learned.to(like.dtype).expand(batch, -1)
         dim = getattr(self.adapter, "input_dim", self.quality_dim)
-        return guidance_vector(guidance, self.key, dim, batch, "quality_guidance",
-                               "quality").to(like.dtype)
+        return guidance_vector(guidance, self.key, dim, batch, "quality_guidance", "quality",
+                               "; a raw MLLM state (deqa_quality: 4096) needs the recipe's "
+                               "shared.quality_adapter.state_dim set to its width").to(like.dtype)
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         check_feature(x, self.dim, "quality_guidance")
