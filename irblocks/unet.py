@@ -1,7 +1,7 @@
 """The one configurable U-Net restorer: Restormer, PromptIR, AnyIR, ClearAIR and ClusIR by recipe."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,9 @@ class UNetRestorer(nn.Module):
     Args:
         in_channels, out_channels: image channels (3).
         width: d. blocks: blocks per level [enc1, enc2, enc3, latent]; the decoder
-            mirrors the first three. refinement: blocks after decoder level 1.
+            mirrors the first three unless ``decoder_blocks`` ([level 0, 1, 2]) says
+            otherwise (0 = the level is upsample, skip, reduce and its ``decoder_end``
+            only). refinement: blocks after decoder level 1.
         heads: heads per level.
         block: default block spec; ``encoder_block``, ``latent_block``,
             ``decoder_block``, ``refinement_block`` override it per stage.
@@ -104,7 +106,8 @@ class UNetRestorer(nn.Module):
     execution = "fast"
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, width: int = 48,
-                 blocks: List[int] = (4, 6, 6, 8), refinement: int = 4, heads: List[int] = (1, 2, 4, 8),
+                 blocks: List[int] = (4, 6, 6, 8), decoder_blocks: Optional[List[int]] = None,
+                 refinement: int = 4, heads: List[int] = (1, 2, 4, 8),
                  block: BlockSpec = "transformer_block", encoder_block: BlockSpec = None,
                  latent_block: BlockSpec = None, decoder_block: BlockSpec = None,
                  refinement_block: BlockSpec = None, mid_block: BlockSpec = None,
@@ -117,6 +120,10 @@ class UNetRestorer(nn.Module):
         if len(blocks) != LEVELS or any(n < 0 for n in blocks):
             raise ValueError(f"unet_restorer: blocks must list {LEVELS} non-negative counts "
                              f"[enc1, enc2, enc3, latent], got {blocks}")
+        dec_blocks = list(blocks[:3]) if decoder_blocks is None else list(decoder_blocks)
+        if len(dec_blocks) != LEVELS - 1 or any(n < 0 for n in dec_blocks):
+            raise ValueError(f"unet_restorer: decoder_blocks must list {LEVELS - 1} non-negative "
+                             f"counts [level 0, level 1, level 2], got {decoder_blocks}")
         if len(heads) != LEVELS or any(h < 1 for h in heads):
             raise ValueError(f"unet_restorer: heads must list {LEVELS} positive counts, got {heads}")
         if width < 1 or refinement < 0:
@@ -203,9 +210,10 @@ class UNetRestorer(nn.Module):
             else:
                 self.reduces.append(nn.Identity())
                 dim = cat
-            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, blocks[lvl], dec_spec), checkpoint))
+            n_dec = dec_blocks[lvl]
+            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, n_dec, dec_spec), checkpoint))
             end = per_level(decoder_end, lvl)
-            self.decoder_ends.append(build(end, "block", **ctx("decoder", lvl, dim, blocks[lvl]))
+            self.decoder_ends.append(build(end, "block", **ctx("decoder", lvl, dim, n_dec))
                                      if end is not None else nn.Identity())
             up_in = dim
         self.refinement = _Stage(level_blocks("refinement", 0, up_in, refinement, refinement_block or block),

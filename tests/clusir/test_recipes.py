@@ -1,20 +1,47 @@
-"""ClusIR recipes: one structure, three widths within 5% of the paper's parameter counts
-(meta device), GMACs measurable on meta, and the tiny recipe trains on synthetic pairs."""
+"""ClusIR recipes: one structure at three widths, within 5% of the paper's parameter counts
+AND of its GMACs at 1x3x224x224 (meta device, fvcore-style, only the experts a forward runs),
+any input size, and the tiny recipe trains on synthetic pairs."""
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.testing import dense_routing
 
-PAPER = {"clusir-base": 54.66e6, "clusir-s": 25.03e6, "clusir-t": 6.89e6}
+# paper (arXiv 2512.10948, Tab. 7): params, FLOPs (fvcore-style MACs at 224x224)
+PAPER = {"clusir-base": (54.66e6, 28.85e9), "clusir-s": (25.03e6, 13.42e9),
+         "clusir-t": (6.89e6, 3.79e9)}
+
+
+def _meta_macs(model, h, w):
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        out = model(torch.empty(1, 3, h, w, device="meta"))
+    return fc.get_total_flops() / 2, out
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_param_counts_within_5_percent(name):
+def test_params_and_gmacs_at_224_within_5_percent_and_any_size_builds(name):
     with torch.device("meta"):
-        m = irblocks.create_model(name)
+        m = irblocks.create_model(name).eval()
+    n = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    macs, out = _meta_macs(m, 224, 224)
+    p0, f0 = PAPER[name]
+    assert out.shape == (1, 3, 224, 224)
+    assert abs(n / p0 - 1) < 0.05, f"{name}: {n / 1e6:.2f}M params vs paper {p0 / 1e6:.2f}M"
+    assert abs(macs / f0 - 1) < 0.05, f"{name}: {macs / 1e9:.2f} GMACs @224 vs paper {f0 / 1e9:.2f}"
+    for h, w in ((97, 131), (33, 8)):                  # any size, odd ones too
+        macs, out = _meta_macs(m, h, w)
+        assert out.shape == (1, 3, h, w) and macs > 0
+
+
+def test_deep_variant_is_the_first_build_and_not_the_paper_cost():
+    """clusir-deep keeps the first build (Restormer depths): the paper's params, ~6x its MACs."""
+    with torch.device("meta"):
+        m = irblocks.create_model("clusir-deep").eval()
     n = sum(p.numel() for p in m.parameters())
-    assert abs(n / PAPER[name] - 1) < 0.05, f"{name}: {n / 1e6:.2f}M vs paper {PAPER[name] / 1e6:.2f}M"
+    macs, _ = _meta_macs(m, 224, 224)
+    assert abs(n / PAPER["clusir-base"][0] - 1) < 0.05
+    assert 5 < macs / PAPER["clusir-base"][1] < 7
 
 
 def test_recipes_share_one_structure():
@@ -27,7 +54,6 @@ def test_recipes_share_one_structure():
 
 
 def test_gmacs_on_meta_device_tiny():
-    from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
         m = irblocks.create_model("clusir-tiny").eval()
         x = torch.empty(1, 3, 40, 56)
@@ -89,3 +115,26 @@ def test_tiny_eval_is_deterministic_and_routes_per_sample():
         one = m(x[1:2])
     assert torch.equal(a, b)
     torch.testing.assert_close(one, a[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_summary_shows_where_the_macs_go_per_stage():
+    from irblocks.summary import by_kind, format_summary, summarize
+    s = summarize("clusir-t", size=(224, 224))
+    top = [r for r in s.rows if r.depth == 0]
+    assert sum(r.flops for r in top) == s.flops and sum(r.params for r in top) == s.params
+    stages = [r for r in top if r.path.startswith("encoders.")]
+    assert [r.shape for r in stages] == [(16, 224, 224), (32, 112, 112), (64, 56, 56)]
+    inner = {r.path: r.kind for r in s.rows if r.depth == 1}
+    for lvl in range(3):
+        assert inner[f"encoders.{lvl}.blocks.0"] == "WaveletBlock"
+        assert inner[f"encoders.{lvl}.blocks.1"] == "ClusterMoE"
+    assert inner["latent.blocks.0"] == "WaveletBlock" and inner["latent_end.stage"] == "ClusterMoE"
+    moe = [r for r in s.rows if r.kind == "ClusterMoE"]
+    assert len(moe) == 4 and all("2 of 27 experts run" in r.note for r in moe)
+    assert s.idle == sum(r.idle for r in moe) > s.params / 2     # most parameters are never run
+    kinds = {k: (n, f) for k, n, p, i, f in by_kind(s)}
+    assert kinds["WaveletBlock"][0] == 4 and kinds["ClusterMoE"][0] == 4 and kinds["DAFMM"][0] == 3
+    assert sum(f for _, f in kinds.values()) == s.flops
+    text = format_summary(s)
+    assert "encoders.0.blocks.1" in text and "by block type" in text
+    assert "experts the router does not pick" in text
