@@ -94,6 +94,24 @@ def test_forward_bias_free(benchmark, name):
         benchmark(fn, x, w)
 
 
+@pytest.mark.parametrize("name", ["naive_nchw", "reference_channels_last", "triton"])
+def test_forward_centered(benchmark, name):
+    """ClearAIR's scaffold LayerNorm (mean subtracted, no bias, eps 1e-6): a to_3d/to_4d
+    formulation on NCHW vs our reference vs Triton (CUDA only)."""
+    if name == "triton" and DEV != "cuda":
+        pytest.skip("Triton is benchmarked on CUDA only")
+    shape = SIZES[0]
+    benchmark.group = f"layernorm centered {'x'.join(map(str, shape))}"
+    x, w, _ = _inputs(shape, "naive_restormer_nchw" if name == "naive_nchw" else name)
+    if name == "naive_nchw":
+        fn = lambda x, w: naive_restormer(x, w, 0.0, 1e-6)  # noqa: E731
+    else:
+        impl = "triton" if name == "triton" else "reference"
+        fn = lambda x, w: channel_layer_norm(x, w, None, 1e-6, impl=impl, center=True)  # noqa: E731
+    with torch.no_grad():
+        benchmark(fn, x, w)
+
+
 @pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])
 def test_forward_backward(benchmark, name, fn):
     shape = SIZES[0]
