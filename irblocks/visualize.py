@@ -96,7 +96,10 @@ def plot_run(records: list[dict[str, Any]], path: str | os.PathLike, title: str 
     pts = [(r["step"], r["psnr"]) for r in train if isinstance(r.get("psnr"), (int, float))]
     if pts:
         axes[1].plot(*zip(*pts), label="train batches", color="0.6")
-    for k in [k for k in dict.fromkeys(k for r in evals for k in r) if k.startswith("psnr")]:
+    keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k.startswith("psnr")]
+    if sum("/" in k for k in keys) == 1:
+        keys = [k for k in keys if "/" in k]          # one task: its mean is the same curve
+    for k in keys:
         pts = [(r["step"], r[k]) for r in evals if isinstance(r.get(k), (int, float))]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", ms=3, label="eval " + (k.split("/", 1)[1] if "/" in k else "mean"))
