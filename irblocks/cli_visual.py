@@ -65,13 +65,14 @@ def read_diagnose_image(spec: str):
 
 def load_for_diagnosis(spec: str, seed: int = 0, device: str = "cpu"):
     """(model, label): a checkpoint or run folder, else a recipe built with seeded random weights."""
+    import irblocks
     p = Path(spec)
-    if p.is_dir() or p.suffix == ".safetensors":
+    run = p.is_dir() and (p / "last.safetensors").is_file()
+    if run or p.suffix == ".safetensors" or (p.is_dir() and spec not in irblocks.list_models()):
         from irblocks.train.trainer import load_model
         return load_model(p, device=device), f"{p.name} (trained)"
     import torch
 
-    import irblocks
     torch.manual_seed(seed)
     model = irblocks.create_model(spec).to(device)
     return model, f"{Path(spec).stem} (random weights, seed {seed})"

@@ -65,11 +65,21 @@ def labelled_row(images: Sequence[torch.Tensor], labels: Sequence[str]) -> torch
 
 
 def _save(fig, path: Path, dpi: int = 72) -> Path:
-    from irblocks.train.imageio import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    """The figure as a 256-colour PNG (small files: figures are flat colours and colour maps)."""
+    import io
+
     import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from irblocks.train.imageio import atomic_path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        pal = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    with atomic_path(path) as tmp:
+        pal.save(tmp, format="PNG", optimize=True)
     return path
 
 

@@ -134,3 +134,15 @@ def test_anyir_and_any_network(tmp_path, image):
     # a network none of the three: input, output and difference only
     r = render_diagnosis(diagnose(_model("restormer-tiny"), image), tmp_path / "plain")
     assert r["files"] == ["images.png"] and r["image"]["networks"] == []
+
+
+def test_readme_pictures():
+    """One committed diagnose picture per network, small, decodable, not blank, shown in the README."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for net in ("clusir", "clearair", "anyir"):
+        p = root / "docs" / "diagnose" / f"{net}.png"
+        assert f"](docs/diagnose/{net}.png)" in readme and f"irblocks diagnose $n-tiny" in readme
+        assert p.stat().st_size < 100_000
+        _png_ok(p)
