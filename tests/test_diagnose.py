@@ -143,6 +143,6 @@ def test_readme_pictures():
     readme = (root / "README.md").read_text()
     for net in ("clusir", "clearair", "anyir"):
         p = root / "docs" / "diagnose" / f"{net}.png"
-        assert f"](docs/diagnose/{net}.png)" in readme and f"irblocks diagnose $n-tiny" in readme
+        assert f"](docs/diagnose/{net}.png)" in readme and "irblocks diagnose $n-tiny" in readme
         assert p.stat().st_size < 100_000
         _png_ok(p)
