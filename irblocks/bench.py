@@ -7,7 +7,9 @@
 Runs ``pytest <tests>/benchmarks --benchmark-only --benchmark-json=<out>`` in a subprocess
 (benchmarks live in the source checkout, not in the installed package). The per-group medians
 and speed-ups over the papers' naive formulations are printed at the end and also written to
-``bench-summary.json`` (see tests/benchmarks/conftest.py).
+``bench-summary.json`` (see tests/benchmarks/conftest.py). While it runs, one progress bar
+(tests done, rate, ETA; :mod:`irblocks.bench_progress`) is shown on stderr and pytest's
+report is printed at the end.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", dest="keyword", default=None, help="only benchmarks matching this pytest -k expression")
     p.add_argument("--tests", default=None, help="benchmark folder (default: tests/benchmarks of the checkout)")
     p.add_argument("--summary", default=None, help="summary JSON path (default bench-summary.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     folder = Path(a.tests) if a.tests else find_benchmarks()
     if folder is None or not folder.is_dir():
@@ -63,9 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if a.summary or "IRBLOCKS_BENCH_SUMMARY" not in env:
         env["IRBLOCKS_BENCH_SUMMARY"] = os.path.abspath(a.summary or "bench-summary.json")
+    if not a.quiet:
+        cmd += ["-p", "irblocks.bench_progress"]
     rootdir = folder.resolve().parents[1]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, env=env, cwd=str(rootdir) if (rootdir / "pyproject.toml").exists() else None)
+    # the live display is the progress bar (on stderr); pytest's report follows when it ends
+    r = subprocess.run(cmd, env=env, cwd=str(rootdir) if (rootdir / "pyproject.toml").exists() else None,
+                       stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(r.stdout)
+    sys.stdout.flush()
+    return r.returncode
 
 
 if __name__ == "__main__":
