@@ -8,7 +8,8 @@
     irblocks convert ARCH SRC DST        official checkpoint -> irblocks safetensors
     irblocks bench [-o FILE]             run the kernel/model benchmarks, write JSON
 
-plus ``train``, ``eval``, ``restore`` and ``demo`` (see ``irblocks demo -h``).
+plus ``train``, ``eval``, ``restore`` and ``demo`` (see ``irblocks demo -h``), and ``plot``
+and ``diagnose`` (training curves, pictures of routing / masks / spectra).
 
 Conventions: ``irblocks --help`` and ``--version`` import nothing heavy (each
 subcommand's module is imported only when that subcommand runs: see
@@ -59,6 +60,10 @@ COMMANDS: dict[str, Command] = {
                        "irblocks.train.cli:setup_restore"),
     "demo": Command("train anyir-tiny on noisy natural images for ~2 minutes and restore a held-out one",
                     "irblocks.train.cli:setup_demo"),
+    "plot": Command("loss / PSNR / learning-rate curves of a training run as a PNG",
+                    "irblocks.cli_visual:setup_plot"),
+    "diagnose": Command("labelled pictures (routing, masks, spectra...) and numbers of a network on one image",
+                        "irblocks.cli_visual:setup_diagnose"),
 }
 
 
@@ -195,8 +200,20 @@ def setup_summary(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_summary(args) -> int:
+    import torch
+
+    from irblocks.api import create_model
+    from irblocks.progress import progress
     from irblocks.summary import format_summary, summarize
-    print(format_summary(summarize(args.recipe, size=tuple(args.size))))
+    with progress(total=2, desc="summary", unit="step", leave=False, terminal_only=True) as bar:
+        bar.set_postfix_str("building the model on meta")
+        with torch.device("meta"):
+            model = create_model(args.recipe)
+        bar.update(1)
+        bar.set_postfix_str("counting FLOPs")
+        s = summarize(model, size=tuple(args.size))
+        bar.update(1)
+    print(format_summary(s))
     return 0
 
 
@@ -207,17 +224,24 @@ def setup_check(p: argparse.ArgumentParser) -> None:
 
 def cmd_check(args) -> int:
     from irblocks.api import check_recipe
-    problems = check_recipe(args.recipe)
+    from irblocks.progress import progress
+    with progress(total=2, desc="check", unit="step", leave=False, terminal_only=True) as bar:
+        bar.set_postfix_str("validating the recipe")
+        problems = check_recipe(args.recipe)
+        bar.update(1)
+        if not problems:
+            import torch
+
+            import irblocks
+            bar.set_postfix_str("building the model on meta")
+            with torch.device("meta"):      # constructor-level checks (divisibility, wiring) without allocating
+                irblocks.create_model(args.recipe)
+            bar.update(1)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         print(f"irblocks: {len(problems)} problem(s) in {args.recipe}", file=sys.stderr)
         return 1
-    import torch
-
-    import irblocks
-    with torch.device("meta"):      # constructor-level checks (divisibility, wiring) without allocating
-        irblocks.create_model(args.recipe)
     print(f"{args.recipe}: ok")
     return 0
 
@@ -257,7 +281,11 @@ def cmd_convert(args) -> int:
                 config = json.load(f)
         else:
             config = json.loads(args.config)
-    model = convert_file(args.arch, args.src, args.dst, config)
+    from irblocks.progress import progress
+    with progress(total=1, desc="convert", unit="file", leave=False, terminal_only=True) as bar:
+        bar.set_postfix_str(f"{os.path.basename(args.src)} -> {os.path.basename(args.dst)}")
+        model = convert_file(args.arch, args.src, args.dst, config)
+        bar.update(1)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.dst} ({args.arch}, {n:,} parameters); load it with irblocks.load({args.dst!r})")
     return 0

@@ -14,6 +14,16 @@ from pathlib import Path
 __all__ = ["setup_plot", "setup_diagnose", "cmd_plot", "cmd_diagnose", "load_for_diagnosis", "read_diagnose_image"]
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def setup_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a training folder (with train_log.jsonl) or the log file itself")
     p.add_argument("-o", "--out", default=None, help="PNG to write (default RUN/train_curves.png)")
@@ -40,7 +50,7 @@ def setup_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file, or skimage:NAME for an image shipped with scikit-image "
                                  "(e.g. skimage:chelsea)")
     p.add_argument("-o", "--out", required=True, help="output folder for the PNGs and diagnosis.json")
-    p.add_argument("--max-size", type=int, default=256, metavar="PIXELS",
+    p.add_argument("--max-size", type=_non_negative, default=256, metavar="PIXELS",
                    help="downscale the image so its longer side is at most this (0: keep; default 256)")
     p.add_argument("--crop", type=int, nargs=4, default=None, metavar=("TOP", "LEFT", "H", "W"),
                    help="diagnose this crop of the image (before --max-size)")

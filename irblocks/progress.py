@@ -16,7 +16,9 @@ with progress(desc="summary", total=2, unit="step") as bar:
     bar.set_description("counting FLOPs"); ...; bar.update(1)
 ```
 
-``enabled=False`` gives a silent bar with the same methods (no output at all).
+``enabled=False`` gives a silent bar with the same methods (no output at all);
+``terminal_only=True`` one that is silent off a terminal (``summary``, ``check``, ``convert``:
+a live status while they work, nothing in logs).
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def _is_tty(stream: Any) -> bool:
 def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = None, desc: str = "",
              unit: str = "it", enabled: bool = True, stream: Optional[TextIO] = None,
              interval: Optional[float] = None, every: Optional[int] = None, initial: int = 0,
-             leave: bool = True):
+             leave: bool = True, terminal_only: bool = False):
     """A tqdm bar on ``stream`` (default stderr); see the module docstring.
 
     Args:
@@ -69,13 +71,16 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = No
         interval: seconds between lines off a terminal (default 10).
         every: off a terminal, also at most one line per this many items.
         initial: starting count (a resumed run). leave: keep the bar after it closes.
+        terminal_only: show nothing off a terminal (short commands such as ``summary``,
+            whose output and one-line errors should not be mixed with status lines in logs).
     """
     from tqdm import tqdm
 
     stream = stream if stream is not None else sys.stderr
     tty = _is_tty(stream)
     kw: dict[str, Any] = dict(total=total, desc=desc or None, unit=unit, initial=initial,
-                              disable=not enabled, leave=leave, dynamic_ncols=tty)
+                              disable=not enabled or (terminal_only and not tty), leave=leave,
+                              dynamic_ncols=tty)
     if tty:
         kw["file"] = stream
     else:

@@ -25,3 +25,15 @@ def test_every_and_disabled():
     for _ in progress(range(3), stream=q, enabled=False):
         pass
     assert q.getvalue() == ""
+
+
+def test_short_commands_show_progress_on_a_terminal_only(capsys, monkeypatch):
+    from irblocks import progress as progress_mod
+    from irblocks.cli import main
+    assert main(["check", "restormer-tiny"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "restormer-tiny: ok" and captured.err == ""    # a log stays clean
+    monkeypatch.setattr(progress_mod, "_is_tty", lambda stream: True)
+    assert main(["check", "restormer-tiny"]) == 0
+    err = capsys.readouterr().err
+    assert "\rcheck:" in err and "validating the recipe" in err and "building the model on meta" in err
