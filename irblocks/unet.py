@@ -96,7 +96,9 @@ class UNetRestorer(nn.Module):
         global_residual: add the input to the output.
         pad_multiple: 8 for three 2x downsamplings.
         channels_last: run in channels_last memory format (fast on CPU).
-        check_finite: reject NaN/Inf inputs (one extra pass over the input).
+        check_finite: reject NaN/Inf inputs with an InputError. When False (default) a
+            non-finite input gets a one-time RuntimeWarning naming check_finite instead
+            (the same one pass over the input, until it has warned; not while compiling).
         checkpoint: activation checkpointing of every encoder/latent/decoder/refinement
             block while training (recompute in backward; memory for compute).
 
@@ -261,7 +263,8 @@ class UNetRestorer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
-        check_feature(x, self.in_channels, "unet_restorer input", finite=self.check_finite)
+        check_feature(x, self.in_channels, "unet_restorer input", finite=self.check_finite,
+                      dtype=self.patch_embed.proj.weight.dtype, warn_nonfinite=True)
         fmt = torch.channels_last if (self.channels_last and self.execution == "fast") else torch.contiguous_format
         inp = x
         x, (h, w) = pad_to_multiple(x, self.pad_multiple)

@@ -258,7 +258,8 @@ def test_loaders_say_what_they_take(tmp_path):
     for fn in (load_official_checkpoint, irblocks.load, irblocks.checkpoint.read_recipe):
         with pytest.raises(CheckpointError) as ei:
             fn(sd)
-        assert "expected a checkpoint file path" in one_line(ei.value) and "got dict" in str(ei.value)
+        msg = one_line(ei.value)
+        assert "expected a checkpoint file path" in msg and "got dict" in msg
     assert issubclass(ConversionError, CheckpointError)   # one type to catch for any checkpoint
 
 
@@ -292,7 +293,8 @@ def test_broken_safetensors_name_the_file(tmp_path, monkeypatch, capsys):
         if name.startswith(("pickle", "torchzip")):
             assert "pickle" in str(ei.value)
         out = tmp_path / f"{name}.out.safetensors"
-        assert main(["convert", "restormer", str(p), str(out)]) == 1   # a problem found (2 is for usage errors only)
+        # a problem found: exit 1 (2 is for usage errors only)
+        assert main(["convert", "restormer", str(p), str(out)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"irblocks: error: {p}: not a safetensors file"), err
         one_line(err)
@@ -408,7 +410,7 @@ def test_restore_truncated_input_leaves_no_output(tmp_path):
     from irblocks.cli import main
     ck = tmp_path / "m.safetensors"
     irblocks.checkpoint.save(_tiny(), ck)
-    assert main(["restore", str(ck), str(src), "-o", str(out), "--quiet"]) == 2
+    assert main(["restore", str(ck), str(src), "-o", str(out), "--quiet"]) == 1   # a problem found
     assert not out.exists()
 
 
@@ -430,4 +432,94 @@ def test_restore_failure_midway_leaves_no_output(tmp_path):
     assert _files(existing) == ["a.png"] and (existing / "a.png").read_bytes() == old
     # and when everything succeeds, all outputs appear and nothing else
     written = restore_files(_FailsOn(-1), [str(src)], str(existing), tile=None, progress=False)
-    assert [p.name for p in written] == ["a.png", "b.png"] and _files(existing) == ["a.png", "b.png"]
+    assert [p.name for p in written] == ["a.png", "b.png"]
+    assert _files(existing) == ["a.png", "b.png"]
+
+
+# ============================================================================ tensors
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return irblocks.create_model("restormer-tiny").eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_model_dtype_mismatch_one_line(tiny_model, dtype):
+    """Issue example: float64/float16 images to a float32 model failed deep inside a conv.
+    Decision: an InputError naming both dtypes (never a silent cast)."""
+    from irblocks.errors import InputError
+    with pytest.raises(InputError) as ei, torch.no_grad():
+        tiny_model(torch.rand(1, 3, 16, 16, dtype=dtype))
+    msg = one_line(ei.value)
+    assert f"input dtype {dtype}" in msg and "parameters' torch.float32" in msg
+
+
+def test_model_dtype_matches_or_autocast(tiny_model):
+    m64 = irblocks.create_model("restormer-tiny").double().eval()
+    with torch.no_grad():
+        assert m64(torch.rand(1, 3, 9, 11, dtype=torch.float64)).dtype == torch.float64
+        with pytest.raises(ValueError, match="dtype torch.float32 .* parameters' torch.float64"):
+            m64(torch.rand(1, 3, 9, 11))
+        with torch.autocast("cpu", dtype=torch.bfloat16):      # mixed dtypes are autocast's job
+            y = tiny_model(torch.rand(1, 3, 16, 16, dtype=torch.bfloat16))
+            assert y.shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 32, 32), (1, 3, 0, 32), (1, 3, 32, 0), (0, 3, 0, 0)])
+def test_model_empty_input_one_line(tiny_model, shape):
+    """Issue examples: an empty batch gave a misleading LayerNorm error, height 0 a conv
+    padding error. Decision: an InputError (there is nothing to restore)."""
+    from irblocks.errors import InputError
+    with pytest.raises(InputError) as ei, torch.no_grad():
+        tiny_model(torch.rand(*shape))
+    assert "empty input of shape " + "x".join(map(str, shape)) in one_line(ei.value)
+
+
+def test_model_smallest_images_work(tiny_model):
+    with torch.no_grad():
+        for h, w in ((1, 1), (2, 3), (1, 17)):
+            assert tiny_model(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+
+
+def test_nonfinite_input_warns_once_naming_check_finite(tiny_model, monkeypatch):
+    """Issue example: one NaN pixel turned the output NaN with no warning by default."""
+    import warnings
+
+    import irblocks.errors as errors
+    from irblocks.errors import InputError
+    monkeypatch.setattr(errors, "_nonfinite_warned", False)
+    x = torch.rand(1, 3, 16, 16)
+    x[0, 1, 3, 4] = float("nan")
+    x[0, 2, 5, 6] = float("inf")
+    with pytest.warns(RuntimeWarning, match="contains 2 NaN/Inf values.*check_finite=True") as rec:
+        with torch.no_grad():
+            tiny_model(x)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # once: the second call is silent
+        with torch.no_grad():
+            tiny_model(x)
+    strict = irblocks.create_model("restormer-tiny", check_finite=True).eval()
+    with pytest.raises(InputError, match="2 NaN/Inf values"), torch.no_grad():
+        strict(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8),) * 2,     # issue example
+    lambda: (torch.rand(1, 3, 16, 16), torch.randint(0, 256, (1, 3, 16, 16))),    # int64 target
+    lambda: (torch.rand(3, 16, 16) > 0.5, torch.rand(3, 16, 16)),                  # bool prediction
+    lambda: (torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16) * 255),           # float 0..255
+])
+def test_metrics_refuse_integer_images(make):
+    """Issue example: uint8 images were clamped to [0, 1] and PSNR returned inf silently."""
+    from irblocks.errors import InputError
+    from irblocks.train.metrics import psnr, ssim
+    a, b = make()
+    for fn in (psnr, ssim):
+        with pytest.raises(InputError) as ei:
+            fn(a, b)
+        msg = one_line(ei.value)
+        assert msg.startswith("metrics: ") and ("/ 255" in msg or "divide by 255" in msg)
+    # what the message says to do works
+    if not a.is_floating_point() and not b.is_floating_point():
+        assert psnr(a.float() / 255, b.float() / 255) == float("inf")

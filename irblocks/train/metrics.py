@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from irblocks.errors import InputError
 from irblocks.ssim import gaussian_window, ssim_maps, uniform_window
 
 __all__ = ["psnr", "ssim", "rgb_to_y", "prepare", "batch_psnr", "batch_ssim"]
@@ -51,10 +52,27 @@ def _as4d(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _check_images(x: torch.Tensor, name: str) -> None:
+    """Metric inputs are float images in [0, 1]. Integer/bool tensors (e.g. uint8 0..255) are
+    refused rather than clamped (clamping would collapse them and give PSNR = inf); so is
+    a float target far outside [0, 1] (the 0..255 scale). Predictions are clamped as in
+    the papers' test code, so only the target's range is checked."""
+    if not x.is_floating_point():
+        raise InputError(f"metrics: {name} has dtype {x.dtype}; expected floating-point images in "
+                         "[0, 1] (convert 0..255 images with x.float() / 255)")
+    if name == "target" and x.numel() and x.device.type != "meta":
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -0.5 or hi > 1.5:
+            raise InputError(f"metrics: target values span [{lo:.4g}, {hi:.4g}]; expected "
+                             "images in [0, 1] (0..255 images: divide by 255)")
+
+
 def prepare(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop_border: int = 0,
             quantize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clamp to [0, 1], optionally quantise to 1/255, crop the border, convert to Y; float64."""
     pred, target = _as4d(pred), _as4d(target)
+    _check_images(pred, "prediction")
+    _check_images(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"metrics: prediction and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     p = pred.detach().double().clamp(0, 1)
