@@ -302,7 +302,7 @@ def test_broken_safetensors_name_the_file(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / MARKER).exists()
     # the same pickle under its own suffix: refused by weights_only, never executed
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"w": _Evil()}))
+    evil.write_bytes(pickle.dumps({"w": _Evil()}, protocol=2))
     with pytest.raises(CheckpointError, match="weights_only=True") as ei:
         load_official_checkpoint(evil)
     one_line(ei.value)
@@ -523,3 +523,22 @@ def test_metrics_refuse_integer_images(make):
     # what the message says to do works
     if not a.is_floating_point() and not b.is_floating_point():
         assert psnr(a.float() / 255, b.float() / 255) == float("inf")
+
+
+def test_degradation_spec_values_use_the_bounded_parser(tmp_path, monkeypatch):
+    """Own case: ``--degrade name:k=v`` values are YAML too (a tag is one line, never run)."""
+    from irblocks.train.degradations import parse_degradation
+    monkeypatch.chdir(tmp_path)
+    assert parse_degradation("gaussian_noise:sigma=25") == {"type": "gaussian_noise", "sigma": 25}
+    with pytest.raises(RecipeError) as ei:
+        parse_degradation(f"gaussian_noise:sigma=!!python/object/apply:os.system ['touch {MARKER}']")
+    assert "sigma: not valid YAML" in one_line(ei.value)
+    with pytest.raises(RecipeError, match="nested deeper than"):
+        parse_degradation("gaussian_noise:sigma=" + "[" * 1000)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_training_loader_refuses_a_mapping(tmp_path):
+    from irblocks.train.trainer import load_model
+    with pytest.raises(CheckpointError, match="load_model: expected a checkpoint file path"):
+        load_model({"w": torch.zeros(1)})

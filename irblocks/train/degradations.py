@@ -378,14 +378,14 @@ def build_degradation(spec: Any) -> Degradation:
 
 def parse_degradation(text: str) -> dict:
     """"gaussian_noise:sigma=25,convention=float" -> {"type": "gaussian_noise", "sigma": 25.0, ...}."""
-    import yaml
+    from irblocks.registry.recipe import parse_yaml
     name, _, rest = text.partition(":")
     spec: dict = {"type": name.strip()}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         if "=" not in part:
             raise ValueError(f"degradation {text!r}: expected key=value after ':', got {part!r}")
         k, v = part.split("=", 1)
-        spec[k.strip()] = yaml.safe_load(v)
+        spec[k.strip()] = parse_yaml(v, f"degradation {text!r}", k.strip())
     return spec
 
 

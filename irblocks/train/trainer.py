@@ -124,8 +124,8 @@ def load_model(checkpoint: str | os.PathLike, recipe: Any = None, device: str | 
     naming the first difference).
     """
     import irblocks
-    from irblocks.checkpoint import CheckpointError, read_recipe
-    p = Path(checkpoint)
+    from irblocks.checkpoint import CheckpointError, as_path, read_recipe
+    p = as_path(checkpoint, "load_model")
     if p.is_dir():
         if not (p / LAST).is_file():
             raise TrainError(f"{p}: no {LAST} in this folder (not an irblocks training folder)")
