@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     rootdir = folder.resolve().parents[1]
     print("+", " ".join(cmd), flush=True)
     # the live display is the progress bar (on stderr); pytest's report follows when it ends
-    r = subprocess.run(cmd, env=env, cwd=str(rootdir) if (rootdir / "pyproject.toml").exists() else None,
-                       stdout=subprocess.PIPE, text=True)
+    cwd = str(rootdir) if (rootdir / "pyproject.toml").exists() else None
+    r = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(r.stdout)
     sys.stdout.flush()
     return r.returncode

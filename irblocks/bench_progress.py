@@ -1,10 +1,11 @@
-"""pytest plugin of ``irblocks bench``: the benchmark run's progress through :mod:`irblocks.progress`.
+"""pytest plugin of ``irblocks bench``: the run's progress through :mod:`irblocks.progress`.
 
 Loaded with ``-p irblocks.bench_progress`` by :mod:`irblocks.bench`, which collects pytest's
 own report and prints it when the run ends (so the live display is this one bar: tests
 done, rate, ETA, the benchmark running now). Writes to the process's standard error
 (file descriptor 2), outside pytest's output capture.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ _state: dict = {}
 
 def pytest_collection_finish(session) -> None:
     from irblocks.progress import progress
+
     stream = os.fdopen(os.dup(2), "w", buffering=1)
     _state["stream"] = stream
     _state["bar"] = progress(total=len(session.items), desc="bench", unit="test", stream=stream)

@@ -62,8 +62,8 @@ COMMANDS: dict[str, Command] = {
                     "irblocks.train.cli:setup_demo"),
     "plot": Command("loss / PSNR / learning-rate curves of a training run as a PNG",
                     "irblocks.cli_visual:setup_plot"),
-    "diagnose": Command("labelled pictures (routing, masks, spectra...) and numbers of a network on one image",
-                        "irblocks.cli_visual:setup_diagnose"),
+    "diagnose": Command("labelled pictures (routing, masks, spectra...) and numbers of a network "
+                        "on one image", "irblocks.cli_visual:setup_diagnose"),
 }
 
 

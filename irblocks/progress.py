@@ -20,6 +20,7 @@ with progress(desc="summary", total=2, unit="step") as bar:
 ``terminal_only=True`` one that is silent off a terminal (``summary``, ``check``, ``convert``:
 a live status while they work, nothing in logs).
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,7 +43,7 @@ class LineStream:
     def write(self, text: str) -> int:
         for part in text.replace("\r", "\n").split("\n"):
             part = part.strip()
-            key = part.split("[")[0]          # the status without its timing
+            key = part.split("[")[0]  # the status without its timing
             if part and key != self._last:
                 self.stream.write(part + "\n")
                 self._last = key
@@ -59,10 +60,20 @@ def _is_tty(stream: Any) -> bool:
         return False
 
 
-def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = None, desc: str = "",
-             unit: str = "it", enabled: bool = True, stream: Optional[TextIO] = None,
-             interval: Optional[float] = None, every: Optional[int] = None, initial: int = 0,
-             leave: bool = True, terminal_only: bool = False):
+def progress(
+    iterable: Optional[Iterable] = None,
+    *,
+    total: Optional[float] = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    stream: Optional[TextIO] = None,
+    interval: Optional[float] = None,
+    every: Optional[int] = None,
+    initial: int = 0,
+    leave: bool = True,
+    terminal_only: bool = False,
+):
     """A tqdm bar on ``stream`` (default stderr); see the module docstring.
 
     Args:
@@ -78,14 +89,24 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[float] = No
 
     stream = stream if stream is not None else sys.stderr
     tty = _is_tty(stream)
-    kw: dict[str, Any] = dict(total=total, desc=desc or None, unit=unit, initial=initial,
-                              disable=not enabled or (terminal_only and not tty), leave=leave,
-                              dynamic_ncols=tty)
+    kw: dict[str, Any] = dict(
+        total=total,
+        desc=desc or None,
+        unit=unit,
+        initial=initial,
+        disable=not enabled or (terminal_only and not tty),
+        leave=leave,
+        dynamic_ncols=tty,
+    )
     if tty:
         kw["file"] = stream
     else:
-        kw.update(file=LineStream(stream), mininterval=OFF_TERMINAL_INTERVAL if interval is None else interval,
-                  ascii=True, ncols=100)
+        kw.update(
+            file=LineStream(stream),
+            mininterval=OFF_TERMINAL_INTERVAL if interval is None else interval,
+            ascii=True,
+            ncols=100,
+        )
         if every:
             kw["miniters"] = every
     if iterable is not None:

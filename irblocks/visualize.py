@@ -10,6 +10,7 @@
 The last two need matplotlib (``pip install 'irblocks[plot]'``; one-line error when it is
 missing). PNGs are written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,17 +30,20 @@ GAP = 4
 def require_matplotlib():
     """matplotlib.pyplot on the Agg backend, or a one-line error naming the extra."""
     from irblocks.train.runlog import require_extra
+
     mpl = require_extra("matplotlib", "plot", "plotting")
     mpl.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
 def _font(size: int):
     from PIL import ImageFont
+
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:             # Pillow < 10.1: a fixed bitmap font
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
         return ImageFont.load_default()
 
 
@@ -49,6 +53,7 @@ def labelled_row(images: Sequence[torch.Tensor], labels: Sequence[str]) -> torch
     from PIL import Image, ImageDraw
 
     from irblocks.train.imageio import hstack
+
     ims = [i[0] if i.dim() == 4 else i for i in images]
     strip = hstack(ims, GAP)
     h = strip.shape[1]
@@ -72,6 +77,7 @@ def _save(fig, path: Path, dpi: int = 72) -> Path:
     from PIL import Image
 
     from irblocks.train.imageio import atomic_path
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
@@ -108,11 +114,16 @@ def plot_run(records: list[dict[str, Any]], path: str | os.PathLike, title: str 
         axes[1].plot(*zip(*pts), label="train batches", color="0.6")
     keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k.startswith("psnr")]
     if sum("/" in k for k in keys) == 1:
-        keys = [k for k in keys if "/" in k]          # one task: its mean is the same curve
+        keys = [k for k in keys if "/" in k]  # one task: its mean is the same curve
     for k in keys:
         pts = [(r["step"], r[k]) for r in evals if isinstance(r.get(k), (int, float))]
         if pts:
-            axes[1].plot(*zip(*pts), marker="o", ms=3, label="eval " + (k.split("/", 1)[1] if "/" in k else "mean"))
+            axes[1].plot(
+                *zip(*pts),
+                marker="o",
+                ms=3,
+                label="eval " + (k.split("/", 1)[1] if "/" in k else "mean"),
+            )
     axes[1].set_title("PSNR (dB)")
     pts = [(r["step"], r["lr"]) for r in train if isinstance(r.get("lr"), (int, float))]
     if pts:
@@ -138,8 +149,9 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
 def _adjust(fig) -> None:
     """Fixed margins (a layout engine costs seconds per figure): the title gets 0.45 inch."""
     h = fig.get_figheight()
-    fig.subplots_adjust(left=0.05, right=0.95, bottom=0.25 / h, top=1 - 0.45 / h, wspace=0.45,
-                        hspace=0.5)
+    fig.subplots_adjust(
+        left=0.05, right=0.95, bottom=0.25 / h, top=1 - 0.45 / h, wspace=0.45, hspace=0.5
+    )
 
 
 def _map_figure(plt, panels: dict[str, torch.Tensor], title: str, path: Path) -> Path:
@@ -164,7 +176,7 @@ def _vector_figure(plt, panels: dict, title: str, path: Path) -> Path:
     for ax, (name, (values, labels)) in zip(axes.flat, panels.items()):
         ax.axis("on")
         v = values.detach().float().cpu().numpy()
-        if len(v) > 48:                       # long vectors: a line is as readable and faster
+        if len(v) > 48:  # long vectors: a line is as readable and faster
             ax.plot(np.arange(len(v)), v, lw=0.8, color="tab:blue")
         else:
             ax.bar(np.arange(len(v)), v, width=0.8, color="tab:blue")
@@ -197,16 +209,21 @@ def render_diagnosis(d, out_dir: str | os.PathLike, title: str = "") -> dict[str
     figure of ``d`` (an :class:`irblocks.diagnose.Diagnosis`) and ``diagnosis.json`` (its
     numbers plus the list of files). Returns the JSON dict."""
     from irblocks.train.imageio import atomic_path
+
     plt = require_matplotlib()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [_images_figure(plt, d.images, out / "images.png").name]
     for name, panels in d.maps.items():
         if panels:
-            files.append(_map_figure(plt, panels, f"{title} {name}".strip(), out / f"{name}.png").name)
+            files.append(
+                _map_figure(plt, panels, f"{title} {name}".strip(), out / f"{name}.png").name
+            )
     for name, panels in d.vectors.items():
         if panels:
-            files.append(_vector_figure(plt, panels, f"{title} {name}".strip(), out / f"{name}.png").name)
+            files.append(
+                _vector_figure(plt, panels, f"{title} {name}".strip(), out / f"{name}.png").name
+            )
     result = {"model": title, **d.numbers, "files": files}
     with atomic_path(out / "diagnosis.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))

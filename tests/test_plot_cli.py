@@ -1,10 +1,10 @@
 """irblocks plot / irblocks diagnose from the command line (matplotlib is in the dev extra)."""
+
 import json
 import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -25,8 +25,25 @@ def run(tmp_path_factory):
     recipe = tmp / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe()))
     out = tmp / "run"
-    rc = main(["train", str(recipe), "--data", str(data), "--steps", "4", "-o", str(out), "--log-every", "1",
-               "--eval-data", str(data), "--eval-every", "2", "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(recipe),
+            "--data",
+            str(data),
+            "--steps",
+            "4",
+            "-o",
+            str(out),
+            "--log-every",
+            "1",
+            "--eval-data",
+            str(data),
+            "--eval-every",
+            "2",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -48,8 +65,10 @@ def test_plot_errors(tmp_path, run, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(run), "-o", str(tmp_path / "x.png")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["irblocks: error: plotting needs matplotlib, which is not installed: "
-                   "pip install 'irblocks[plot]'"]
+    assert err == [
+        "irblocks: error: plotting needs matplotlib, which is not installed: "
+        "pip install 'irblocks[plot]'"
+    ]
     assert not (tmp_path / "x.png").exists()
 
 
@@ -62,8 +81,25 @@ def test_diagnose_trained_run_and_recipe(run, tmp_path, capsys):
     assert "(trained)" in js["model"]
     assert _decode(tmp_path / "d" / "images.png").std() > 10
     # a recipe with random weights, an image shipped with scikit-image, cropped and downscaled
-    assert main(["diagnose", "anyir-tiny", "skimage:chelsea", "--crop", "60", "100", "96", "128",
-                 "--max-size", "64", "-o", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "anyir-tiny",
+                "skimage:chelsea",
+                "--crop",
+                "60",
+                "100",
+                "96",
+                "128",
+                "--max-size",
+                "64",
+                "-o",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     js = json.loads((tmp_path / "a" / "diagnosis.json").read_text())
     assert js["image"]["size"] == [48, 64] and js["image"]["networks"] == ["anyir"]
     assert "anyir_spectra.png" in js["files"] and "random weights" in js["model"]

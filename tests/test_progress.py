@@ -1,4 +1,5 @@
 """The one progress display: whole lines off a terminal, silent when disabled."""
+
 import io
 
 from irblocks.progress import progress
@@ -12,7 +13,7 @@ def test_off_terminal_lines_with_rate_and_eta():
     lines = s.getvalue().splitlines()
     assert "\r" not in s.getvalue() and len(lines) >= 2
     assert lines[-1].startswith("restore: 100%") and "4/4" in lines[-1] and "img/s" in lines[-1]
-    assert "<" in lines[1]                                  # elapsed<remaining (the ETA)
+    assert "<" in lines[1]  # elapsed<remaining (the ETA)
 
 
 def test_every_and_disabled():
@@ -30,10 +31,13 @@ def test_every_and_disabled():
 def test_short_commands_show_progress_on_a_terminal_only(capsys, monkeypatch):
     from irblocks import progress as progress_mod
     from irblocks.cli import main
+
     assert main(["check", "restormer-tiny"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip() == "restormer-tiny: ok" and captured.err == ""    # a log stays clean
+    assert captured.out.strip() == "restormer-tiny: ok" and captured.err == ""  # a log stays clean
     monkeypatch.setattr(progress_mod, "_is_tty", lambda stream: True)
     assert main(["check", "restormer-tiny"]) == 0
     err = capsys.readouterr().err
-    assert "\rcheck:" in err and "validating the recipe" in err and "building the model on meta" in err
+    assert (
+        "\rcheck:" in err and "validating the recipe" in err and "building the model on meta" in err
+    )

@@ -6,6 +6,7 @@ path and fuses them with :class:`~irblocks.anyir.sf_fusion.SpatialFrequencyFusio
 every block, the centred log-magnitude spectrum ``log(1 + |fft2|)`` (DC removed) of both paths (mean
 over batch and channels) and the block's learned ``lam``, grouped per U-Net level.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,20 +37,33 @@ def branch_spectra(model: nn.Module, x: torch.Tensor) -> dict[str, dict]:
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, SpatialFrequencyFusion):
+
             def hook(mod, args, _name=name):
                 att, gate = args[0], args[1]
-                d = found.setdefault(level_of(_name), {"attention": [], "gated": [], "lam": [], "blocks": []})
+                d = found.setdefault(
+                    level_of(_name), {"attention": [], "gated": [], "lam": [], "blocks": []}
+                )
                 d["attention"].append(log_spectrum(att))
                 d["gated"].append(log_spectrum(gate))
                 d["lam"].append(float(mod.lam))
                 d["blocks"].append(_name)
+
             hooks.append(m.register_forward_pre_hook(hook))
     if not hooks:
-        raise ValueError(f"branch_spectra: {type(model).__name__} has no sf_fusion block (not an AnyIR network)")
+        raise ValueError(
+            f"branch_spectra: {type(model).__name__} has no sf_fusion block (not an AnyIR network)"
+        )
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
-    return {lvl: {"attention": torch.stack(d["attention"]).mean(0), "gated": torch.stack(d["gated"]).mean(0),
-                  "lam": d["lam"], "blocks": d["blocks"]} for lvl, d in found.items()}
+    return {
+        lvl: {
+            "attention": torch.stack(d["attention"]).mean(0),
+            "gated": torch.stack(d["gated"]).mean(0),
+            "lam": d["lam"],
+            "blocks": d["blocks"],
+        }
+        for lvl, d in found.items()
+    }

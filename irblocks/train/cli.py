@@ -50,10 +50,12 @@ def setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument of the recipe (YAML value), e.g. --set width=16")
     p.add_argument("--eval-data", action="append", default=[], metavar="[TASK=]PATH[@DEG]",
-                   help="evaluate on this data during training into train_log.jsonl (same form as --data)")
+                   help="evaluate on this data during training, into train_log.jsonl "
+                        "(same form as --data)")
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
                    help="evaluation period with --eval-data (default: only at the end)")
-    p.add_argument("--eval-limit", type=int, default=None, metavar="N", help="at most N images per eval task")
+    p.add_argument("--eval-limit", type=int, default=None, metavar="N",
+                   help="at most N images per eval task")
     p.add_argument("--log-every", type=int, default=10, metavar="STEPS",
                    help="train_log.jsonl record period (and progress lines off a terminal)")
     p.add_argument("--tensorboard", action="store_true",
@@ -172,8 +174,8 @@ def cmd_train(args) -> int:
                       grad_clip=args.grad_clip, amp=args.amp, model_overrides=overrides,
                       save_every=args.save_every, resume=args.resume, progress=not args.quiet,
                       device=args.device, log_every=args.log_every, tensorboard=args.tensorboard,
-                      eval_data=build_eval_data(args.eval_data, args.degrade, seed=seed) if args.eval_data
-                      else None, eval_every=args.eval_every, eval_limit=args.eval_limit)
+                      eval_data=(build_eval_data(args.eval_data, args.degrade, seed=seed)
+                                 if args.eval_data else None), eval_every=args.eval_every, eval_limit=args.eval_limit)
     if trainer.rank == 0:
         print(f"training {trainer.recipe_name}: {len(data)} items/epoch ({', '.join(f'{t} x{reps.get(t, 1)}' for t in datasets)}), "
               f"{trainer.total_steps} steps, loss {trainer.loss_fn.describe()}, {trainer.opt_cfg.type} lr {trainer.opt_cfg.lr:g}, "

@@ -88,7 +88,8 @@ def run_demo(out_dir: str | Path = "irblocks-demo", seconds: float = 120.0, step
     p_noisy, p_rest = psnr(noisy, clean), psnr(restored, clean)
     s_noisy, s_rest = ssim(noisy, clean), ssim(restored, clean)
     png = write_image(labelled_row([noisy, restored, clean], [
-        f"noisy {p_noisy:.2f} dB / SSIM {s_noisy:.3f}", f"restored {p_rest:.2f} dB / SSIM {s_rest:.3f}",
+        f"noisy {p_noisy:.2f} dB / SSIM {s_noisy:.3f}",
+        f"restored {p_rest:.2f} dB / SSIM {s_rest:.3f}",
         "clean (reference)"]), out / "before_after.png")
     result = {"psnr_noisy": p_noisy, "psnr_restored": p_rest, "gain": p_rest - p_noisy,
               "ssim_noisy": s_noisy, "ssim_restored": s_rest, "steps": summary["steps"],

@@ -16,7 +16,8 @@ from typing import Iterable, List
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "atomic_path", "orient"]
+__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "atomic_path",
+           "orient"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -135,7 +136,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         if arr.ndim == 2:
             arr = arr[..., None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-            raise ValueError(f"unsupported layout {arr.shape} (expected H x W, H x W x 3 or H x W x 4)")
+            raise ValueError(f"unsupported layout {arr.shape} "
+                             "(expected H x W, H x W x 3 or H x W x 4)")
         arr = arr[..., :1] if arr.shape[2] == 2 else arr[..., :3]       # drop alpha
         if arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)

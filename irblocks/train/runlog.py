@@ -20,6 +20,7 @@ TensorBoard (``tensorboard=True``; ``pip install 'irblocks[tensorboard]'``): the
 scalars under ``train/<name>`` and ``eval/<name>`` plus sample images (input | output |
 target), in ``<run>/tensorboard``.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,11 +45,14 @@ class MissingExtra(ImportError):
 def require_extra(module: str, extra: str, what: str):
     """Import ``module`` or raise :class:`MissingExtra` with the pip command of ``extra``."""
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"{what} needs {module.split('.')[0]}, which is not installed: "
-                           f"pip install 'irblocks[{extra}]'") from None
+        raise MissingExtra(
+            f"{what} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'irblocks[{extra}]'"
+        ) from None
 
 
 def _clean(v: Any) -> Any:
@@ -77,7 +81,9 @@ def read_log(run: str | os.PathLike) -> List[Dict[str, Any]]:
                 break
             raise ValueError(f"{f}:{i + 1}: not a JSON record") from None
         if not isinstance(rec, dict) or "step" not in rec:
-            raise ValueError(f"{f}:{i + 1}: expected a JSON object with a 'step', got {line[:60]!r}")
+            raise ValueError(
+                f"{f}:{i + 1}: expected a JSON object with a 'step', got {line[:60]!r}"
+            )
         out.append(rec)
     return out
 
@@ -93,8 +99,15 @@ class RunLog:
         enabled: False on non-zero ranks.
     """
 
-    def __init__(self, folder: Optional[str | os.PathLike], every: int = 10, steps_per_epoch: int = 1,
-                 resume_step: Optional[int] = None, tensorboard: bool = False, enabled: bool = True):
+    def __init__(
+        self,
+        folder: Optional[str | os.PathLike],
+        every: int = 10,
+        steps_per_epoch: int = 1,
+        resume_step: Optional[int] = None,
+        tensorboard: bool = False,
+        enabled: bool = True,
+    ):
         self.every, self.steps_per_epoch = max(1, int(every)), max(1, int(steps_per_epoch))
         self.enabled = enabled and folder is not None
         self.path = Path(folder) / LOG_NAME if folder is not None else None
@@ -105,8 +118,9 @@ class RunLog:
         if tensorboard and enabled:
             tb = require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard")
             if folder is not None:
-                self.tb = tb.SummaryWriter(log_dir=str(Path(folder) / "tensorboard"),
-                                           purge_step=resume_step)
+                self.tb = tb.SummaryWriter(
+                    log_dir=str(Path(folder) / "tensorboard"), purge_step=resume_step
+                )
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate(resume_step)
@@ -116,7 +130,7 @@ class RunLog:
         if not self.path.exists():
             return
         if step is None:
-            with atomic_path(self.path) as tmp:      # a new run in this folder starts a new log
+            with atomic_path(self.path) as tmp:  # a new run in this folder starts a new log
                 tmp.write_text("")
             return
         keep = [json.dumps(r) for r in read_log(self.path) if int(r["step"]) <= step]
@@ -134,7 +148,9 @@ class RunLog:
                     self.tb.add_scalar(f"{kind}/{k}", v, rec["step"])
             self.tb.flush()
 
-    def add_step(self, step: int, lr: float, values: Dict[str, float], images: int, seconds: float) -> None:
+    def add_step(
+        self, step: int, lr: float, values: Dict[str, float], images: int, seconds: float
+    ) -> None:
         """Account one optimizer step (``step`` = steps done); writes a record every ``every``."""
         for k, v in values.items():
             self._sums[k] = self._sums.get(k, 0.0) + float(v)
@@ -150,15 +166,26 @@ class RunLog:
         if not self._n:
             return
         dt = max(self._seconds, 1e-9)
-        rec = {"kind": "train", "step": step, "epoch": round(step / self.steps_per_epoch, 4), "lr": self._lr,
-               **{k: v / self._n for k, v in self._sums.items()},
-               "images_per_s": self._images / dt, "steps_per_s": self._n / dt, "seconds": self._seconds}
+        rec = {
+            "kind": "train",
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "lr": self._lr,
+            **{k: v / self._n for k, v in self._sums.items()},
+            "images_per_s": self._images / dt,
+            "steps_per_s": self._n / dt,
+            "seconds": self._seconds,
+        }
         self._sums, self._n, self._images, self._seconds = {}, 0, 0, 0.0
         self._write(rec)
 
     def add_eval(self, step: int, result: Dict[str, Any]) -> None:
         """An evaluation result of :func:`irblocks.train.evaluate.evaluate` at ``step``."""
-        rec: Dict[str, Any] = {"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4)}
+        rec: Dict[str, Any] = {
+            "kind": "eval",
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+        }
         for task, r in result["tasks"].items():
             rec[f"psnr/{task}"], rec[f"ssim/{task}"] = r["psnr"], r["ssim"]
         if result.get("average"):

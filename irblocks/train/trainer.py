@@ -411,13 +411,14 @@ class Trainer:
                 self.log.add_step(self.step, lr, {"loss": loss, **parts}, images, now - t_step)
                 t_step = now
                 seen += images
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen / (now - t0):.1f}",
-                                refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{seen / (now - t0):.1f}", refresh=False)
                 bar.update(1)
-                if self.eval_every and self.step % self.eval_every == 0 and self.step < self.total_steps:
-                    self.evaluate_now()
-                if self.out_dir is not None and self.save_every and self.step % self.save_every == 0 \
+                if self.eval_every and self.step % self.eval_every == 0 \
                         and self.step < self.total_steps:
+                    self.evaluate_now()
+                if self.out_dir is not None and self.save_every \
+                        and self.step % self.save_every == 0 and self.step < self.total_steps:
                     self.save()
                 if self.stop_after is not None and self.step >= self.stop_after:
                     stopped_early = self.step < self.total_steps

@@ -1,4 +1,5 @@
 """Image reading: EXIF orientation (outputs upright), 16-bit TIFF at full precision."""
+
 import numpy as np
 import pytest
 import torch
@@ -41,29 +42,34 @@ class _Identity(nn.Module):
 
 def test_rotated_phone_photo_restores_upright(tmp_path):
     upright = _pattern(8, 12)
-    stored = np.rot90(upright, 1).copy()      # what a camera held sideways stores (orientation 6)
+    stored = np.rot90(upright, 1).copy()  # what a camera held sideways stores (orientation 6)
     src = tmp_path / "phone.png"
     _save_with_orientation(src, stored, 6)
-    out = restore_files(_Identity(), [str(src)], str(tmp_path / "out.png"), tile=None, progress=False)
+    out = restore_files(
+        _Identity(), [str(src)], str(tmp_path / "out.png"), tile=None, progress=False
+    )
     with Image.open(out[0]) as im:
-        assert im.getexif().get(0x0112, 1) == 1           # no tag left to turn it again
+        assert im.getexif().get(0x0112, 1) == 1  # no tag left to turn it again
         assert np.array_equal(np.asarray(im.convert("RGB")), upright)
 
 
 def test_16bit_rgb_tiff_full_precision(tmp_path):
     import tifffile
+
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
-    arr[0, 0] = (1, 2, 65535)                  # steps of 1/65535 must survive
+    arr[0, 0] = (1, 2, 65535)  # steps of 1/65535 must survive
     p = tmp_path / "deep.tif"
     tifffile.imwrite(p, arr, photometric="rgb")
     x = read_image(p)
     assert x.shape == (3, 5, 7) and x.dtype == torch.float32
     want = torch.from_numpy(arr.astype(np.float32) / 65535).permute(2, 0, 1)
     assert torch.equal(x, want)
-    assert float(x[1, 0, 0]) != float(x[0, 0, 0])    # 8 bits would make 1 and 2 equal (0)
+    assert float(x[1, 0, 0]) != float(x[0, 0, 0])  # 8 bits would make 1 and 2 equal (0)
     # planar (separate) storage and a grey 16-bit TIFF
-    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(arr, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(arr, -1, 0), photometric="rgb", planarconfig="separate"
+    )
     assert torch.equal(read_image(tmp_path / "planar.tif"), want)
     tifffile.imwrite(tmp_path / "grey.tif", arr[..., 0])
     assert torch.equal(read_image(tmp_path / "grey.tif"), want[:1].expand(3, -1, -1))

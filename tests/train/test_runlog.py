@@ -1,4 +1,5 @@
 """train_log.jsonl, TensorBoard, training-batch PSNR and the foreach EMA."""
+
 import copy
 import json
 
@@ -21,19 +22,41 @@ def data():
 
 def _recipe():
     # icrm is an extra loss term: it must appear in the log under its own name
-    return tiny_recipe(loss=[{"type": "l1"}, {"type": "icrm", "weight": 0.0125}],
-                       train={"batch_size": 2, "patch_size": 32, "ema": 0.9, "seed": 3})
+    return tiny_recipe(
+        loss=[{"type": "l1"}, {"type": "icrm", "weight": 0.0125}],
+        train={"batch_size": 2, "patch_size": 32, "ema": 0.9, "seed": 3},
+    )
 
 
 def test_log_records_match_history_and_resume_cuts_back(tmp_path, data):
-    eval_data = {"noise": SyntheticDataset([torch.rand(3, 24, 24)], "gaussian_noise:sigma=25", seed=2)}
-    t = Trainer(_recipe(), data, out_dir=tmp_path, steps=4, log_every=2, progress=False,
-                eval_data=eval_data, eval_every=2)
+    eval_data = {
+        "noise": SyntheticDataset([torch.rand(3, 24, 24)], "gaussian_noise:sigma=25", seed=2)
+    }
+    t = Trainer(
+        _recipe(),
+        data,
+        out_dir=tmp_path,
+        steps=4,
+        log_every=2,
+        progress=False,
+        eval_data=eval_data,
+        eval_every=2,
+    )
     t.fit(stop_after=3)
     recs = read_log(tmp_path)
     train = [r for r in recs if r["kind"] == "train"]
-    assert [r["step"] for r in train] == [2, 3]          # every 2 steps + the checkpoint at 3
-    assert {"step", "epoch", "lr", "loss", "l1", "icrm", "psnr", "images_per_s", "steps_per_s"} <= set(train[0])
+    assert [r["step"] for r in train] == [2, 3]  # every 2 steps + the checkpoint at 3
+    assert {
+        "step",
+        "epoch",
+        "lr",
+        "loss",
+        "l1",
+        "icrm",
+        "psnr",
+        "images_per_s",
+        "steps_per_s",
+    } <= set(train[0])
     # values are the means of the per-step history over each record's window
     h = t.history
     for key in ("loss", "l1", "icrm", "psnr"):
@@ -46,8 +69,15 @@ def test_log_records_match_history_and_resume_cuts_back(tmp_path, data):
     # an interrupted run may have logged past its checkpoint: resume drops those records
     with open(tmp_path / LOG_NAME, "a") as f:
         f.write(json.dumps({"kind": "train", "step": 99, "loss": 1.0}) + "\n" + '{"kind": "tr')
-    r = Trainer(_recipe(), data, out_dir=tmp_path, resume=tmp_path, log_every=2, progress=False,
-                eval_data=eval_data)
+    r = Trainer(
+        _recipe(),
+        data,
+        out_dir=tmp_path,
+        resume=tmp_path,
+        log_every=2,
+        progress=False,
+        eval_data=eval_data,
+    )
     r.fit()
     steps = [(x["kind"], x["step"]) for x in read_log(tmp_path)]
     assert steps == [("train", 2), ("eval", 2), ("train", 3), ("train", 4), ("eval", 4)]
@@ -55,11 +85,16 @@ def test_log_records_match_history_and_resume_cuts_back(tmp_path, data):
 
 def test_tensorboard_scalars_and_images(tmp_path, data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    Trainer(_recipe(), data, out_dir=tmp_path, steps=2, log_every=1, progress=False, tensorboard=True).fit()
+
+    Trainer(
+        _recipe(), data, out_dir=tmp_path, steps=2, log_every=1, progress=False, tensorboard=True
+    ).fit()
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()
-    assert {"train/loss", "train/l1", "train/icrm", "train/psnr", "train/lr"} <= set(tags["scalars"])
+    assert {"train/loss", "train/l1", "train/icrm", "train/psnr", "train/lr"} <= set(
+        tags["scalars"]
+    )
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
     log = [r for r in read_log(tmp_path) if r["kind"] == "train"]
     assert acc.Scalars("train/loss")[1].value == pytest.approx(log[1]["loss"], rel=1e-6)
@@ -69,9 +104,13 @@ def test_tensorboard_scalars_and_images(tmp_path, data):
 
 def test_missing_extra_is_one_line(monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(MissingExtra, match=r"^--tensorboard needs torch, which is not installed: "
-                                           r"pip install 'irblocks\[tensorboard\]'$"):
+    with pytest.raises(
+        MissingExtra,
+        match=r"^--tensorboard needs torch, which is not installed: "
+        r"pip install 'irblocks\[tensorboard\]'$",
+    ):
         require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard")
 
 
@@ -81,6 +120,7 @@ def test_foreach_ema_matches_the_per_tensor_update(data):
     t.model.register_buffer("counter", torch.tensor(5))
     t.ema_model.register_buffer("counter", torch.tensor(0))
     from irblocks.train.trainer import _ema_pairs
+
     t._ema_pairs = _ema_pairs(t.ema_model, t.model)
     for p in t.model.parameters():
         p.data.add_(torch.randn_like(p))
