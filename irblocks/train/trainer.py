@@ -380,7 +380,11 @@ class Trainer:
         from irblocks.train.evaluate import evaluate
         model = self.eval_model()
         was = model.training
-        res = evaluate(model, self.eval_data, tile=None, device=self.device, limit=self.eval_limit)
+        py_state = random.getstate()
+        # evaluation never moves the training's random streams (resume stays bit-identical)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            res = evaluate(model, self.eval_data, tile=None, device=self.device, limit=self.eval_limit)
+        random.setstate(py_state)
         model.train(was)
         self.log.add_eval(self.step, res)
         return res

@@ -132,3 +132,16 @@ def test_foreach_ema_matches_the_per_tensor_update(data):
         want = before[k] * d + v * (1 - d) if v.is_floating_point() else v
         torch.testing.assert_close(t.ema_model.state_dict()[k], want, rtol=1e-6, atol=1e-7)
     assert int(t.ema_model.counter) == 5
+
+
+def test_evaluation_leaves_the_training_random_streams_alone(data):
+    import random
+
+    ev = {"noise": SyntheticDataset([torch.rand(3, 24, 24)], "gaussian_noise:sigma=25", seed=2)}
+    t = Trainer(_recipe(), data, steps=2, progress=False, eval_data=ev)
+    # a model whose evaluation draws random numbers (a sampling prior, say)
+    t.ema_model.register_forward_hook(lambda m, a, o: (torch.rand(1), random.random()) and None)
+    state, py = torch.get_rng_state(), random.getstate()
+    res = t.evaluate_now()
+    assert res["tasks"]["noise"]["psnr"] > 0
+    assert torch.equal(torch.get_rng_state(), state) and random.getstate() == py
