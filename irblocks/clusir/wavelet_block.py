@@ -125,7 +125,10 @@ class WaveletBlock(nn.Module):
     LayerNorms are per-pixel over channels with bias (Wave-ViT: eps 1e-6).
 
     Args: dim, heads (context); sr: key/value stride of the attention (per
-        level: Wave-ViT uses [4, 2, 1, 1]); mlp_ratio: FFN expansion (Wave-ViT:
+        level: Wave-ViT uses [4, 2, 1, 1] on a stride-4 stem; the ClusIR recipes,
+        whose levels run at full, 1/2, 1/4, 1/8 resolution, use [8, 4, 2, 1]: a
+        14 x 14 key grid at every level of a 224 input, which is what the paper's
+        FLOPs term linear in d measures); mlp_ratio: FFN expansion (Wave-ViT:
         [8, 8, 4, 4]); wave: wavelet; bias: Linear biases.
 
     Shapes: (B, C, H, W) -> (B, C, H, W), any H x W.

@@ -138,3 +138,15 @@ def test_summary_shows_where_the_macs_go_per_stage():
     text = format_summary(s)
     assert "encoders.0.blocks.1" in text and "by block type" in text
     assert "experts the router does not pick" in text
+
+
+def test_decoder_blocks_is_a_recipe_parameter():
+    """The paper-cost decoder has no blocks; decoder_blocks puts them back per level."""
+    with torch.device("meta"):
+        m = irblocks.create_model("clusir-tiny")
+        assert [len(d.blocks) for d in m.decoders] == [0, 0, 0] and len(m.refinement.blocks) == 0
+        m = irblocks.create_model("clusir-tiny", decoder_blocks=[2, 0, 1])   # [level 0, 1, 2]
+        assert [len(d.blocks) for d in m.decoders] == [1, 0, 2]             # run order: 2, 1, 0
+        assert [e.level for e in m.decoder_ends] == [2, 1, 0]
+    with pytest.raises(irblocks.registry.recipe.RecipeError, match=r"decoder_blocks must list 3"):
+        irblocks.create_model("clusir-tiny", decoder_blocks=[1, 1])
