@@ -210,9 +210,10 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     the input's memory format (channels_last in, channels_last out).
     """
     if center is False and bias is not None:
-        raise ValueError("channel_layer_norm: center=False (BiasFree) takes no bias, got a bias tensor")
+        raise ValueError("channel_layer_norm: center=False (BiasFree) takes no bias, "
+                         "got a bias tensor")
     if select(impl, x) == "triton":
-        if center and bias is None:   # Centered = the WithBias kernel with a zero, gradient-free bias
+        if center and bias is None:   # Centered: the WithBias kernel with a zero bias (no grad)
             bias = torch.zeros_like(weight)
         return _ln_op(x, weight, bias, float(eps))
     return channel_layer_norm_reference(x, weight, bias, eps, center)

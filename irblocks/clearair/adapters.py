@@ -33,6 +33,7 @@ put their own loader there. What each real loader does (facts from the backends'
   degradation (B, 512))``, unit-norm. Other widths are reduced to 512 by a fixed
   seeded projection.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,10 +45,26 @@ import torch.nn.functional as F
 
 from irblocks.registry import register
 
-from .priors_common import CONTENT_DIM, DEGRADATION_DIM, GuidancePrior, PriorOutputError, seeded_projection
+from .priors_common import (
+    CONTENT_DIM,
+    DEGRADATION_DIM,
+    GuidancePrior,
+    PriorOutputError,
+    seeded_projection,
+)
 
-__all__ = ["DeQAQualityPrior", "SAM2RegionPrior", "DACLIPDegradationPrior", "LOADERS", "REQUIRES",
-           "MissingBackendError", "deqa_backend", "image_token_ids", "IMAGE_TOKEN_INDEX", "DEQA_PROMPT"]
+__all__ = [
+    "DeQAQualityPrior",
+    "SAM2RegionPrior",
+    "DACLIPDegradationPrior",
+    "LOADERS",
+    "REQUIRES",
+    "MissingBackendError",
+    "deqa_backend",
+    "image_token_ids",
+    "IMAGE_TOKEN_INDEX",
+    "DEQA_PROMPT",
+]
 
 
 class MissingBackendError(ImportError):
@@ -61,12 +78,18 @@ REQUIRES: dict[str, tuple[str, ...]] = {
 }
 
 INSTALL_HINT = {
-    "deqa": ("pip install transformers accelerate (DeQA-Score: github.com/zhiyuanyou/DeQA-Score)",
-             "the DeQA-Score checkpoint folder (e.g. DeQA-Score-Mix3)"),
-    "sam2": ("pip install 'git+https://github.com/facebookresearch/sam2'",
-             "the SAM 2 checkpoint file (e.g. sam2.1_hiera_tiny.pt; pass its model config as config=)"),
-    "daclip": ("install DA-CLIP's open_clip (github.com/Algolzw/daclip-uir, da-clip/src)",
-               "the DA-CLIP checkpoint file (e.g. daclip_ViT-B-32.pt)"),
+    "deqa": (
+        "pip install transformers accelerate (DeQA-Score: github.com/zhiyuanyou/DeQA-Score)",
+        "the DeQA-Score checkpoint folder (e.g. DeQA-Score-Mix3)",
+    ),
+    "sam2": (
+        "pip install 'git+https://github.com/facebookresearch/sam2'",
+        "the SAM 2 checkpoint file (e.g. sam2.1_hiera_tiny.pt; pass its model config as config=)",
+    ),
+    "daclip": (
+        "install DA-CLIP's open_clip (github.com/Algolzw/daclip-uir, da-clip/src)",
+        "the DA-CLIP checkpoint file (e.g. daclip_ViT-B-32.pt)",
+    ),
 }
 
 
@@ -74,30 +97,44 @@ def _check(name: str, prior: str, path: str) -> None:
     missing = [p for p in REQUIRES.get(name, ()) if importlib.util.find_spec(p) is None]
     install, weights = INSTALL_HINT[name]
     if missing:
-        raise MissingBackendError(f"prior {prior!r} needs the package(s) {', '.join(missing)}: {install}; "
-                                  f"then pass path= pointing to {weights} on local disk (nothing is downloaded)")
+        raise MissingBackendError(
+            f"prior {prior!r} needs the package(s) {', '.join(missing)}: {install}; "
+            f"then pass path= pointing to {weights} on local disk (nothing is downloaded)"
+        )
     if not path or not os.path.exists(path):
-        raise MissingBackendError(f"prior {prior!r}: path={path!r} does not exist; pass path= pointing to "
-                                  f"{weights} on local disk (nothing is downloaded)")
+        raise MissingBackendError(
+            f"prior {prior!r}: path={path!r} does not exist; pass path= pointing to "
+            f"{weights} on local disk (nothing is downloaded)"
+        )
 
 
 # --------------------------------------------------------------------------- real loaders
-IMAGE_TOKEN_INDEX = -200          # mPLUG-Owl2 / DeQA-Score: where the image features go
+IMAGE_TOKEN_INDEX = -200  # mPLUG-Owl2 / DeQA-Score: where the image features go
 IMAGE_PLACEHOLDER = "<|image|>"
-DEQA_PROMPT = ("USER: How would you rate the quality of this image?\n<|image|>\n"
-               "ASSISTANT: The quality of the image is")
+DEQA_PROMPT = (
+    "USER: How would you rate the quality of this image?\n<|image|>\n"
+    "ASSISTANT: The quality of the image is"
+)
 
 
 def _pil(img: torch.Tensor):
     """(3, H, W) float in [0, 1] -> PIL RGB image (uint8, rounded)."""
     from PIL import Image
-    arr = (img.detach().float().clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+
+    arr = (
+        (img.detach().float().clamp(0, 1).permute(1, 2, 0) * 255)
+        .round()
+        .to(torch.uint8)
+        .cpu()
+        .numpy()
+    )
     return Image.fromarray(arr, "RGB")
 
 
 def _square(im, colour: tuple[int, int, int]):
     """Pad a PIL image to a square, centred, with ``colour`` (DeQA-Score's expand2square)."""
     from PIL import Image
+
     w, h = im.size
     if w == h:
         return im
@@ -122,7 +159,9 @@ def image_token_ids(prompt: str, tokenizer, image_token: int = IMAGE_TOKEN_INDEX
     return torch.tensor(ids, dtype=torch.long)[None]
 
 
-def deqa_backend(model, tokenizer, processor, device: str = "cpu", prompt: str = DEQA_PROMPT) -> Callable:
+def deqa_backend(
+    model, tokenizer, processor, device: str = "cpu", prompt: str = DEQA_PROMPT
+) -> Callable:
     """``fn(img (B, 3, H, W) in [0, 1]) -> (B, D)``: DeQA-Score fed as its scorer feeds it (see
     the module docstring), returning the last hidden state at the prompt's final token."""
     ids = image_token_ids(prompt, tokenizer).to(device)
@@ -132,9 +171,12 @@ def deqa_backend(model, tokenizer, processor, device: str = "cpu", prompt: str =
     @torch.no_grad()
     def fn(img: torch.Tensor) -> torch.Tensor:
         pil = [_square(_pil(im), fill) for im in img]
-        pix = processor.preprocess(pil, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+        pix = processor.preprocess(pil, return_tensors="pt")["pixel_values"].to(
+            device=device, dtype=dtype
+        )
         out = model(input_ids=ids.expand(img.shape[0], -1), images=pix, output_hidden_states=True)
         return out.hidden_states[-1][:, -1].float()
+
     return fn
 
 
@@ -142,21 +184,37 @@ def _load_deqa(path: str, device: str = "cpu") -> Callable:
     """DeQA-Score through transformers (its own remote code, local files only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, local_files_only=True,
-                                                 torch_dtype=torch.float16 if device != "cpu" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        trust_remote_code=True,
+        local_files_only=True,
+        torch_dtype=torch.float16 if device != "cpu" else torch.float32,
+    )
     model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=True, use_fast=False)
+    tok = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=True, use_fast=False
+    )
     processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
     return deqa_backend(model, tok, processor, device)
 
 
-def _load_sam2(path: str, device: str = "cpu", config: str = "configs/sam2.1/sam2.1_hiera_t.yaml",
-               points_per_side: int = 4, points_per_batch: int = 16, pred_iou_thresh: float = 0.7) -> Callable:
+def _load_sam2(
+    path: str,
+    device: str = "cpu",
+    config: str = "configs/sam2.1/sam2.1_hiera_t.yaml",
+    points_per_side: int = 4,
+    points_per_batch: int = 16,
+    pred_iou_thresh: float = 0.7,
+) -> Callable:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.build_sam import build_sam2
 
-    gen = SAM2AutomaticMaskGenerator(build_sam2(config, path, device=device), points_per_side=points_per_side,
-                                     points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh)
+    gen = SAM2AutomaticMaskGenerator(
+        build_sam2(config, path, device=device),
+        points_per_side=points_per_side,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+    )
 
     @torch.no_grad()
     def fn(img: torch.Tensor):
@@ -164,9 +222,13 @@ def _load_sam2(path: str, device: str = "cpu", config: str = "configs/sam2.1/sam
         for im in img:
             arr = (im.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().cpu().numpy()
             anns = sorted(gen.generate(arr), key=lambda a: -float(a["predicted_iou"]))
-            outs.append(torch.stack([torch.as_tensor(a["segmentation"]) for a in anns]) if anns else
-                        torch.zeros(0, *im.shape[-2:], dtype=torch.bool))
+            outs.append(
+                torch.stack([torch.as_tensor(a["segmentation"]) for a in anns])
+                if anns
+                else torch.zeros(0, *im.shape[-2:], dtype=torch.bool)
+            )
         return outs
+
     return fn
 
 
@@ -181,10 +243,15 @@ def _load_daclip(path: str, device: str = "cpu", model_name: str = "daclip_ViT-B
         x = torch.stack([preprocess(_pil(im)) for im in img]).to(device)
         content, degradation = model.encode_image(x, control=True, normalize=True)
         return content.float(), degradation.float()
+
     return fn
 
 
-LOADERS: dict[str, Callable[..., Callable]] = {"deqa": _load_deqa, "sam2": _load_sam2, "daclip": _load_daclip}
+LOADERS: dict[str, Callable[..., Callable]] = {
+    "deqa": _load_deqa,
+    "sam2": _load_sam2,
+    "daclip": _load_daclip,
+}
 
 
 def _fit(t: torch.Tensor, dim: int, seed: int, prior: str, key: str) -> torch.Tensor:
@@ -235,10 +302,19 @@ class DeQAQualityPrior(_Adapter):
 
     def compute(self, img):
         state = self.backend(img)
-        if not isinstance(state, torch.Tensor) or tuple(state.shape) != (img.shape[0], self.hidden_dim):
-            got = "x".join(map(str, state.shape)) if isinstance(state, torch.Tensor) else type(state).__name__
-            raise PriorOutputError(f"prior {self.name!r}: backend hidden state must be {img.shape[0]} x "
-                                   f"{self.hidden_dim} (B x hidden_dim), got {got}")
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != (
+            img.shape[0],
+            self.hidden_dim,
+        ):
+            got = (
+                "x".join(map(str, state.shape))
+                if isinstance(state, torch.Tensor)
+                else type(state).__name__
+            )
+            raise PriorOutputError(
+                f"prior {self.name!r}: backend hidden state must be {img.shape[0]} x "
+                f"{self.hidden_dim} (B x hidden_dim), got {got}"
+            )
         return {"quality": state.to(img.dtype)}
 
 
@@ -260,31 +336,50 @@ class SAM2RegionPrior(_Adapter):
     name = "sam2_regions"
     backend_name = "sam2"
 
-    def __init__(self, path: str = "", config: str = "configs/sam2.1/sam2.1_hiera_t.yaml", k: int = 16,
-                 device: str = "cpu", points_per_side: int = 4, points_per_batch: int = 16,
-                 pred_iou_thresh: float = 0.7):
+    def __init__(
+        self,
+        path: str = "",
+        config: str = "configs/sam2.1/sam2.1_hiera_t.yaml",
+        k: int = 16,
+        device: str = "cpu",
+        points_per_side: int = 4,
+        points_per_batch: int = 16,
+        pred_iou_thresh: float = 0.7,
+    ):
         super().__init__()
         if k < 0:
             raise ValueError(f"sam2_regions: k must be >= 0, got {k}")
         if points_per_side < 1 or points_per_batch < 1 or not 0 <= pred_iou_thresh <= 1:
-            raise ValueError(f"sam2_regions: points_per_side and points_per_batch must be >= 1 and "
-                             f"pred_iou_thresh in [0, 1], got {points_per_side}, {points_per_batch}, "
-                             f"{pred_iou_thresh}")
+            raise ValueError(
+                f"sam2_regions: points_per_side and points_per_batch must be >= 1 and "
+                f"pred_iou_thresh in [0, 1], got {points_per_side}, {points_per_batch}, "
+                f"{pred_iou_thresh}"
+            )
         self.k = k
-        self.backend = self._load(path, device=device, config=config, points_per_side=points_per_side,
-                                  points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh)
+        self.backend = self._load(
+            path,
+            device=device,
+            config=config,
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+        )
 
     def compute(self, img):
         b, _, h, w = img.shape
         per = self.backend(img)
         if len(per) != b:
-            raise PriorOutputError(f"prior {self.name!r}: backend returned masks for {len(per)} images, expected {b}")
+            raise PriorOutputError(
+                f"prior {self.name!r}: backend returned masks for {len(per)} images, expected {b}"
+            )
         out = img.new_zeros(b, self.k, h, w)
         for i, m in enumerate(per):
             m = torch.as_tensor(m)
             if m.dim() != 3:
-                raise PriorOutputError(f"prior {self.name!r}: backend masks of image {i} must be M x H x W, "
-                                       f"got {'x'.join(map(str, m.shape))}")
+                raise PriorOutputError(
+                    f"prior {self.name!r}: backend masks of image {i} must be M x H x W, "
+                    f"got {'x'.join(map(str, m.shape))}"
+                )
             m = m[: self.k].to(img.device, torch.float32)
             if m.shape[0] and tuple(m.shape[-2:]) != (h, w):
                 m = F.interpolate(m[None], size=(h, w), mode="nearest")[0]
@@ -302,19 +397,32 @@ class DACLIPDegradationPrior(_Adapter):
         path: local DA-CLIP checkpoint. model_name: open_clip model name. device.
         seed: seed of the fixed reductions.
 
-    Shapes: (B, 3, H, W) -> {"degradation": (B, 512), "content": (B, 512)}. Needs DA-CLIP's open_clip.
+    Shapes: (B, 3, H, W) -> {"degradation": (B, 512), "content": (B, 512)}. Needs DA-CLIP's
+    open_clip.
     """
 
     OUTPUTS = {"degradation": (DEGRADATION_DIM,), "content": (CONTENT_DIM,)}
     name = "daclip_degradation"
     backend_name = "daclip"
 
-    def __init__(self, path: str = "", model_name: str = "daclip_ViT-B-32", device: str = "cpu", seed: int = 2029):
+    def __init__(
+        self,
+        path: str = "",
+        model_name: str = "daclip_ViT-B-32",
+        device: str = "cpu",
+        seed: int = 2029,
+    ):
         super().__init__()
         self.seed = seed
         self.backend = self._load(path, device=device, model_name=model_name)
 
     def compute(self, img):
         content, degradation = self.backend(img)
-        return {"degradation": _fit(degradation, DEGRADATION_DIM, self.seed, self.name, "degradation").to(img.dtype),
-                "content": _fit(content, CONTENT_DIM, self.seed + 1, self.name, "content").to(img.dtype)}
+        return {
+            "degradation": _fit(
+                degradation, DEGRADATION_DIM, self.seed, self.name, "degradation"
+            ).to(img.dtype),
+            "content": _fit(content, CONTENT_DIM, self.seed + 1, self.name, "content").to(
+                img.dtype
+            ),
+        }

@@ -75,8 +75,8 @@ class DegradationAwareModule(GuidedBlock):
 
     def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None, num_heads: int = 4,
                  prompt: str = "degradation_prompt", source: Literal["prior", "learned"] = "prior",
-                 content_dim: int = CONTENT_DIM, degradation_dim: int = DEGRADATION_DIM, bias: bool = False,
-                 norm: BlockSpec = "layernorm"):
+                 content_dim: int = CONTENT_DIM, degradation_dim: int = DEGRADATION_DIM,
+                 bias: bool = False, norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"degradation_aware: num_heads={num_heads} must divide dim={dim}")

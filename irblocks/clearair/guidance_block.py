@@ -60,11 +60,11 @@ class ClearAIRGuidance(GuidedBlock):
         super().__init__()
         self.order = parse_order(order)
         self.checkpoint = checkpoint
-        self.qgm = build({"type": "quality_guidance", "source": quality, "norm": norm}, "block", dim=dim,
-                         shared=shared)
-        self.sca = build({"type": "semantic_cross_attention", "num_heads": sca_heads, "mask_dropout": mask_dropout,
-                          "mode": sca_mode, "source": regions, "learned_tokens": learned_tokens, "bias": bias,
-                          "norm": norm}, "block", dim=dim)
+        self.qgm = build({"type": "quality_guidance", "source": quality, "norm": norm}, "block",
+                         dim=dim, shared=shared)
+        self.sca = build({"type": "semantic_cross_attention", "num_heads": sca_heads,
+                          "mask_dropout": mask_dropout, "mode": sca_mode, "source": regions,
+                          "learned_tokens": learned_tokens, "bias": bias, "norm": norm}, "block", dim=dim)
         self.dam = build({"type": "degradation_aware", "num_heads": dam_heads, "source": degradation,
                           "bias": bias, "norm": norm}, "block", dim=dim, shared=shared)
 

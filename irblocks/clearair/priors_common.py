@@ -127,7 +127,8 @@ def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, k: int = 7) -> torch.Tensor:
     """Separable Gaussian blur per channel ('same' size, reflect padding)."""
-    return separable_filter(_pad_same(x, k), gaussian_window(k, sigma, dtype=x.dtype, device=x.device))
+    g = gaussian_window(k, sigma, dtype=x.dtype, device=x.device)
+    return separable_filter(_pad_same(x, k), g)
 
 
 def moments(x: torch.Tensor) -> torch.Tensor:

@@ -61,13 +61,14 @@ class QualityAdapter(nn.Module):
     ``state_dim`` when set, else ``in_dim``.
     """
 
-    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0, levels: int = 4,
-                 state_dim: int = 0):
+    def __init__(self, dim: Context[int], in_dim: int = QUALITY_DIM, hidden: int = 0,
+                 levels: int = 4, state_dim: int = 0):
         super().__init__()
         hidden = hidden or 4 * dim
         if dim < 1 or in_dim < 1 or hidden < 1 or levels < 1 or state_dim < 0:
             raise ValueError(f"quality_adapter: dim, in_dim, hidden and levels must be >= 1 and "
-                             f"state_dim >= 0, got {dim}, {in_dim}, {hidden}, {levels}, {state_dim}")
+                             f"state_dim >= 0, got {dim}, {in_dim}, {hidden}, {levels}, "
+                             f"{state_dim}")
         self.dim, self.in_dim, self.state_dim = dim, in_dim, state_dim
         self.input_dim = state_dim or in_dim
         self.reduce = nn.Linear(state_dim, in_dim) if state_dim else None
@@ -115,8 +116,8 @@ class QualityGuidance(GuidedBlock):
         self.norm = build(norm, "block", dim=dim)
         self.scale = nn.Linear(dim, dim)
         self.shift = nn.Linear(dim, dim)
-        self.learned = nn.Parameter(torch.randn(getattr(self.adapter, "input_dim", quality_dim)) * 0.02) \
-            if source == "learned" else None
+        width = getattr(self.adapter, "input_dim", quality_dim)
+        self.learned = nn.Parameter(torch.randn(width) * 0.02) if source == "learned" else None
 
     def guidance_io(self):
         return set(), ({self.key} if self.source == "prior" else set())

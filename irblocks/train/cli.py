@@ -72,11 +72,12 @@ def setup_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="refuse the checkpoint unless it was built by this recipe")
     p.add_argument("--json", default=None, help="write the results here (default <checkpoint>.eval.json)")
     p.add_argument("--tile", type=int, default=0,
-                   help="tiled inference with this tile size (default 0: whole images, the papers' protocol)")
+                   help="tiled inference with this tile size "
+                        "(default 0: whole images, the papers' protocol)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default min(32, tile/4))")
     p.add_argument("--crop-multiple", type=int, default=None, metavar="N",
-                   help="centre-crop test images to a multiple of N, as the PromptIR/AnyIR test loaders "
-                        "(16); default: the recipe's eval.crop_multiple, else 1 (no crop)")
+                   help="centre-crop test images to a multiple of N, as the PromptIR/AnyIR "
+                        "test loaders (16); default: the recipe's eval.crop_multiple, else 1 (no crop)")
     p.add_argument("--ssim", choices=("uniform", "gaussian"), default="uniform",
                    help="uniform: scikit-image default (the all-in-one papers); gaussian: BasicSR")
     p.add_argument("--y-channel", action="store_true", help="measure on the BT.601 Y channel")
@@ -192,7 +193,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from irblocks.train.evaluate import build_eval_data, evaluate, format_table, recipe_crop_multiple, write_json
+    from irblocks.train.evaluate import (build_eval_data, evaluate, format_table, recipe_crop_multiple,
+                                         write_json)
     from irblocks.train.trainer import load_model
     if args.crop_multiple is not None and args.crop_multiple < 1:
         raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")

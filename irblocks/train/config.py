@@ -114,12 +114,14 @@ def _errors(section: str, e: pydantic.ValidationError) -> List[str]:
     return out
 
 
-_MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "eval": EvalConfig}
+_MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+           "eval": EvalConfig}
 
 
 def validate_sections(recipe: Dict[str, Any], include_loss: bool = False) -> List[str]:
     """One-line errors ("path: message") in the ``optimizer``, ``schedule``, ``train`` and
-    ``eval`` sections (and ``loss`` with ``include_loss``; the recipe validator checks that one itself)."""
+    ``eval`` sections (and ``loss`` with ``include_loss``; the recipe validator checks that one
+    itself)."""
     errors: List[str] = []
     if not isinstance(recipe, dict):
         return [f"recipe: expected a mapping, got {type(recipe).__name__}"]

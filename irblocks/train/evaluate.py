@@ -33,8 +33,8 @@ from irblocks.train.imageio import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
 from irblocks.train.tiling import tiled_forward
 
-__all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json", "crop_to_multiple",
-           "protocol_text", "recipe_crop_multiple", "EvalError"]
+__all__ = ["evaluate", "format_table", "build_eval_data", "parse_data_arg", "write_json",
+           "crop_to_multiple", "protocol_text", "recipe_crop_multiple", "EvalError"]
 
 
 class EvalError(ValueError):
@@ -51,7 +51,8 @@ def crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     h, w = x.shape[-2:]
     if h < multiple or w < multiple:
-        raise EvalError(f"a {h}x{w} image has no {multiple}x{multiple} crop (crop_multiple={multiple})")
+        raise EvalError(f"a {h}x{w} image has no {multiple}x{multiple} crop "
+                        f"(crop_multiple={multiple})")
     rh, rw = h % multiple, w % multiple
     return x[..., rh // 2: h - rh + rh // 2, rw // 2: w - rw + rw // 2]
 
@@ -72,7 +73,8 @@ def recipe_crop_multiple(model_or_recipe: Any) -> int:
 
 def _is_oom(e: BaseException) -> bool:
     msg = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg \
+        or "can't allocate memory" in msg
 
 
 def protocol_text(convention: Dict[str, Any]) -> str:
@@ -145,8 +147,8 @@ def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: in
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = None, overlap: int = 32,
-             device: str | torch.device = "cpu", ssim_mode: str = "uniform", y_channel: bool = False,
+def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = None,
+             overlap: int = 32, device: str | torch.device = "cpu", ssim_mode: str = "uniform", y_channel: bool = False,
              crop_border: int = 0, progress: bool = False, limit: Optional[int] = None,
              crop_multiple: int = 1) -> Dict[str, Any]:
     """{"tasks": {task: {"psnr", "ssim", "input_psnr", "input_ssim", "images"}}, "average": {...},
@@ -172,9 +174,9 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = N
             except (RuntimeError, MemoryError) as e:
                 if tile or not _is_oom(e):
                     raise
-                raise EvalError(f"task {task!r} image {i} ({x.shape[-2]}x{x.shape[-1]}) does not fit in memory "
-                                "whole; pass --tile 512 to tile it (tiled scores differ from the papers' "
-                                "whole-image protocol)") from None
+                raise EvalError(f"task {task!r} image {i} ({x.shape[-2]}x{x.shape[-1]}) does not "
+                                "fit in memory whole; pass --tile 512 to tile it (tiled scores "
+                                "differ from the papers' whole-image protocol)") from None
             kw = dict(y_channel=y_channel, crop_border=crop_border)
             ps.append(float(batch_psnr(pred, y, **kw)[0]))
             ss.append(float(batch_ssim(pred, y, mode=ssim_mode, **kw)[0]))
@@ -189,7 +191,8 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = N
         if tasks else {}
     return {"tasks": tasks, "average": avg, "seconds": time.perf_counter() - t0,
             "convention": {"ssim": ssim_mode, "y_channel": y_channel, "crop_border": crop_border,
-                           "range": "[0,1] clamped", "tile": tile, "overlap": overlap if tile else None,
+                           "range": "[0,1] clamped", "tile": tile,
+                           "overlap": overlap if tile else None,
                            "crop_multiple": crop_multiple}}
 
 

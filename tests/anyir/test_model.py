@@ -250,7 +250,8 @@ def test_recipe_optimizer_is_the_released_one_and_paper_code_differences_documen
     from irblocks.train.config import parse_sections
     rec = irblocks.resolve_recipe("anyir").data
     opt, sched, train = parse_sections(rec)
-    assert (opt.type, opt.lr, tuple(opt.betas), opt.weight_decay) == ("adamw", 2e-4, (0.9, 0.999), 0.01)
+    assert (opt.type, opt.lr, opt.weight_decay) == ("adamw", 2e-4, 0.01)
+    assert tuple(opt.betas) == (0.9, 0.999)
     assert (sched.type, sched.warmup_epochs, sched.epochs) == ("warmup_cosine", 15, 150)
     assert "EPOCHS=130" in rec["description"]     # the run-length difference is stated
     doc = GatedDegradationAdaptation.__doc__

@@ -15,6 +15,7 @@ loaders run against fake backends that reproduce the backends' public interfaces
 The expected values are computed here from the backends' documented usage (DeQA-Score's
 scorer, SAM 2's generator, DA-CLIP's README), independently of the adapters' code.
 """
+
 import importlib.machinery
 import re
 import sys
@@ -36,7 +37,7 @@ from irblocks.registry import build
 NAMES = {"deqa_quality": "deqa", "sam2_regions": "sam2", "daclip_degradation": "daclip"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HIDDEN = 4096        # the fake MLLM's width, DeQA-Score's
+HIDDEN = 4096  # the fake MLLM's width, DeQA-Score's
 
 
 @pytest.mark.parametrize("name", sorted(NAMES))
@@ -45,7 +46,9 @@ def test_missing_package_message(name, monkeypatch, tmp_path):
     with pytest.raises(MissingBackendError) as e:
         build({"type": name, "path": str(tmp_path)}, "prior")
     msg = str(e.value)
-    assert "\n" not in msg and "irblocks_no_such_package_xyz" in msg and "path=" in msg and name in msg
+    assert (
+        "\n" not in msg and "irblocks_no_such_package_xyz" in msg and "path=" in msg and name in msg
+    )
 
 
 @pytest.mark.parametrize("name", sorted(NAMES))
@@ -84,7 +87,9 @@ class FakeTokenizer:
         return cls()
 
     def __call__(self, text, return_tensors=None):
-        ids = [self.bos_token_id] + [3 + zlib.crc32(w.encode()) % 997 for w in re.findall(r"\w+|[^\w\s]", text)]
+        ids = [self.bos_token_id] + [
+            3 + zlib.crc32(w.encode()) % 997 for w in re.findall(r"\w+|[^\w\s]", text)
+        ]
         return SimpleNamespace(input_ids=torch.tensor([ids]) if return_tensors == "pt" else ids)
 
 
@@ -99,7 +104,11 @@ class FakeCLIPImageProcessor:
         images = images if isinstance(images, (list, tuple)) else [images]
         if not all(isinstance(im, Image.Image) for im in images):
             raise TypeError("fake processor: PIL images expected")
-        return {"pixel_values": torch.stack([_short_side_centre_crop(im.convert("RGB"), 448) for im in images])}
+        return {
+            "pixel_values": torch.stack(
+                [_short_side_centre_crop(im.convert("RGB"), 448) for im in images]
+            )
+        }
 
 
 class FakeOwl2(torch.nn.Module):
@@ -126,8 +135,10 @@ class FakeOwl2(torch.nn.Module):
         emb = self.embed[ids.clamp_min(0) % 1000]
         if img_pos.any():
             if images is None or tuple(images.shape[1:]) != (3, 448, 448):
-                raise ValueError("fake mPLUG-Owl2: the image token needs images of shape B x 3 x 448 x 448")
-            feat = torch.tanh(F.avg_pool2d(images, 112).flatten(1) @ self.vision)         # (B, HIDDEN)
+                raise ValueError(
+                    "fake mPLUG-Owl2: the image token needs images of shape B x 3 x 448 x 448"
+                )
+            feat = torch.tanh(F.avg_pool2d(images, 112).flatten(1) @ self.vision)  # (B, HIDDEN)
             emb = torch.where(img_pos[..., None], feat[:, None, :].expand_as(emb), emb)
         steps = torch.arange(1, ids.shape[1] + 1).view(1, -1, 1)
         hidden = torch.tanh(emb.cumsum(1) / steps + 0.1 * emb)
@@ -136,10 +147,20 @@ class FakeOwl2(torch.nn.Module):
 
 class FakeMaskGenerator:
     def __init__(self, model, points_per_side=32, points_per_batch=64, pred_iou_thresh=0.8, **kw):
-        self.model, self.pps, self.ppb, self.thresh = model, points_per_side, points_per_batch, pred_iou_thresh
+        self.model, self.pps, self.ppb, self.thresh = (
+            model,
+            points_per_side,
+            points_per_batch,
+            pred_iou_thresh,
+        )
 
     def generate(self, image):
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        if not (
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.ndim == 3
+            and image.shape[2] == 3
+        ):
             raise TypeError("fake SAM 2: an H x W x 3 uint8 array expected")
         h, w = image.shape[:2]
         anns = []
@@ -147,11 +168,19 @@ class FakeMaskGenerator:
             r, c = divmod(i, self.pps)
             seg = np.zeros((h, w), dtype=bool)
             y0, x0 = r * h // self.pps, c * w // self.pps
-            seg[y0:y0 + 1 + (i * 7) % max(1, h - y0), x0:x0 + 1 + (i * 3) % max(1, w - x0)] = True
+            seg[y0 : y0 + 1 + (i * 7) % max(1, h - y0), x0 : x0 + 1 + (i * 3) % max(1, w - x0)] = (
+                True
+            )
             iou = 0.5 + 0.5 * ((i * 0.618034) % 1.0)
             if iou >= self.thresh:
-                anns.append({"segmentation": seg, "area": int(seg.sum()), "predicted_iou": iou,
-                             "stability_score": 0.96})
+                anns.append(
+                    {
+                        "segmentation": seg,
+                        "area": int(seg.sum()),
+                        "predicted_iou": iou,
+                        "stability_score": 0.96,
+                    }
+                )
         return anns
 
 
@@ -180,8 +209,13 @@ def _daclip_preprocess(im):
 def fakes(monkeypatch, tmp_path):
     for k in NAMES.values():
         monkeypatch.setitem(adapters.REQUIRES, k, ())
-    _module(monkeypatch, "transformers", AutoModelForCausalLM=FakeOwl2, AutoTokenizer=FakeTokenizer,
-            CLIPImageProcessor=FakeCLIPImageProcessor)
+    _module(
+        monkeypatch,
+        "transformers",
+        AutoModelForCausalLM=FakeOwl2,
+        AutoTokenizer=FakeTokenizer,
+        CLIPImageProcessor=FakeCLIPImageProcessor,
+    )
     built = {}
 
     def build_sam2(config, ckpt, device="cpu"):
@@ -190,15 +224,25 @@ def fakes(monkeypatch, tmp_path):
 
     _module(monkeypatch, "sam2")
     _module(monkeypatch, "sam2.build_sam", build_sam2=build_sam2)
-    _module(monkeypatch, "sam2.automatic_mask_generator", SAM2AutomaticMaskGenerator=FakeMaskGenerator)
-    _module(monkeypatch, "open_clip",
-            create_model_from_pretrained=lambda name, pretrained=None, **kw: (FakeDACLIP(), _daclip_preprocess),
-            create_model=lambda name, pretrained=None, **kw: FakeDACLIP())
+    _module(
+        monkeypatch, "sam2.automatic_mask_generator", SAM2AutomaticMaskGenerator=FakeMaskGenerator
+    )
+    _module(
+        monkeypatch,
+        "open_clip",
+        create_model_from_pretrained=lambda name, pretrained=None, **kw: (
+            FakeDACLIP(),
+            _daclip_preprocess,
+        ),
+        create_model=lambda name, pretrained=None, **kw: FakeDACLIP(),
+    )
     return str(tmp_path), built
 
 
 def _pil(x):
-    return Image.fromarray((x.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(), "RGB")
+    return Image.fromarray(
+        (x.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(), "RGB"
+    )
 
 
 def _images(h=40, w=64):
@@ -232,34 +276,40 @@ def test_deqa_feeds_the_image_token_and_processor_and_reads_the_scorers_position
     prior = build({"type": "deqa_quality", "path": path}, "prior")
     x = _images()
     q = prior(x)["quality"]
-    assert (q[0] - q[1]).abs().max() > 1e-3                    # the pixels reach the MLLM (token -200)
-    assert q.shape == (2, HIDDEN)                              # raw: the reduction is the network's
-    assert torch.allclose(q, _deqa_reference(x), atol=1e-5)   # prompt, padding, processor, position
+    assert (q[0] - q[1]).abs().max() > 1e-3  # the pixels reach the MLLM (token -200)
+    assert q.shape == (2, HIDDEN)  # raw: the reduction is the network's
+    assert torch.allclose(q, _deqa_reference(x), atol=1e-5)  # prompt, padding, processor, position
 
 
 def test_deqa_reduction_is_a_trainable_linear_of_the_model(fakes, tmp_path):
     path, _ = fakes
     base = irblocks.create_model("clearair-tiny")
-    model = irblocks.create_model("clearair-tiny", priors={"quality": {"type": "deqa_quality", "path": path}},
-                                  shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256,
-                                                              "state_dim": HIDDEN}})
+    model = irblocks.create_model(
+        "clearair-tiny",
+        priors={"quality": {"type": "deqa_quality", "path": path}},
+        shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256, "state_dim": HIDDEN}},
+    )
     n0 = sum(p.numel() for p in base.parameters() if p.requires_grad)
     n1 = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert n1 - n0 == HIDDEN * 256 + 256                       # the scaffold's Linear(hidden, 256)
+    assert n1 - n0 == HIDDEN * 256 + 256  # the scaffold's Linear(hidden, 256)
     sd = model.state_dict()
     assert "shared.quality_adapter.reduce.weight" in sd and not any("backend" in k for k in sd)
     x = torch.rand(2, 3, 24, 24)
-    F.l1_loss(model.train()(x), x).backward()                   # the task loss alone
+    F.l1_loss(model.train()(x), x).backward()  # the task loss alone
     g = model.shared["quality_adapter"].reduce.weight.grad
     assert g is not None and g.abs().sum() > 0
     ck = irblocks.save(model, tmp_path / "m.safetensors")
     back = irblocks.load(ck)
-    assert torch.equal(back.shared["quality_adapter"].reduce.weight, model.shared["quality_adapter"].reduce.weight)
+    assert torch.equal(
+        back.shared["quality_adapter"].reduce.weight, model.shared["quality_adapter"].reduce.weight
+    )
 
 
 def test_deqa_state_without_state_dim_is_one_line(fakes):
     path, _ = fakes
-    model = irblocks.create_model("clearair-tiny", priors={"quality": {"type": "deqa_quality", "path": path}})
+    model = irblocks.create_model(
+        "clearair-tiny", priors={"quality": {"type": "deqa_quality", "path": path}}
+    )
     with pytest.raises(ValueError, match="shared.quality_adapter.state_dim"):
         model(torch.rand(1, 3, 16, 16))
 
@@ -278,28 +328,37 @@ def test_sam2_uses_the_scaffolds_generator_settings_and_keeps_the_top_k_by_iou(f
         want = torch.stack([torch.from_numpy(a["segmentation"]) for a in best]).float()
         assert torch.equal(masks[i], want)
         largest = sorted(anns, key=lambda a: -a["area"])[:5]
-        assert [a["area"] for a in best] != [a["area"] for a in largest]   # the two rules differ here
+        assert [a["area"] for a in best] != [
+            a["area"] for a in largest
+        ]  # the two rules differ here
 
 
 # --------------------------------------------------------------------------- DA-CLIP
 def test_daclip_uses_its_own_preprocessing_and_normalised_features(fakes):
     path, _ = fakes
     prior = build({"type": "daclip_degradation", "path": path}, "prior")
-    x = _images(40, 64)                                        # not square: a stretch would differ
+    x = _images(40, 64)  # not square: a stretch would differ
     out = prior(x)
     model = FakeDACLIP()
-    ref_c, ref_d = model.encode_image(torch.stack([_daclip_preprocess(_pil(im)) for im in x]), control=True,
-                                      normalize=True)
-    assert torch.allclose(out["content"], ref_c, atol=1e-5) and torch.allclose(out["degradation"], ref_d, atol=1e-5)
+    ref_c, ref_d = model.encode_image(
+        torch.stack([_daclip_preprocess(_pil(im)) for im in x]), control=True, normalize=True
+    )
+    assert torch.allclose(out["content"], ref_c, atol=1e-5) and torch.allclose(
+        out["degradation"], ref_d, atol=1e-5
+    )
     assert torch.allclose(out["degradation"].norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
 def test_model_runs_with_all_three_adapters(fakes):
     path, _ = fakes
-    model = irblocks.create_model("clearair-tiny", priors={
-        "quality": {"type": "deqa_quality", "path": path},
-        "regions": {"type": "sam2_regions", "path": path, "k": 4},
-        "degradation": {"type": "daclip_degradation", "path": path}},
-        shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256, "state_dim": HIDDEN}})
+    model = irblocks.create_model(
+        "clearair-tiny",
+        priors={
+            "quality": {"type": "deqa_quality", "path": path},
+            "regions": {"type": "sam2_regions", "path": path, "k": 4},
+            "degradation": {"type": "daclip_degradation", "path": path},
+        },
+        shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256, "state_dim": HIDDEN}},
+    )
     y = model.eval()(torch.rand(1, 3, 20, 20))
     assert y.shape == (1, 3, 20, 20) and torch.isfinite(y).all()

@@ -17,7 +17,8 @@ def test_clearair_size_on_meta():
         m = irblocks.create_model("clearair")
     n = count(m)
     assert abs(n / TARGET - 1) < 0.03, n
-    # exactly the scaffold's count: backbone 25,609,767 + 7 guidance units 4,617,168 + shared 565,653
+    # exactly the scaffold's count:
+    # backbone 25,609,767 + 7 guidance units 4,617,168 + shared 565,653
     assert n == 30_792_588
     norms = [x for x in m.modules() if isinstance(x, irblocks.ChannelLayerNorm)]
     assert len(norms) == 2 * (3 + 5 + 6 + 8 + 6 + 5 + 3 + 3) + 3 * 7
@@ -142,6 +143,8 @@ def test_recipe_training_section_is_the_scaffolds():
     # eta_min=1e-6), clip_grad_norm_(1.0), batch 4, 256 patches, 300k iterations
     from irblocks.train.config import parse_sections
     opt, sched, train = parse_sections(irblocks.resolve_recipe("clearair").data)
-    assert (opt.type, opt.lr, opt.weight_decay, tuple(opt.betas)) == ("adamw", 2e-4, 1e-4, (0.9, 0.999))
+    assert (opt.type, opt.lr, opt.weight_decay) == ("adamw", 2e-4, 1e-4)
+    assert tuple(opt.betas) == (0.9, 0.999)
     assert (sched.type, sched.warmup_epochs, sched.min_lr) == ("warmup_cosine", 0, 1e-6)
-    assert (train.grad_clip, train.batch_size, train.patch_size, train.iterations) == (1.0, 4, 256, 300000)
+    assert (train.grad_clip, train.batch_size, train.patch_size) == (1.0, 4, 256)
+    assert train.iterations == 300000

@@ -3,12 +3,13 @@ scaffold): Triton (interpreter) vs reference, forward and every grad, and the bl
 
 Tolerances as tests/kernels/test_layernorm.py: float32 atol=rtol=1e-4 (kutil.assert_close).
 """
+
 import pytest
 import torch
 
 import irblocks
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
-from tests.kernels.kutil import SMALL_SHAPES, LAYOUTS, assert_close, both_paths, cases, grads, make
+from tests.kernels.kutil import LAYOUTS, SMALL_SHAPES, assert_close, both_paths, cases, grads, make
 
 C = 6  # not a power of two: exercises the channel mask
 
@@ -44,9 +45,15 @@ def test_triton_matches_reference(triton_interp, shape, layout):
 
 
 def test_gradcheck_reference_float64():
-    x = torch.randn(2, 3, 2, 3, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = (
+        torch.randn(2, 3, 2, 3, dtype=torch.float64)
+        .to(memory_format=torch.channels_last)
+        .requires_grad_()
+    )
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: channel_layer_norm_reference(x, w, None, 1e-6, True), (x, w))
+    assert torch.autograd.gradcheck(
+        lambda x, w: channel_layer_norm_reference(x, w, None, 1e-6, True), (x, w)
+    )
 
 
 def test_center_false_with_bias_is_refused():
@@ -69,5 +76,6 @@ def test_block_centered_variant_through_both_paths_and_official(triton_interp, m
 
 def test_centered_variant_from_a_recipe_spec():
     from irblocks.registry import build
+
     norm = build({"type": "layernorm", "variant": "centered", "eps": 1.0e-6}, "block", dim=4)
     assert norm.variant == "centered" and norm.bias is None and norm.eps == 1e-6

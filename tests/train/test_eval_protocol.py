@@ -1,6 +1,7 @@
 """irblocks eval's protocol: whole images by default, the papers' centre crop to a multiple of
 16 as an option and as the default of the recipes whose paper uses it, both settings in the
 JSON and the table, one line when a whole image does not fit in memory."""
+
 import json
 
 import pytest
@@ -10,7 +11,13 @@ from torch import nn
 
 import irblocks
 from irblocks.cli import main
-from irblocks.train.evaluate import EvalError, crop_to_multiple, evaluate, format_table, recipe_crop_multiple
+from irblocks.train.evaluate import (
+    EvalError,
+    crop_to_multiple,
+    evaluate,
+    format_table,
+    recipe_crop_multiple,
+)
 
 from ._util import paired_folder, tiny_recipe
 
@@ -77,30 +84,42 @@ def test_crop_multiple_recorded_in_json_and_table():
     assert res["convention"]["crop_multiple"] == 16 and res["convention"]["tile"] is None
     assert "protocol: whole image, centre-cropped to a multiple of 16" in format_table(res)
     assert "protocol: tiled 16x16 (overlap 4), no crop" in format_table(
-        evaluate(m, {"t": Pairs((x, y))}, tile=16, overlap=4))
+        evaluate(m, {"t": Pairs((x, y))}, tile=16, overlap=4)
+    )
 
 
 def test_out_of_memory_is_one_line_suggesting_tiles():
     class Oom(nn.Module):
         def forward(self, x):
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+            )
 
-    with pytest.raises(EvalError, match=r"image 0 \(40x48\) does not fit in memory whole; pass --tile 512"):
+    with pytest.raises(
+        EvalError, match=r"image 0 \(40x48\) does not fit in memory whole; pass --tile 512"
+    ):
         evaluate(Oom(), {"t": Pairs(_pair(40, 48))})
 
 
 def test_recipes_state_their_papers_protocol():
-    assert {n: recipe_crop_multiple(irblocks.resolve_recipe(n).data) for n in
-            ("restormer", "promptir", "anyir", "anyir-tiny", "clearair")} == \
-        {"restormer": 1, "promptir": 16, "anyir": 16, "anyir-tiny": 16, "clearair": 16}
+    assert {
+        n: recipe_crop_multiple(irblocks.resolve_recipe(n).data)
+        for n in ("restormer", "promptir", "anyir", "anyir-tiny", "clearair")
+    } == {"restormer": 1, "promptir": 16, "anyir": 16, "anyir-tiny": 16, "clearair": 16}
     from irblocks.train.config import validate_sections
+
     assert validate_sections({"eval": {"crop_multiple": 0}})[0].startswith("eval.crop_multiple")
     assert "unknown key" in validate_sections({"eval": {"crop_multple": 16}})[0]
 
 
-@pytest.mark.parametrize("recipe_eval,flag,want", [({"crop_multiple": 16}, [], 16),
-                                                    ({"crop_multiple": 16}, ["--crop-multiple", "1"], 1),
-                                                    (None, [], 1)])
+@pytest.mark.parametrize(
+    "recipe_eval,flag,want",
+    [
+        ({"crop_multiple": 16}, [], 16),
+        ({"crop_multiple": 16}, ["--crop-multiple", "1"], 1),
+        (None, [], 1),
+    ],
+)
 def test_cli_eval_uses_the_recipes_protocol(tmp_path, capsys, recipe_eval, flag, want):
     rec = tiny_recipe(**({"eval": recipe_eval} if recipe_eval else {}))
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
@@ -108,8 +127,13 @@ def test_cli_eval_uses_the_recipes_protocol(tmp_path, capsys, recipe_eval, flag,
     ck = irblocks.save(model, tmp_path / "m.safetensors")
     paired_folder(tmp_path / "data" / "denoise", n=1, h=37, w=50)
     js = tmp_path / "e.json"
-    assert main(["eval", str(ck), "--data", str(tmp_path / "data"), "--json", str(js), "--quiet", *flag]) == 0
+    assert (
+        main(
+            ["eval", str(ck), "--data", str(tmp_path / "data"), "--json", str(js), "--quiet", *flag]
+        )
+        == 0
+    )
     conv = json.loads(js.read_text())["convention"]
     assert conv["crop_multiple"] == want and conv["tile"] is None
-    assert f"protocol: whole image, {'centre-cropped to a multiple of 16' if want == 16 else 'no crop'}" \
-        in capsys.readouterr().out
+    crop = "centre-cropped to a multiple of 16" if want == 16 else "no crop"
+    assert f"protocol: whole image, {crop}" in capsys.readouterr().out

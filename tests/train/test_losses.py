@@ -186,8 +186,8 @@ def _degradations(t, g):
     noisy = (t + 0.1 * torch.randn(t.shape, generator=g, dtype=t.dtype)).clamp(0, 1)
     blurred = F.avg_pool2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
     one_channel = t.clone()
-    one_channel[:, :1] = (one_channel[:, :1] + 0.3 * torch.randn(one_channel[:, :1].shape, generator=g,
-                                                                  dtype=t.dtype)).clamp(0, 1)
+    noise = 0.3 * torch.randn(one_channel[:, :1].shape, generator=g, dtype=t.dtype)
+    one_channel[:, :1] = (one_channel[:, :1] + noise).clamp(0, 1)
     return {"noise": noisy, "blur": blurred, "one channel": one_channel}
 
 
