@@ -18,7 +18,8 @@ checkpoint, so the log always reaches the step a run resumes from.
 
 TensorBoard (``tensorboard=True``; ``pip install 'irblocks[tensorboard]'``): the same
 scalars under ``train/<name>`` and ``eval/<name>`` plus sample images (input | output |
-target), in ``<run>/tensorboard``.
+target: the last training batch's first crop at every checkpoint, ``eval/<task>`` the
+first image of each task at every evaluation), in ``<run>/tensorboard``.
 """
 
 from __future__ import annotations

@@ -384,6 +384,14 @@ class Trainer:
         # evaluation never moves the training's random streams (resume stays bit-identical)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             res = evaluate(model, self.eval_data, tile=None, device=self.device, limit=self.eval_limit)
+            if self.log.tb is not None:            # one restored sample per task
+                for task, ds in self.eval_data.items():
+                    item = ds[0]
+                    x = item["input"].unsqueeze(0).to(self.device)
+                    with torch.no_grad():
+                        pred = model_output(model(x)).float().clamp(0, 1)
+                    panels = hstack([x[0], pred[0], item["target"]])
+                    self.log.add_images(self.step, f"eval/{task}", panels)
         random.setstate(py_state)
         model.train(was)
         self.log.add_eval(self.step, res)

@@ -86,9 +86,9 @@ def test_log_records_match_history_and_resume_cuts_back(tmp_path, data):
 def test_tensorboard_scalars_and_images(tmp_path, data):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    Trainer(
-        _recipe(), data, out_dir=tmp_path, steps=2, log_every=1, progress=False, tensorboard=True
-    ).fit()
+    ev = {"noise": SyntheticDataset([torch.rand(3, 24, 28)], "gaussian_noise:sigma=25", seed=2)}
+    Trainer(_recipe(), data, out_dir=tmp_path, steps=2, log_every=1, progress=False,
+            tensorboard=True, eval_data=ev).fit()
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()
@@ -100,6 +100,10 @@ def test_tensorboard_scalars_and_images(tmp_path, data):
     assert acc.Scalars("train/loss")[1].value == pytest.approx(log[1]["loss"], rel=1e-6)
     img = acc.Images("train/input_output_target")[-1]
     assert img.height == 32 and img.width == 3 * 32 + 2 * 4
+    img = acc.Images("eval/noise")[-1]
+    assert img.height == 24 and img.width == 3 * 28 + 2 * 4 and img.step == 2
+    ev_psnr = [r for r in read_log(tmp_path) if r["kind"] == "eval"][-1]["psnr"]
+    assert acc.Scalars("eval/psnr")[0].value == pytest.approx(ev_psnr, rel=1e-6)
 
 
 def test_missing_extra_is_one_line(monkeypatch):
