@@ -117,8 +117,21 @@ for name in {sorted(files)!r}:
 # the same shapes as --set values
 call("set_bomb", lambda: R.parse_yaml(open("bomb.yaml").read(), "--set", "model.width"))
 call("set_deep", lambda: R.parse_yaml("[" * 100000, "--set", "model.width"))
+# `irblocks check` (the issue's RecursionError printed thousands of traceback lines)
+import contextlib, io
+from irblocks.cli import main
+for name in ("bomb.yaml", "deep_dash.yaml"):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["check", name])
+    out["check " + name] = [rc, err.getvalue()]
 print(json.dumps(out))
 """, tmp_path)
+    for name, needle in (("bomb.yaml", "expand to more than"), ("deep_dash.yaml", "nested deeper")):
+        rc, err = res["check " + name]        # the problem's line (+ check's count line)
+        lines = err.strip().splitlines()
+        assert rc == 1 and lines[0].startswith(f"{name}:") and needle in lines[0], err
+        assert len(lines) <= 2 and "Traceback" not in err, err
     expect = {"bomb.yaml": "expand to more than", "merge_bomb.yaml": "expand to more than",
               "map_bomb.yaml": "expand to more than", "recursive.yaml": "recursive YAML alias",
               "deep_flow.yaml": "nested deeper than", "deep_map.yaml": "nested deeper than",
