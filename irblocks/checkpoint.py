@@ -132,9 +132,10 @@ def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, 
 def read_recipe(path: str | os.PathLike) -> dict:
     """The resolved recipe stored in an irblocks checkpoint (metadata ``irblocks.recipe``).
 
-    A file that is not safetensors, metadata that is not JSON, JSON nested deeper than
-    :data:`MAX_RECIPE_DEPTH` or not a mapping: one :class:`CheckpointError` naming the
-    file and the metadata key. Nothing is unpickled or evaluated.
+    A file that is not safetensors, metadata longer than the recipe loader's 1 MiB or not
+    JSON, JSON nested deeper than :data:`MAX_RECIPE_DEPTH` or not a mapping: one
+    :class:`CheckpointError` naming the file and the metadata key. Nothing is unpickled
+    or evaluated.
     """
     path = as_path(path, "read_recipe")
     meta = _metadata(path)
@@ -142,6 +143,10 @@ def read_recipe(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: safetensors file without an irblocks recipe in its metadata "
                               "(convert official checkpoints with `irblocks convert`)")
     bad = f"{path}: metadata {RECIPE_KEY!r}"
+    from irblocks.registry.recipe import MAX_RECIPE_BYTES
+    if len(meta[RECIPE_KEY]) > MAX_RECIPE_BYTES:
+        raise CheckpointError(f"{bad} is {len(meta[RECIPE_KEY])} characters; recipes are at most "
+                              f"{MAX_RECIPE_BYTES} (refused unread)")
     try:
         rec = json.loads(meta[RECIPE_KEY])
     except RecursionError:

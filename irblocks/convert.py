@@ -244,6 +244,22 @@ def _promptir(state_dict: dict, config: dict | None) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- files
+def _check_torch_zip(path: Path) -> None:
+    """torch.save writes its zip entries uncompressed; a compressed entry could inflate far
+    beyond the file's size (a zip bomb), so it is refused before torch.load reads it."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            packed = [i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch zip checkpoint ({e})") from None
+    if packed:
+        raise CheckpointError(f"{path}: refused: compressed zip entries ({packed[0]}); torch.save "
+                              "never compresses, so this is not a plain torch checkpoint")
+
+
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official checkpoint: ``.safetensors``, or a torch file loaded with
     ``weights_only=True`` (Lightning's ``state_dict``/``params`` wrappers and
@@ -257,6 +273,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         sd = read_tensors(path)
     else:
+        _check_torch_zip(path)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:

@@ -323,6 +323,25 @@ def test_broken_safetensors_name_the_file(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_compressed_torch_zip_refused_before_loading(tmp_path):
+    """Own case: torch.save never compresses its zip entries; a compressed (possibly
+    zip-bomb) entry is refused before torch.load inflates anything."""
+    import zipfile
+
+    from irblocks.convert import load_official_checkpoint
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.zeros(4)}, plain)
+    assert set(load_official_checkpoint(plain)) == {"w"}
+    packed = tmp_path / "packed.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError) as ei:
+        load_official_checkpoint(packed)
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{packed}: refused: compressed zip entries")
+
+
 def test_shape_mismatches_listed_in_one_error(tmp_path):
     """Issue example: one tensor of the wrong shape gave torch's multi-line size-mismatch
     RuntimeError; own: several tensors, and the converters' strict loader."""
@@ -359,6 +378,7 @@ def test_shape_mismatches_listed_in_one_error(tmp_path):
 
 @pytest.mark.parametrize("payload,needle", [
     ("{not json", "is not valid JSON"),                                     # issue example
+    ('{"model": "' + "x" * (MAX_BYTES + 1) + '"}', "refused unread"),
     ("[" * 100_000 + "]" * 100_000, "nested"),                             # issue example
     ("[[1]]", "expected a JSON object"),
     ('{"model": ' + "[" * 200 + "]" * 200 + "}", "nested deeper than"),
