@@ -10,7 +10,9 @@ The table lists the model's stages in the order a forward runs them
 its output map (C x H x W), parameters, *idle* parameters (experts that a
 routed block holds but a forward does not run), GMACs and share of the total;
 below each stage, the blocks inside it that carry at least 0.5% of the model's
-GMACs or parameters (the rest folded into one ``(N more)`` line); then the same
+GMACs or parameters (the rest folded into one ``(N more)`` line). A module that
+blocks call from inside (a ``shared`` one) keeps its parameters in its own row and
+its GMACs in its callers' rows, so every column sums to the total. Then the same
 totals grouped by block type (WaveletBlock, ClusterMoE, Upsample, ...), which is
 what a reader checks against a paper's budget.
 """
@@ -84,22 +86,35 @@ def idle_parameters(module: nn.Module) -> tuple[int, str]:
 def count_flops(model: nn.Module, size=(224, 224), batch: int = 1,
                 in_channels: int | None = None) -> tuple[int, dict]:
     """Total FLOPs and FLOPs per module path of one eval forward on a meta input."""
-    total, per, _, _ = _trace(model, size, batch, in_channels)
+    total, per, *_ = _trace(model, size, batch, in_channels)
     return total, per
 
 
 def _trace(model: nn.Module, size, batch: int = 1, in_channels: int | None = None):
-    """One eval forward on meta: total FLOPs, FLOPs per path, call order and output shapes."""
+    """One eval forward on meta: total FLOPs, FLOPs per path, call order, output shapes, and
+    ``nested``: top-level units (see :func:`_units`) called while another one runs (modules
+    ``shared`` by blocks), mapped to that caller."""
     in_channels = in_channels or getattr(model, "in_channels", 3)
     x = torch.empty(batch, in_channels, *size, device="meta")
     order: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     names = {id(m): n for n, m in model.named_modules()}
+    top = {id(m) for _, m in _units(model, "")}
+    running: list[str] = []
+    nested: dict[str, str] = {}
+
+    def pre(mod, args):
+        n = names[id(mod)]
+        if running:
+            nested.setdefault(n, running[0])
+        running.append(n)
 
     def hook(mod, args, out):
         n = names.get(id(mod))
         if n is None:
             return
+        if id(mod) in top:
+            running.pop()
         if n not in shapes:
             order.append(n)
         if isinstance(out, torch.Tensor) and out.dim() == 4:
@@ -108,6 +123,7 @@ def _trace(model: nn.Module, size, batch: int = 1, in_channels: int | None = Non
             shapes.setdefault(n, None)
 
     handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n]
+    handles += [m.register_forward_pre_hook(pre) for n, m in model.named_modules() if id(m) in top]
     was = model.training
     model.eval()
     try:
@@ -118,7 +134,7 @@ def _trace(model: nn.Module, size, batch: int = 1, in_channels: int | None = Non
         for h in handles:
             h.remove()
     per = {k: sum(ops.values()) for k, ops in fc.get_flop_counts().items()}
-    return fc.get_total_flops(), per, order, shapes
+    return fc.get_total_flops(), per, order, shapes, nested
 
 
 def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
@@ -157,7 +173,7 @@ def summarize(model_or_recipe, size=(224, 224), name: str | None = None) -> Summ
             meta_model = copy.deepcopy(model).to("meta")
     else:
         meta_model = model
-    total, per, order, shapes = _trace(meta_model, size)
+    total, per, order, shapes, nested = _trace(meta_model, size)
     root = type(meta_model).__name__
     rank = {n: i for i, n in enumerate(order)}
 
@@ -190,6 +206,11 @@ def summarize(model_or_recipe, size=(224, 224), name: str | None = None) -> Summ
         if not (r.params or r.flops):
             continue
         rows.append(r)
+        if path in nested:          # a shared module: its MACs are counted in its caller's row
+            r.note = (f"shared, runs inside its callers (first {nested[path]}), whose rows count "
+                      f"its {r.flops / 2e9:.3f} GMACs" + (f"; {r.note}" if r.note else ""))
+            r.flops = 0
+            continue
         subs = [row(p, m, 1) for p, m in in_order(_units(mod, path))]
         subs = [s for s in subs if s.params or s.flops]
         one_block = len(subs) == 1 and isinstance(getattr(mod, "blocks", None), nn.ModuleList)
