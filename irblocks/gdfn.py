@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irblocks.dwconv import depthwise_conv2d
 from irblocks.registry import Context, register
 from irblocks.kernels._dispatch import select
 from irblocks.kernels.gdfn_gate import gelu_gate
@@ -42,8 +43,7 @@ class GDFN(nn.Module):
     def _half(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         pi, dw = self.project_in, self.dwconv
         y = F.conv2d(x, pi.weight[part], None if pi.bias is None else pi.bias[part])
-        return F.conv2d(y, dw.weight[part], None if dw.bias is None else dw.bias[part], padding=1,
-                        groups=self.hidden)
+        return depthwise_conv2d(y, dw.weight[part], None if dw.bias is None else dw.bias[part])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.execution == "official":

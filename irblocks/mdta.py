@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irblocks.dwconv import depthwise_conv2d
 from irblocks.registry import Context, register
 from irblocks.kernels.mdta import channel_attention
 
@@ -37,13 +38,15 @@ class MDTA(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias) if project else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
         if self.execution == "official":
+            q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
             b, c, h, w = q.shape
             q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
             out = (attn @ v).reshape(b, c, h, w)
         else:
+            dw = self.qkv_dwconv
+            q, k, v = depthwise_conv2d(self.qkv(x), dw.weight, dw.bias).chunk(3, dim=1)
             out = channel_attention(q, k, v, self.temperature, self.heads)
         return self.project_out(out) if self.project_out is not None else out

@@ -10,7 +10,7 @@ from irblocks.errors import check_feature
 from irblocks.registry import BlockSpec, Context, build, register
 from irblocks.transformer_block import TransformerBlock
 
-from .skip_split import skip_split
+from .skip_split import skip_split, skip_split_dense
 
 __all__ = ["DegradationAdaptation", "degradation_adaptation_block"]
 
@@ -60,12 +60,12 @@ class DegradationAdaptation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature(x, self.dim, "degradation_adaptation input")
-        x_att, x_gate = skip_split(x, self.split)
         if self.execution == "fast" and x.is_contiguous(memory_format=torch.channels_last) \
                 and not x.is_contiguous():
             # one copy each: the paths' element-wise ops and convs run much faster on dense input
-            x_att = x_att.contiguous(memory_format=torch.channels_last)
-            x_gate = x_gate.contiguous(memory_format=torch.channels_last)
+            x_att, x_gate = skip_split_dense(x, self.split)
+        else:
+            x_att, x_gate = skip_split(x, self.split)
         return self.fusion(self.attn(x_att), self.gate(x_gate))
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ from torch import nn
 
 from irblocks.errors import InputError, check_feature
 from irblocks.kernels.gated_da_stats import gated_da_modulate, gated_da_modulate_naive
+from irblocks.dwconv import depthwise_conv2d
 from irblocks.norm import ChannelLayerNorm
 from irblocks.registry import Context, register
 
@@ -102,7 +103,8 @@ class GatedDegradationAdaptation(nn.Module):
         ends = (self.splits[0], self.splits[0] + self.splits[1], w.shape[0])
         gamma, beta, alpha = (F.conv2d(f, w[s:e], None if bias is None else bias[s:e])
                               for s, e in zip((0,) + ends[:2], ends))
-        alpha = gated_da_modulate(f, self.w_depth(alpha), self.tau, self.eps)
+        alpha = gated_da_modulate(f, depthwise_conv2d(alpha, self.w_depth.weight, self.w_depth.bias),
+                                  self.tau, self.eps)
         gated = torch.addcmul(x, torch.sigmoid(gamma), self.w_gate(torch.cat([beta, alpha], dim=1)))
         return self.w_proj(gated)
 

@@ -3,7 +3,9 @@
 AnyIR's Degradation Adaptation Block feeds the even channels ``x[:, 0::2]`` to
 its attention path and the odd channels ``x[:, 1::2]`` to its gated path
 ("interleaved", as released). ``"contiguous"`` takes the first and second half
-instead (for ablations). Both return views (no copies).
+instead (for ablations). Both return views (no copies); :func:`skip_split_dense` returns
+dense copies (what the paths' convolutions and element-wise ops run fastest on) whose
+backward writes the input gradient in one pass.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 from irblocks.errors import check_feature
 from irblocks.registry import Context, register
 
-__all__ = ["SkipSplit", "skip_split", "skip_merge", "SPLIT_MODES"]
+__all__ = ["SkipSplit", "skip_split", "skip_split_dense", "skip_merge", "SPLIT_MODES"]
 
 SPLIT_MODES = ("interleaved", "contiguous")
 
@@ -35,6 +37,55 @@ def skip_split(x: torch.Tensor, mode: str = "interleaved") -> tuple[torch.Tensor
     if mode == "interleaved":
         return x[:, 0::2], x[:, 1::2]
     return x[:, : c // 2], x[:, c // 2:]
+
+
+class _DenseSplit(torch.autograd.Function):
+    """skip_split + a dense copy of each half; backward = skip_merge of the two gradients
+    (one write of the input gradient instead of two zero-filled slice gradients summed)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = _format(x)
+        a, b = skip_split(x, mode)
+        return a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mode, ctx.fmt = inputs[1], _format(inputs[0])
+
+    @staticmethod
+    def backward(ctx, da: torch.Tensor | None, db: torch.Tensor | None):
+        if da is None:
+            da = torch.zeros_like(db)
+        if db is None:
+            db = torch.zeros_like(da)
+        if ctx.mode == "interleaved" and ctx.fmt == torch.channels_last:
+            # B H W C' views of the two gradients -> B H W C' 2 -> channels_last B C H W
+            n, c, h, w = da.shape
+            dx = torch.stack([da.permute(0, 2, 3, 1), db.permute(0, 2, 3, 1)], dim=-1)
+            return dx.view(n, h, w, 2 * c).permute(0, 3, 1, 2), None
+        return skip_merge(da, db, ctx.mode).contiguous(memory_format=ctx.fmt), None
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def skip_split_dense(x: torch.Tensor,
+                     mode: str = "interleaved") -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`skip_split` but returns dense copies in x's memory format (channels_last
+    in, channels_last out); the input gradient is written in one pass."""
+    _check_mode(mode, "skip_split")
+    if x.shape[1] % 2:
+        raise ValueError(f"skip_split: needs an even channel count, got C={x.shape[1]}")
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        fmt = _format(x)
+        return tuple(t.contiguous(memory_format=fmt) for t in skip_split(x, mode))
+    return _DenseSplit.apply(x, mode)
 
 
 def skip_merge(a: torch.Tensor, b: torch.Tensor, mode: str = "interleaved") -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Depthwise 3x3 / 7x7 convolution with a faster CPU backward (same values as ``F.conv2d``).
+
+The gradient of a stride-1 depthwise convolution with "same" padding (odd k, padding k // 2)
+with respect to its input is the same depthwise convolution of the output gradient with the
+spatially flipped kernel. On CPU, oneDNN's forward depthwise convolution in channels_last is
+2-5x faster than its backward-data pass (measured on 2 x 112 x 128 x 128 and 2 x 19 x 128 x 128,
+3x3 and 7x7), so :func:`depthwise_conv2d` computes ``dx`` as that forward convolution and only
+the weight gradient with ATen's ``convolution_backward``. Forward, saved tensors (input and
+weight) and values are those of ``F.conv2d``; gradients agree to float rounding.
+
+Used by the ``"fast"`` execution of GDFN, MDTA and GatedDA on CPU tensors; other devices and
+other convolution shapes call ``F.conv2d`` directly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["depthwise_conv2d"]
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    generate_vmap_rule = True      # works under torch.func.vmap (ClusIR's experts)
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                padding: int) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, padding = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        c, p = weight.shape[0], ctx.padding
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = F.conv2d(dy, weight.flip(-2, -1), padding=p, groups=c)
+        if ctx.needs_input_grad[1]:
+            dw = torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [p, p], [1, 1],
+                                                     False, [0, 0], c, [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2, 3))
+        return dx, dw, db, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     padding: int | None = None) -> torch.Tensor:
+    """Stride-1 depthwise convolution: x (B, C, H, W), weight (C, 1, k, k) with odd k,
+    ``padding`` k // 2 (default) -> (B, C, H, W). Same as
+    ``F.conv2d(x, weight, bias, padding=padding, groups=C)``; on CPU with autograd the input
+    gradient runs as a forward convolution (see the module docstring)."""
+    k = weight.shape[-1]
+    p = k // 2 if padding is None else padding
+    fast = (x.device.type == "cpu" and torch.is_grad_enabled() and weight.shape[1] == 1
+            and weight.shape[-2] == k and k % 2 == 1 and p == k // 2
+            and x.shape[1] == weight.shape[0])
+    if not fast:
+        return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
+    return _DepthwiseConv.apply(x, weight, bias, p)
