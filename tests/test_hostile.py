@@ -447,6 +447,35 @@ def test_restore_truncated_input_leaves_no_output(tmp_path):
     assert not out.exists()
 
 
+def _png_header_only(path: Path, w: int, h: int) -> Path:
+    """A PNG whose header claims w x h pixels (a decompression bomb's header), no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_restore_decompression_bomb_refused(tmp_path):
+    """Own case: a 100-byte PNG claiming 60000 x 60000 pixels is refused from its header."""
+    from irblocks.train.imageio import ImageError
+    from irblocks.train.restore import restore_files
+    src = tmp_path / "in"
+    _png(src / "a.png")
+    _png_header_only(src / "bomb.png", 60000, 60000)
+    out = tmp_path / "out"
+    with pytest.raises(ImageError) as ei:
+        restore_files(_FailsOn(-1), [str(src)], str(out), tile=None, progress=False)
+    msg = one_line(ei.value)
+    assert "bomb.png" in msg and "exceeds limit" in msg
+    assert not out.exists()
+
+
 def test_restore_failure_midway_leaves_no_output(tmp_path):
     """Own cases: the model fails on the second image; outputs that already existed stay
     as they were, folders the run created are removed, no staging folder is left."""
@@ -564,7 +593,8 @@ def test_degradation_spec_values_use_the_bounded_parser(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_degradation("gaussian_noise:sigma=25") == {"type": "gaussian_noise", "sigma": 25}
     with pytest.raises(RecipeError) as ei:
-        parse_degradation(f"gaussian_noise:sigma=!!python/object/apply:os.system ['touch {MARKER}']")
+        parse_degradation("gaussian_noise:sigma=!!python/object/apply:os.system "
+                          f"['touch {MARKER}']")
     assert "sigma: not valid YAML" in one_line(ei.value)
     with pytest.raises(RecipeError, match="nested deeper than"):
         parse_degradation("gaussian_noise:sigma=" + "[" * 1000)
