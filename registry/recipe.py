@@ -255,6 +255,10 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
 
 def _read(path: Path) -> str:
     """A recipe file's text; refused unread past MAX_RECIPE_BYTES, one line if unreadable."""
+    if path.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt", ".bin"):
+        raise RecipeError([Problem(str(path), None, "", "a checkpoint file, not a recipe: load it "
+                                   "with irblocks.load(path) (irblocks checkpoints) or "
+                                   "irblocks.convert.load_official_checkpoint")])
     try:
         size = path.stat().st_size
         if size > MAX_RECIPE_BYTES:

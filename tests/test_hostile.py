@@ -230,6 +230,17 @@ def test_recipe_file_size_and_encoding(tmp_path):
     assert str(bad) in one_line(ei.value)
 
 
+def test_checkpoint_given_as_recipe(tmp_path):
+    """Own case: a checkpoint handed to create_model is named as such (not a decode error)."""
+    p = tmp_path / "m.safetensors"
+    irblocks.checkpoint.save(irblocks.create_model("restormer-tiny"), p)
+    with pytest.raises(RecipeError) as ei:
+        irblocks.create_model(str(p))
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{p}: ") and "a checkpoint file, not a recipe" in msg
+    assert "irblocks.load" in msg
+
+
 def test_aliases_within_budget_still_work(tmp_path):
     """Ordinary anchors/aliases (shared block specs) are fine and keep their lines."""
     p = tmp_path / "shared.yaml"
