@@ -109,8 +109,8 @@ def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, 
     """Write ``model``'s weights + its resolved recipe (atomic: temp file, then rename)."""
     from safetensors.torch import save_file
 
-    from irblocks.api import to_recipe
     import irblocks
+    from irblocks.api import to_recipe
     rec = recipe if recipe is not None else to_recipe(model)
     meta = {"irblocks.recipe": json.dumps(rec), "irblocks.version": irblocks.__version__,
             "format": "pt"}

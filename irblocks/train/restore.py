@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 from irblocks.progress import progress as progress_bar
-from irblocks.train.imageio import IMAGE_EXTS, ImageError, image_size, list_images, read_image, write_image
+from irblocks.train.imageio import (
+    IMAGE_EXTS,
+    ImageError,
+    image_size,
+    list_images,
+    read_image,
+    write_image,
+)
 from irblocks.train.tiling import restore_image
 
 __all__ = ["restore_files", "collect_inputs"]
