@@ -1,6 +1,8 @@
 """ClusIR's Degradation-Aware Frequency Modulation Module (DAFMM), with its PGB-refined prompt."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,11 @@ __all__ = ["DAFMM", "semantic_channels"]
 def semantic_channels(prompt_width: float, width: int) -> int:
     """Channels of a semantic prompt: round(prompt_width * d), at least 1."""
     return max(1, int(round(prompt_width * width)))
+
+
+def _rms(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Root mean square per sample over all other dims, (B, 1, 1, 1), floored at eps."""
+    return t.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(eps * eps).sqrt()
 
 
 class _Fuse(nn.Module):
@@ -44,12 +51,36 @@ class DAFMM(GuidedBlock):
        R = PGB(S) + S.
     2. Haar DWT of x -> LL (C) and LH, HL, HH (3C); odd sizes zero-padded.
     3. FSB on LL -> low part L, high part Hf = LL - L.
-    4. Low-frequency modulation: F = rfft2(L); amplitude |F| and phase arg F
-       each += conv1x1-LeakyReLU-conv1x1 of concat(them, R resized to the
-       spectrum grid h x (w/2 + 1)); L' = irfft2(amp' e^{i pha'}).
+    4. Low-frequency modulation: F = rfft2(L) (orthonormal), amplitude A = |F|, phase
+       Phi = arg F; R resized to the spectrum grid h x (w/2 + 1) -> R_f. With the
+       default ``amplitude="normalized"``: s = RMS(A) per sample, R_f <- R_f / RMS(R_f),
+       A' = A + s * fuse_A(A / s, R_f); Phi' = Phi + fuse_Phi(Phi, R_f), each fuse =
+       conv1x1-LeakyReLU-conv1x1 of the channel concat; L' = irfft2(A' e^{i Phi'}).
     5. High-frequency modulation: concat(Hf, LH, HL, HH) (4C) times a per-channel
        gate 2 * sigmoid(Linear(GAP(R))) (the gate Linear starts at zero: gate = 1).
     6. IDWT(concat(L' + Hf', LH', HL', HH')) cropped to H x W; out = x + conv1x1(.).
+
+    Scale (issue 14; the paper says only "FFT -> amplitude and phase; each fused with
+    the prompt by concatenation and convolution"). The first build fused the raw
+    amplitude of torch's default unnormalised FFT: F(0) is the *sum* over the h x w
+    pixels, so the values the fusion convs saw grew with the input size (~4e3 at decoder
+    level 0 of a 48x48 crop) and clusir-tiny diverged at Adam lr 1e-3. Two choices fix
+    the scale, each a constructor argument:
+
+    * ``fft_norm="ortho"``: the unitary DFT (1/sqrt(h*w) both ways). By Parseval the
+      spectrum has the feature map's energy, and for a stationary map |F(omega)|^2
+      estimates its power spectral density, independent of h x w (only the DC bin,
+      sqrt(h*w) x mean, still grows). ``"backward"`` (torch's default) and ``"forward"``
+      are accepted.
+    * ``amplitude="normalized"``: the amplitude enters the fusion divided by its RMS and
+      the prompt at unit RMS; the fused update is scaled back by s, i.e. the paper's
+      "amplitude + conv(concat(amplitude, prompt))" carried out in units of the
+      spectrum's own RMS (a LayerNorm of the spectrum). Without it (``"raw"``), even with
+      the orthonormal FFT, the refined prompt R grew without bound during training
+      (RMS 0.2 -> 5.5 in 30 steps of the tiny recipe) while the amplitude stayed ~0.3,
+      and the loss turned upward; normalised, both inputs stay at unit RMS and the
+      contribution of the block is invariant to the input size, to the feature scale
+      and to the prompt scale. The phase is in [-pi, pi] and needs no normalisation.
 
     Choices where the paper is silent: the residual refinement R = PGB(S) + S;
     resizing R onto the rfft grid for the amplitude/phase fusion; the 2-layer
@@ -60,7 +91,9 @@ class DAFMM(GuidedBlock):
     Args: dim, level, width (context); prompt_width: semantic prompt channels as
         a multiple of d (per level; must match the fusion's ``semantic_width``);
         prompt_length, prompt_size: PGB bank (PromptIR: 5 x {64, 32, 16}^2);
-        kernel_size, groups: FSB; wave: wavelet; bias; semantic_key.
+        kernel_size, groups: FSB; wave: wavelet; bias; fft_norm: ``"ortho"`` (default),
+        ``"backward"`` or ``"forward"``; amplitude: ``"normalized"`` (default) or ``"raw"``
+        (the first build, with ``fft_norm="backward"``); semantic_key.
 
     Shapes: (B, dim, H, W) -> (B, dim, H, W), any H x W.
     """
@@ -68,10 +101,18 @@ class DAFMM(GuidedBlock):
     def __init__(self, dim: Context[int], level: Context[int] = 0, width: Context[int] = 0,
                  prompt_width: float = 1.0, prompt_length: int = 5, prompt_size: int = 16,
                  kernel_size: int = 3, groups: int = 4, wave: str = "haar", bias: bool = False,
+                 fft_norm: Literal["ortho", "backward", "forward"] = "ortho",
+                 amplitude: Literal["normalized", "raw"] = "normalized",
                  semantic_key: str = "prompt.sem{level}"):
         super().__init__()
         if prompt_width <= 0:
             raise ValueError(f"dafmm: prompt_width must be > 0, got {prompt_width}")
+        if fft_norm not in ("ortho", "backward", "forward"):
+            raise ValueError(f"dafmm: fft_norm must be 'ortho', 'backward' or 'forward', "
+                             f"got {fft_norm!r}")
+        if amplitude not in ("normalized", "raw"):
+            raise ValueError(f"dafmm: amplitude must be 'normalized' or 'raw', got {amplitude!r}")
+        self.fft_norm, self.amplitude = fft_norm, amplitude
         p = semantic_channels(prompt_width, width or dim)
         self.dim, self.level, self.prompt_channels = dim, level, p
         self.semantic_key = semantic_key.format(level=level)
@@ -107,12 +148,17 @@ class DAFMM(GuidedBlock):
         r = self.prompt(guidance.get(self.semantic_key), (hh, ww))
 
         low, high = self.fsb.decompose(ll)
-        spec = torch.fft.rfft2(low.float(), norm="backward")
+        spec = torch.fft.rfft2(low.float(), norm=self.fft_norm)
         amp, pha = spec.abs(), spec.angle()
         rf = F.interpolate(r.float(), size=amp.shape[-2:], mode="bilinear", align_corners=False)
-        amp = amp + self.amp(amp, rf)
+        if self.amplitude == "normalized":
+            scale = _rms(amp)                                  # B, 1, 1, 1
+            rf = rf / _rms(rf)
+            amp = amp + scale * self.amp(amp / scale, rf)
+        else:
+            amp = amp + self.amp(amp, rf)
         pha = pha + self.pha(pha, rf)
-        low = torch.fft.irfft2(torch.polar(amp, pha), s=(hh, ww), norm="backward").to(x.dtype)
+        low = torch.fft.irfft2(torch.polar(amp, pha), s=(hh, ww), norm=self.fft_norm).to(x.dtype)
 
         gate = 2 * torch.sigmoid(self.gate(r.mean(dim=(-2, -1))))                  # B, 4C
         g0, g1 = gate[:, :c, None, None], gate[:, c:, None, None]
@@ -120,4 +166,5 @@ class DAFMM(GuidedBlock):
         return x + self.proj(out)
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, level={self.level}, prompt_channels={self.prompt_channels}"
+        return (f"{self.dim}, level={self.level}, prompt_channels={self.prompt_channels}, "
+                f"fft_norm={self.fft_norm!r}, amplitude={self.amplitude!r}")

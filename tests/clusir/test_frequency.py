@@ -77,3 +77,47 @@ def test_blocks_accept_other_wavelets():
     assert WaveAttention(8, heads=2, sr=2, wave="db2").eval()(x).shape == x.shape
     blk = DAFMM(8, level=0, width=8, prompt_width=1.0, prompt_size=4, wave="sym2").eval()
     assert blk(x, Guidance({"prompt.sem0": torch.randn(1, 8, 2, 2)})).shape == x.shape
+
+
+def _dafmm_scales(hw, **kw):
+    """RMS and max of the amplitude the fusion convs see, and RMS of DAFMM's contribution
+    out - x, on an hw x hw map of fixed statistics (per-channel mean + white texture)."""
+    from irblocks.clusir import DAFMM
+    from irblocks.guidance import Guidance
+    torch.manual_seed(0)
+    blk = DAFMM(16, level=0, width=16, prompt_width=1.0, prompt_size=4, prompt_length=3,
+                bias=True, **kw).eval()
+    seen = {}
+    blk.amp.register_forward_pre_hook(lambda mod, args: seen.__setitem__("amp", args[0]))
+    g = torch.Generator().manual_seed(5)
+    x = 0.5 + torch.randn(2, 16, 1, 1, generator=g) + 0.5 * torch.randn(2, 16, hw, hw, generator=g)
+    s = torch.randn(2, 16, 4, 4, generator=g)
+    with torch.no_grad():
+        y = blk(x, Guidance({"prompt.sem0": s}))
+    rms = lambda t: t.pow(2).mean().sqrt().item()   # noqa: E731
+    return rms(seen["amp"]), seen["amp"].abs().max().item(), rms(y - x)
+
+
+def test_dafmm_frequency_path_is_scale_invariant_to_input_size():
+    """Issue 14.2: the same statistics at 32x32 and 128x128 give fusion inputs and outputs of
+    the same size. The first build (unnormalised FFT, raw amplitude) grew the amplitude with
+    H x W (RMS x4, max x16 here) and made clusir-tiny diverge."""
+    small, big = _dafmm_scales(32), _dafmm_scales(128)
+    assert 0.8 < big[0] / small[0] < 1.25, (small, big)       # amplitude RMS seen by the convs
+    assert big[1] / small[1] < 4.5, (small, big)              # its max = DC bin
+    assert 0.8 < big[2] / small[2] < 1.25, (small, big)       # DAFMM's contribution
+    old = {"fft_norm": "backward", "amplitude": "raw"}
+    old_small, old_big = _dafmm_scales(32, **old), _dafmm_scales(128, **old)
+    assert old_big[0] / old_small[0] > 3 and old_big[1] / old_small[1] > 10   # the test can fail
+    ortho_raw_small, ortho_raw_big = (_dafmm_scales(n, amplitude="raw") for n in (32, 128))
+    assert 0.8 < ortho_raw_big[0] / ortho_raw_small[0] < 1.25   # orthonormal FFT alone: RMS kept
+
+
+def test_dafmm_scale_options_are_validated_and_default_to_normalized_ortho():
+    from irblocks.clusir import DAFMM
+    blk = DAFMM(8, width=8)
+    assert (blk.fft_norm, blk.amplitude) == ("ortho", "normalized")
+    with pytest.raises(ValueError, match="fft_norm"):
+        DAFMM(8, width=8, fft_norm="unitary")
+    with pytest.raises(ValueError, match="amplitude"):
+        DAFMM(8, width=8, amplitude="log")
