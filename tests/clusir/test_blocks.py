@@ -1,5 +1,7 @@
 """Every ClusIR block: forward + backward on tiny inputs (odd sizes too), every parameter
 gets a finite gradient (under dense_routing for routed blocks), torch.compile(aot_eager)."""
+import copy
+
 import pytest
 import torch
 
@@ -132,7 +134,10 @@ def test_dafmm_rejects_mismatched_semantic_prompt():
 def test_wiring_rejects_dafmm_without_fusion():
     from irblocks.guidance import GuidanceError
     with pytest.raises((GuidanceError, ValueError), match="prompt.sem"):
-        irblocks.create_model("clusir-tiny", latent_end=None)
+        data = copy.deepcopy(irblocks.resolve_recipe("clusir-tiny").data)
+        data.pop("extends", None)
+        data["model"]["latent_end"] = None       # an override of None now keeps the recipe's value
+        irblocks.create_model(data)
 
 
 def test_batchnorm_train_mode_needs_more_than_one_value_clear_error():
