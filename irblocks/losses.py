@@ -263,15 +263,17 @@ class ICRMLoss(nn.Module):
         crop_scale: side fraction of the weak random crop (0.7).
         jitter: colour-jitter strength (0.4: factors in [0.6, 1.4]).
         blur_kernel, blur_sigma: the strong view's Gaussian blur (5, 1.0).
-        clamp: clamp the prediction to [0, 1] before both views. Off by default, as in
-            the scaffold's ICRM (House-yuyu/ClearAIR src/losses.py): there only the
-            strong view is clamped, by torchvision's colour-jitter rule on float images
-            (each adjustment clamps to [0, 1]); the weak view keeps the raw values. (One
-            revision of the scaffold adds an input clamp; ``clamp=True`` is that.)
+        clamp: clamp the prediction to [0, 1] before both views (default), as the
+            scaffold's current ICRM does (House-yuyu/ClearAIR src/losses.py,
+            ``ICRMConfig.clamp_input = True``, the revision whose views carry gradients).
+            ``clamp=False`` is its first revision: the prediction is not clamped, so only
+            the strong view is, by torchvision's colour-jitter rule on float images (each
+            adjustment clamps to [0, 1]); that revision also computed both views under
+            ``no_grad``, so its ICRM trained nothing.
     """
 
     def __init__(self, crop_scale: float = 0.7, jitter: float = 0.4, blur_kernel: int = 5,
-                 blur_sigma: float = 1.0, clamp: bool = False):
+                 blur_sigma: float = 1.0, clamp: bool = True):
         super().__init__()
         if not 0 < crop_scale <= 1:
             raise ValueError(f"icrm: crop_scale must be in (0, 1], got {crop_scale}")

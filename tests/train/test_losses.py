@@ -169,17 +169,24 @@ def test_losses_compile():
         assert torch.allclose(c(p, t), m(p, t), atol=1e-6)
 
 
-def test_icrm_clamps_only_the_strong_view_by_default():
-    # the scaffold's ICRM: the weak view keeps the prediction's raw values; only the strong
-    # view is clamped (torchvision's colour jitter clamps float images to [0, 1])
+def test_icrm_clamp_as_the_scaffold():
+    # the scaffold's current ICRM clamps the prediction before both views (clamp_input=True);
+    # its first revision (clamp=False) left the weak view raw, only the jitter clamped the strong
     x = torch.rand(2, 3, 20, 20) * 1.6 - 0.3
     torch.manual_seed(7)
     weak, strong = icrm_views(x)
     assert weak.min() < 0 and weak.max() > 1 and 0 <= strong.min() and strong.max() <= 1
     torch.manual_seed(7)
-    assert torch.allclose(ICRMLoss()(x), F.mse_loss(weak, strong))
+    assert torch.allclose(ICRMLoss(clamp=False)(x), F.mse_loss(weak, strong))
     torch.manual_seed(7)
-    assert not torch.allclose(ICRMLoss(clamp=True)(x), F.mse_loss(weak, strong))
+    weak_c, strong_c = icrm_views(x.clamp(0, 1))
+    torch.manual_seed(7)
+    assert torch.allclose(ICRMLoss()(x), F.mse_loss(weak_c, strong_c))
+    assert not torch.allclose(F.mse_loss(weak_c, strong_c), F.mse_loss(weak, strong))
+    # and its views carry gradients (the first revision's no_grad views trained nothing)
+    p = x.clone().requires_grad_()
+    ICRMLoss()(p.sigmoid()).backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
 
 
 def _degradations(t, g):
