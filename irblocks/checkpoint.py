@@ -162,31 +162,49 @@ def read_recipe(path: str | os.PathLike) -> dict:
     return rec
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from the checkpoint's recipe and load its weights (strict).
+def _shapes(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors as meta tensors (shapes from the header; no data read)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise _safetensors_error(path, e) from None
 
-    Every problem is one :class:`CheckpointError` naming the file: not safetensors, a bad
-    embedded recipe (named by its metadata key), missing/unexpected tensors, and every
-    tensor whose shape differs (all listed, with both shapes).
-    """
+
+def _build(rec: dict, path: Path) -> nn.Module:
     from irblocks.api import create_model
     from irblocks.registry import ConfigError, RegistryError
     from irblocks.registry.recipe import RecipeError
-    path = as_path(path, "irblocks.checkpoint.load")
-    rec = read_recipe(path)
     try:
-        model = create_model(rec)
+        return create_model(rec)
     except RecipeError as e:
         msgs = "; ".join(f"{p.path or '<recipe>'}: {p.message}" for p in e.problems[:3])
         more = f" (+{len(e.problems) - 3} more)" if len(e.problems) > 3 else ""
         raise CheckpointError(f"{path}: metadata {RECIPE_KEY!r} is not a valid recipe: "
                               f"{msgs}{more}") from None
-    except (RegistryError, ConfigError) as e:
+    except (RegistryError, ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata {RECIPE_KEY!r} does not build: "
                               f"{' '.join(str(e).split())[:300]}") from None
-    sd = read_tensors(path, map_location)
-    check_state_dict(model.state_dict(), sd, str(path), CheckpointError)
-    model.load_state_dict(sd, strict=True)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from the checkpoint's recipe and load its weights (strict).
+
+    Every problem is one :class:`CheckpointError` naming the file: not safetensors, a bad
+    embedded recipe (named by its metadata key), missing/unexpected tensors, and every
+    tensor whose shape differs (all listed, with both shapes). The recipe's model is
+    first built on the ``meta`` device and checked against the file's header, so a
+    recipe asking for a model larger than the file holds never allocates it.
+    """
+    path = as_path(path, "irblocks.checkpoint.load")
+    rec = read_recipe(path)
+    with torch.device("meta"):
+        skeleton = _build(rec, path)
+    check_state_dict(skeleton.state_dict(), _shapes(path), str(path), CheckpointError)
+    del skeleton
+    model = _build(rec, path)
+    model.load_state_dict(read_tensors(path, map_location), strict=True)
     return model.to(map_location)
 
 

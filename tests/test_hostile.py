@@ -334,6 +334,26 @@ def test_broken_safetensors_name_the_file(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_embedded_recipe_for_a_huge_model_is_never_allocated(tmp_path):
+    """Own case: a small file whose recipe asks for width 65536 (terabytes of weights) is
+    checked on the meta device against the file's header; nothing large is allocated."""
+    m = _tiny()
+    good = irblocks.checkpoint.save(m, tmp_path / "good.safetensors")
+    rec = irblocks.checkpoint.read_recipe(good)
+    rec["model"]["width"] = 65536
+    tensors = {k: v.contiguous() for k, v in m.state_dict().items()}
+    _save_with_meta(tmp_path / "huge.safetensors", tensors,
+                    {"irblocks.recipe": json.dumps(rec), "format": "pt"})
+    res = run_bounded(_HARNESS + """
+import irblocks
+call("huge", lambda: irblocks.load("huge.safetensors"))
+print(json.dumps(out))
+""", tmp_path)
+    etype, msg, seconds, mb = res["huge"]
+    assert etype == "CheckpointError", (etype, msg)
+    assert msg.startswith("huge.safetensors: ") and "tensor shape(s) differ" in one_line(msg)
+
+
 def test_compressed_torch_zip_refused_before_loading(tmp_path):
     """Own case: torch.save never compresses its zip entries; a compressed (possibly
     zip-bomb) entry is refused before torch.load inflates anything."""
