@@ -274,13 +274,14 @@ def setup_convert(p: argparse.ArgumentParser) -> None:
 
 def cmd_convert(args) -> int:
     from irblocks.convert import convert_file
+    from irblocks.registry.recipe import parse_yaml
     config = None
-    if args.config:
+    if args.config:      # JSON (a YAML subset): the bounded safe parser, one line on error
         if os.path.isfile(args.config):
-            with open(args.config) as f:
-                config = json.load(f)
+            with open(args.config, encoding="utf-8") as f:
+                config = parse_yaml(f.read(), args.config, "--config")
         else:
-            config = json.loads(args.config)
+            config = parse_yaml(args.config, "irblocks convert", "--config")
     from irblocks.progress import progress
     with progress(total=1, desc="convert", unit="file", leave=False, terminal_only=True) as bar:
         bar.set_postfix_str(f"{os.path.basename(args.src)} -> {os.path.basename(args.dst)}")

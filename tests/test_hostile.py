@@ -354,6 +354,26 @@ print(json.dumps(out))
     assert msg.startswith("huge.safetensors: ") and "tensor shape(s) differ" in one_line(msg)
 
 
+@pytest.mark.parametrize("config,needle", [
+    ("[" * 100_000, "irblocks convert: --config: YAML nested deeper than"),
+    ('{"dim": 48', "irblocks convert: --config: not valid YAML"),
+    ("[48]", "config must be a mapping"),
+    ("{dim: !!python/object/apply:os.system ['touch PWNED_MARKER']}", "not valid YAML"),
+])
+def test_convert_config_one_line(tmp_path, monkeypatch, capsys, config, needle):
+    """Own cases: ``irblocks convert --config`` values (a RecursionError traceback for deep
+    JSON, a bare JSONDecodeError naming no flag) go through the bounded parser."""
+    from irblocks.cli import main
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "official.pth"
+    torch.save({"w": torch.zeros(1)}, src)
+    out = tmp_path / "out.safetensors"
+    assert main(["convert", "restormer", str(src), str(out), "--config", config]) == 1
+    err = capsys.readouterr().err.strip()
+    assert needle in one_line(err) and err.startswith("irblocks: error: "), err
+    assert not out.exists() and not (tmp_path / MARKER).exists()
+
+
 def test_compressed_torch_zip_refused_before_loading(tmp_path):
     """Own case: torch.save never compresses its zip entries; a compressed (possibly
     zip-bomb) entry is refused before torch.load inflates anything."""
