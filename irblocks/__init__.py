@@ -48,7 +48,7 @@ _SUBPACKAGES = ("irblocks.anyir", "irblocks.clusir", "irblocks.clearair")
 # files whose decorators register the built-in entries (imported on the first lookup)
 _BUILTIN_MODULES = (
     "irblocks.norm", "irblocks.gdfn", "irblocks.mdta", "irblocks.transformer_block", "irblocks.sampling",
-    "irblocks.prompt", "irblocks.unet", *_SUBPACKAGES, "irblocks.losses", "irblocks.train.degradations",
+    "irblocks.prompt", "irblocks.unet", *_SUBPACKAGES, "irblocks.losses", "irblocks.train.config", "irblocks.train.degradations",
     "irblocks.convert",
 )
 

@@ -34,14 +34,16 @@ args}``; :func:`build_loss` turns it into a :class:`CompositeLoss` whose
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Le, Lt
 from torch import nn
 
 from irblocks.aux_loss import aux_losses
 from irblocks.registry import ConfigError, build, lookup, register
+from irblocks.registry.sections import register_section
 from irblocks.ssim import gaussian_window, separable_filter, ssim_maps
 
 __all__ = [
@@ -93,10 +95,8 @@ class CharbonnierLoss(nn.Module):
         eps: smoothing constant (1e-3 as in MPRNet/Restormer-era code).
     """
 
-    def __init__(self, eps: float = 1e-3):
+    def __init__(self, eps: Annotated[float, Gt(0)] = 1e-3):
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"charbonnier: eps must be > 0, got {eps}")
         self.eps = float(eps)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -188,10 +188,8 @@ class FFTLoss(nn.Module):
         norm: ``torch.fft`` normalisation ("backward" = the released code's default).
     """
 
-    def __init__(self, norm: str = "backward"):
+    def __init__(self, norm: Literal["backward", "ortho", "forward"] = "backward"):
         super().__init__()
-        if norm not in ("backward", "ortho", "forward"):
-            raise ValueError(f"fft: norm must be 'backward', 'ortho' or 'forward', got {norm!r}")
         self.norm = norm
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -272,17 +270,12 @@ class ICRMLoss(nn.Module):
             ``no_grad``, so its ICRM trained nothing.
     """
 
-    def __init__(self, crop_scale: float = 0.7, jitter: float = 0.4, blur_kernel: int = 5,
-                 blur_sigma: float = 1.0, clamp: bool = True):
+    def __init__(self, crop_scale: Annotated[float, Gt(0), Le(1)] = 0.7,
+                 jitter: Annotated[float, Ge(0), Lt(1)] = 0.4, blur_kernel: int = 5,
+                 blur_sigma: Annotated[float, Gt(0)] = 1.0, clamp: bool = True):
         super().__init__()
-        if not 0 < crop_scale <= 1:
-            raise ValueError(f"icrm: crop_scale must be in (0, 1], got {crop_scale}")
-        if not 0 <= jitter < 1:
-            raise ValueError(f"icrm: jitter must be in [0, 1), got {jitter}")
         if blur_kernel < 1 or blur_kernel % 2 == 0:
             raise ValueError(f"icrm: blur_kernel must be an odd number >= 1, got {blur_kernel}")
-        if not blur_sigma > 0:
-            raise ValueError(f"icrm: blur_sigma must be > 0, got {blur_sigma}")
         self.crop_scale, self.jitter = float(crop_scale), float(jitter)
         self.blur_kernel, self.blur_sigma, self.clamp = blur_kernel, float(blur_sigma), clamp
 
@@ -300,8 +293,6 @@ class ICRMLoss(nn.Module):
 @register("loss", "aux")
 class AuxLoss(nn.Module):
     """Sum of the auxiliary losses the model recorded in its last forward (0 if none)."""
-
-    needs_model = True
 
     def __init__(self):
         super().__init__()
@@ -397,26 +388,32 @@ def build_loss(section: Any = None, aux_weight: float = 1.0) -> CompositeLoss:
     return CompositeLoss(terms, aux_weight=aux_weight)
 
 
-def validate_loss_section(section: Any) -> List[str]:
-    """Errors (one line each) in a recipe's ``loss:`` section; [] when it is valid."""
-    errors = []
-    if section is None:
-        return errors
+def check_loss_section(section: Any) -> List[Tuple[str, str]]:
+    """(path, message) problems of a recipe's ``loss:`` section: the term form and weight
+    (:func:`_split_term`, what :func:`build_loss` applies) and each term's arguments (the
+    registry's component check). Registered as the recipe section ``loss``."""
+    from irblocks.registry.recipe import check_component
     if isinstance(section, (str, dict)):
         section = [section]
     if not isinstance(section, (list, tuple)) or not section:
-        return [f"loss: expected a non-empty list of {{type, weight, ...}} terms, got {section!r}"]
+        return [("loss", f"expected a non-empty list of {{type, weight, ...}} terms, got {section!r}")]
+    out: List[Tuple[str, str]] = []
     for i, item in enumerate(section):
         try:
-            name, _, kwargs = _split_term(item, i)
-            entry = lookup("loss", name)
-            entry.schema.model_validate(kwargs)
-        except Exception as e:  # noqa: BLE001 -- collected as messages
-            msg = str(e).splitlines()[0]
-            if e.__class__.__name__ == "ValidationError":
-                err = e.errors()[0]
-                msg = f"loss[{i}].{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
-            if not msg.startswith(f"loss[{i}]"):
-                msg = f"loss[{i}]: {msg}"
-            errors.append(msg)
-    return errors
+            _split_term(item, i)
+        except ConfigError as e:
+            path, _, msg = str(e).partition(": ")
+            out.append((path, msg))
+            continue
+        check_component(item, "loss", f"loss[{i}]", out, ignore=("weight",))
+    return out
+
+
+def validate_loss_section(section: Any) -> List[str]:
+    """Errors (one line each, "path: message") in a recipe's ``loss:`` section; [] when valid."""
+    return [] if section is None else [f"{p}: {m}" for p, m in check_loss_section(section)]
+
+
+register_section("loss", check_loss_section,
+                 lambda: {"type": "array", "items": {"$ref": "#/$defs/loss_item"}},
+                 "weighted loss terms: [{type: <loss>, weight: w, ...}]")

@@ -1,11 +1,12 @@
 """The one configurable U-Net restorer: Restormer, PromptIR, AnyIR, ClearAIR and ClusIR by recipe."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from annotated_types import Ge, Gt
 from torch import nn
 
 from irblocks.errors import check_feature
@@ -107,15 +108,16 @@ class UNetRestorer(nn.Module):
 
     execution = "fast"
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, width: int = 48,
+    def __init__(self, in_channels: Annotated[int, Gt(0)] = 3, out_channels: Annotated[int, Gt(0)] = 3,
+                 width: Annotated[int, Gt(0)] = 48,
                  blocks: List[int] = (4, 6, 6, 8), decoder_blocks: Optional[List[int]] = None,
-                 refinement: int = 4, heads: List[int] = (1, 2, 4, 8),
+                 refinement: Annotated[int, Ge(0)] = 4, heads: List[int] = (1, 2, 4, 8),
                  block: BlockSpec = "transformer_block", encoder_block: BlockSpec = None,
                  latent_block: BlockSpec = None, decoder_block: BlockSpec = None,
                  refinement_block: BlockSpec = None, mid_block: BlockSpec = None,
                  encoder_end: BlockSpec = None, latent_end: BlockSpec = None, decoder_end: BlockSpec = None,
                  latent_reduce: bool = False, priors: PriorMap = None, shared: BlockMap = None,
-                 bias: bool = False, global_residual: bool = True, pad_multiple: int = 8,
+                 bias: bool = False, global_residual: bool = True, pad_multiple: Annotated[int, Gt(0)] = 8,
                  channels_last: bool = True, check_finite: bool = False, checkpoint: bool = False):
         super().__init__()
         blocks, heads = list(blocks), list(heads)
@@ -128,8 +130,6 @@ class UNetRestorer(nn.Module):
                              f"counts [level 0, level 1, level 2], got {decoder_blocks}")
         if len(heads) != LEVELS or any(h < 1 for h in heads):
             raise ValueError(f"unet_restorer: heads must list {LEVELS} positive counts, got {heads}")
-        if width < 1 or refinement < 0:
-            raise ValueError(f"unet_restorer: width must be >= 1 and refinement >= 0, got {width}, {refinement}")
         if global_residual and in_channels != out_channels:
             raise ValueError("unet_restorer: global_residual needs in_channels == out_channels "
                              f"({in_channels} != {out_channels})")

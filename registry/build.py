@@ -5,11 +5,9 @@ import difflib
 import functools
 import inspect
 
-import pydantic
-
 from .errors import ConfigError
-from .schemas import type_name
-from .table import Entry, lookup
+from .schemas import check_arguments, type_name
+from .table import Entry, lookup, prevalidated
 
 __all__ = ["build", "accepts", "resolve_per_level"]
 
@@ -87,30 +85,22 @@ def build(spec, kind: str = "block", path: str = "", **context):
         raise ConfigError(f"{where}.{bad[0]}: {bad[0]!r} is supplied by the container "
                           f"(context), remove it from the recipe")
     kwargs = resolve_per_level(entry, kwargs, context, where)
-    try:
-        validated = entry.schema.model_validate(kwargs)
-    except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        p = entry.params.get(field)
-        if err["type"] == "missing":
-            raise ConfigError(f"{where}: missing required parameter {field!r} of {entry.name}"
-                              + (f" (expected {type_name(p.annotation)})" if p else "")) from None
-        if err["type"] == "extra_forbidden":
-            hint = difflib.get_close_matches(field, [n for n, q in entry.params.items() if not q.context], n=1)
-            raise ConfigError(f"{where}.{field}: unknown parameter of {entry.name}"
-                              + (f"; did you mean {hint[0]!r}?" if hint else "")) from None
-        expected = type_name(p.annotation) if p else "a valid value"
-        raise ConfigError(f"{where}.{field}: expected {expected}, got {err.get('input')!r}") from None
-    values = {k: getattr(validated, k) for k in kwargs}
-    for k, v in values.items():   # nested components keep their raw spec; give them their path
-        p = entry.params.get(k)
-        if p is not None and p.component and kwargs.get(k) is not None:
-            values[k] = kwargs[k]       # keep the raw spec (pydantic must not coerce it)
+    unknown = [k for k in kwargs if k not in entry.params]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], [n for n, q in entry.params.items() if not q.context], n=1)
+        raise ConfigError(f"{where}.{unknown[0]}: unknown parameter of {entry.name}"
+                          + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    missing = [n for n, p in entry.params.items() if p.required and not p.context and n not in kwargs]
+    if missing:
+        raise ConfigError(f"{where}: missing required parameter {missing[0]!r} of {entry.name} "
+                          f"(expected {type_name(entry.params[missing[0]].annotation)})")
     ctx = {k: v for k, v in context.items() if k in entry.params and entry.params[k].context}
     missing = [n for n, p in entry.params.items() if p.context and p.required and n not in ctx]
     if missing:
         raise ConfigError(f"{where}: context {missing} must be supplied by the container "
                           f"(build it inside a container, or pass {missing[0]}=...)")
-    obj = entry.obj(**values, **ctx)
-    return obj
+    values = {**kwargs, **ctx}
+    check_arguments(entry.name, entry.params, values, where)     # the one value check
+    with prevalidated(entry.obj):     # the constructor wrapper need not check again
+        return entry.obj(**values)
+

@@ -70,10 +70,13 @@ def strip(annotation) -> tuple[typing.Any, bool, str | None, bool]:
     context, component, mapping = False, None, False
     if typing.get_origin(annotation) is typing.Annotated:
         args = typing.get_args(annotation)
+        other = []                                  # ranges (annotated_types.Gt(0), ...) stay
         for meta in args[1:]:
             if meta is _CONTEXT:
                 context = True
             elif isinstance(meta, _ComponentMarker):
                 component, mapping = meta.kind, meta.mapping
-        annotation = args[0]
+            else:
+                other.append(meta)
+        annotation = typing.Annotated[(args[0], *other)] if other else args[0]
     return annotation, context, component, mapping

@@ -8,8 +8,9 @@ wrote it (``model.block.ffn.expansion``) and a suggestion::
 
 Top-level keys: ``recipe`` (format version, 1), ``description``, ``extends``
 (another recipe's name or a path relative to this file; maps merge, lists
-replace), ``model`` (a ``{type: <model>, ...}`` spec), ``loss`` (a list of
-``{type: <loss>, weight: w, ...}``), ``optimizer``, ``schedule``, ``train``.
+replace), ``model`` (a ``{type: <model>, ...}`` spec), plus the sections other
+packages register (:mod:`irblocks.registry.sections`): ``loss`` (a list of
+``{type: <loss>, weight: w, ...}``), ``optimizer``, ``schedule``, ``train``, ``eval``.
 """
 from __future__ import annotations
 
@@ -20,19 +21,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import yaml
 
 from .errors import RegistryError
-from .schemas import type_name
+from .schemas import type_name, value_problem
+from .sections import sections
 from .table import Entry, lookup
 
 __all__ = ["RecipeError", "Problem", "Recipe", "load", "validate", "find", "names", "deep_merge",
-           "parse_yaml", "TOP_KEYS", "RECIPE_VERSION", "MAX_RECIPE_BYTES", "MAX_YAML_NODES",
+           "parse_yaml", "CORE_KEYS", "RECIPE_VERSION", "MAX_RECIPE_BYTES", "MAX_YAML_NODES",
            "MAX_YAML_DEPTH", "MAX_EXTENDS"]
 
 RECIPE_VERSION = 1
-TOP_KEYS = ("recipe", "description", "extends", "model", "loss", "optimizer", "schedule", "train", "eval")
+CORE_KEYS = ("recipe", "description", "extends", "model")
+"""Top-level keys the registry reads; other keys are registered sections (``sections()``)."""
 
 
 @dataclasses.dataclass
@@ -326,17 +328,16 @@ _type_name = type_name
 
 
 def _check_value(entry: Entry, key: str, value, path: str, out: list[tuple[str, str]]) -> None:
-    field = entry.schema.model_fields.get(key)
-    if field is None:
-        return
-    try:
-        pydantic.TypeAdapter(field.annotation).validate_python(value)
-    except pydantic.ValidationError:
-        p = entry.params[key]
-        expected = _type_name(p.annotation)
-        if not p.is_sequence:
-            expected += " (or a per-level list of them)"
-        out.append((path, f"expected {expected}, got {value!r} ({type(value).__name__})"))
+    p = entry.params[key]
+    per_level = isinstance(value, list) and not p.is_sequence
+    for v in (value if per_level else [value]):
+        msg = value_problem(p, v)
+        if msg is not None:
+            if not p.is_sequence and not per_level and msg.startswith("expected "):
+                head, _, got = msg.partition(", got ")
+                msg = f"{head} (or a per-level list of them), got {got}"
+            out.append((path, msg))
+            return
 
 
 def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allow_list: bool = False,
@@ -394,13 +395,17 @@ def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allo
 
 
 def validate(recipe: Recipe) -> list[Problem]:
-    """Every problem of a loaded recipe (empty list when it is valid)."""
+    """Every problem of a loaded recipe (empty list when it is valid): the registry checks
+    ``recipe``/``model``; each other top-level key is checked by the validator its package
+    registered (:mod:`irblocks.registry.sections`)."""
     data, found = recipe.data, []
+    registered = sections()
+    allowed = (*CORE_KEYS, *registered)
     for k in data:
-        if k not in TOP_KEYS:
-            hint = difflib.get_close_matches(k, TOP_KEYS, n=1)
+        if k not in allowed:
+            hint = difflib.get_close_matches(k, allowed, n=1)
             found.append((k, "unknown top-level key" + (f"; did you mean {hint[0]!r}?" if hint else
-                                                         f"; allowed: {', '.join(TOP_KEYS)}")))
+                                                         f"; allowed: {', '.join(allowed)}")))
     version = data.get("recipe", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         found.append(("recipe", f"unsupported recipe format {version!r}; this irblocks reads format {RECIPE_VERSION}"))
@@ -408,32 +413,8 @@ def validate(recipe: Recipe) -> list[Problem]:
         found.append(("", "missing required key 'model' (a {type: <model>, ...} mapping)"))
     else:
         check_component(data["model"], "model", "model", found)
-    loss = data.get("loss")
-    if loss is not None:
-        if not isinstance(loss, list):
-            found.append(("loss", f"expected a list of {{type: <loss>, weight: w}}, got {type(loss).__name__}"))
-        else:
-            for i, item in enumerate(loss):
-                check_component(item, "loss", f"loss[{i}]", found, ignore=("weight",))
-                if isinstance(item, dict) and "weight" in item and not isinstance(item["weight"], (int, float)):
-                    found.append((f"loss[{i}].weight", f"expected a number, got {item['weight']!r}"))
-    for p, msg in _validate_training_sections(data):
-        found.append((p, msg))
+    for name, section in registered.items():
+        if data.get(name) is not None:
+            found += section.check(data[name])
     problems = [Problem(*recipe.where(p), p, msg) for p, msg in found]
     return sorted(problems, key=lambda pr: (pr.file, pr.line or 0))
-
-
-def _validate_training_sections(data: dict) -> list[tuple[str, str]]:
-    """optimizer / schedule / train sections: validated by irblocks.train.config when present."""
-    try:
-        from irblocks.train.config import validate_sections
-    except ImportError:
-        return []
-    out = []
-    for err in validate_sections(data):
-        if isinstance(err, tuple):
-            out.append(err)
-        else:
-            head = str(err).split(":", 1)
-            out.append((head[0].strip(), head[1].strip()) if len(head) == 2 else ("", str(err)))
-    return out

@@ -16,7 +16,12 @@ import pydantic
 
 from .markers import strip
 
-__all__ = ["Param", "params_of", "schema_for", "type_name"]
+__all__ = ["Param", "params_of", "schema_for", "type_name", "value_problem", "check_arguments",
+           "CONTEXT_MINIMUM"]
+
+# What the containers supply has one meaning everywhere: sizes are positive, indices >= 0.
+CONTEXT_MINIMUM = {"dim": 1, "heads": 1, "width": 1, "out_dim": 1, "level": 0, "stage": 0,
+                   "index": 0}
 
 
 @dataclasses.dataclass
@@ -27,6 +32,8 @@ class Param:
     context: bool = False
     component: str | None = None   # kind of a nested component, else None
     mapping: bool = False          # a {name: spec} mapping of components
+
+    _adapter: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def required(self) -> bool:
@@ -85,6 +92,18 @@ def schema_for(name: str, params: dict[str, Param]) -> type[pydantic.BaseModel]:
         extra="forbid", arbitrary_types_allowed=True, protected_namespaces=()), **fields)
 
 
+def _bound(meta) -> str:
+    """``annotated_types.Gt(0)`` -> ``"> 0"`` (and pydantic ``Field`` metadata)."""
+    parts = []
+    for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        v = getattr(meta, attr, None)
+        if v is not None:
+            parts.append(f"{sym} {v}")
+    for m in getattr(meta, "metadata", ()):
+        parts.append(_bound(m))
+    return " and ".join(p for p in parts if p)
+
+
 def type_name(tp) -> str:
     """Readable name of an annotation for error messages."""
     if tp is type(None):
@@ -92,6 +111,10 @@ def type_name(tp) -> str:
     if isinstance(tp, type):
         return tp.__name__
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(tp)
+        bounds = [_bound(m) for m in meta]
+        return " ".join([type_name(base), *[b for b in bounds if b]])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is typing.Union or origin is types.UnionType:
@@ -100,3 +123,65 @@ def type_name(tp) -> str:
         args = typing.get_args(tp)
         return f"list of {type_name(args[0])}" if args else "list"
     return str(tp).replace("typing.", "")
+
+
+_UNCHECKED = object()
+
+
+def _adapter(p: Param):
+    if p._adapter is None:
+        try:
+            p._adapter = pydantic.TypeAdapter(p.annotation)
+        except Exception:  # an annotation pydantic cannot check (a class, a callable type)
+            p._adapter = _UNCHECKED
+    return p._adapter
+
+
+def _literal_choices(tp) -> tuple:
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(c for a in typing.get_args(tp) for c in _literal_choices(a))
+    return ()
+
+
+def value_problem(p: Param, value) -> str | None:
+    """What is wrong with ``value`` for parameter ``p`` (its annotation with Literal choices
+    and ``Annotated`` ranges, or the context minimum), or None. The one check of a value:
+    recipes, ``registry.build`` and direct construction all call it."""
+    if p.component:
+        return None                            # checked where the component is built
+    if p.context:
+        low = CONTEXT_MINIMUM.get(p.name)
+        if low is not None and isinstance(value, int) and not isinstance(value, bool) and value < low:
+            return f"expected {'a positive integer' if low == 1 else f'an integer >= {low}'}, got {value!r}"
+        return None
+    if value is p.default:
+        return None
+    adapter = _adapter(p)
+    if adapter is _UNCHECKED:
+        return None
+    try:
+        adapter.validate_python(value)
+    except pydantic.ValidationError:
+        msg = f"expected {type_name(p.annotation)}, got {value!r}"
+        choices = [c for c in _literal_choices(p.annotation) if isinstance(c, str)]
+        if choices and isinstance(value, str):
+            import difflib
+            hint = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            if hint:
+                msg += f"; did you mean {hint[0]!r}?"
+        return msg
+    return None
+
+
+def check_arguments(name: str, params: dict[str, Param], arguments: dict, where: str = "") -> None:
+    """Raise a one-line ConfigError for the first argument that does not fit its parameter."""
+    for k, v in arguments.items():
+        p = params.get(k)
+        if p is None:
+            continue
+        msg = value_problem(p, v)
+        if msg is not None:
+            from .errors import ConfigError
+            raise ConfigError(f"{where or name}.{k}: {msg}")

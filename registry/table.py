@@ -7,6 +7,8 @@ to rebuild them.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import fnmatch
@@ -19,7 +21,7 @@ import pydantic
 from .errors import DuplicateError, RegistryError, UnknownNameError, WrongKindError
 from .markers import KINDS
 from .plugins import ensure_loaded
-from .schemas import Param, params_of, schema_for, type_name
+from .schemas import Param, check_arguments, params_of, schema_for, type_name
 
 __all__ = ["Entry", "register", "unregister", "lookup", "suggest", "entries", "list_names", "info",
            "json_schema", "spec_of"]
@@ -116,19 +118,41 @@ def unregister(kind: str, name: str) -> None:
         _ALIASES[kind].pop(a, None)
 
 
+_PREVALIDATED: contextvars.ContextVar = contextvars.ContextVar("irblocks_prevalidated", default=None)
+
+
+@contextlib.contextmanager
+def prevalidated(obj):
+    """``registry.build`` checked the arguments of the next ``obj(...)`` call already."""
+    token = _PREVALIDATED.set(obj)
+    try:
+        yield
+    finally:
+        _PREVALIDATED.reset(token)
+
+
 def _wrap_init(cls, name):
+    """Check the arguments of every construction (the entry's parameters: Literal choices,
+    ranges, context minimums; the same check as recipes) and remember them (``spec_of``)."""
     init = cls.__init__
+    sig = inspect.signature(init)
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError:
+            bound = None                  # let the constructor raise its own TypeError
+        if bound is not None:
+            arguments = dict(list(bound.arguments.items())[1:])
+            if _PREVALIDATED.get() is cls:
+                _PREVALIDATED.set(None)   # checked by build(); nested constructions check
+            else:
+                check_arguments(name, cls.__irblocks_entry__.params, arguments)
         init(self, *args, **kwargs)
-        if type(self) is cls or getattr(self, "_irblocks_spec", None) is None:
-            try:
-                bound = inspect.signature(init).bind(self, *args, **kwargs)
-            except TypeError:
-                return
+        if bound is not None and (type(self) is cls or getattr(self, "_irblocks_spec", None) is None):
             spec = {"type": name}
-            for k, v in list(bound.arguments.items())[1:]:
+            for k, v in arguments.items():
                 spec[k] = _to_plain(v)
             object.__setattr__(self, "_irblocks_spec", spec)
 

@@ -58,7 +58,7 @@ def test_check_ok_and_every_problem(capsys, tmp_path):
 def test_schema(capsys, tmp_path):
     code, out, _ = run(capsys, "schema")
     s = json.loads(out)
-    assert "block.gdfn" in s["$defs"] and s["properties"]["model"] == {"$ref": "#/$defs/model"}
+    assert "block.gdfn" in s["$defs"] and s["else"]["properties"]["model"] == {"$ref": "#/$defs/model"}
     code, out, _ = run(capsys, "schema", "-o", str(tmp_path / "s.json"))
     assert json.loads((tmp_path / "s.json").read_text()) == s
 

@@ -1,13 +1,16 @@
 """Recipes: loading, extends, whole-recipe validation with file:line, round trips, schema, checkpoints."""
+import re
 import textwrap
+from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
-
-import irblocks
+import yaml
 from irblocks.registry.recipe import RecipeError, deep_merge
 from irblocks.registry.schema import recipe_schema
+
+import irblocks
 
 
 def write(tmp_path, name, text):
@@ -108,9 +111,10 @@ def test_error_messages_for_common_mistakes(tmp_path):
 
 
 def test_missing_required_field_is_reported(tmp_path):
-    from irblocks import registry
     from irblocks.registry import table as core
     from torch import nn
+
+    from irblocks import registry
 
     @registry.register("block", "required_probe")
     class R(nn.Module):
@@ -149,6 +153,7 @@ def test_to_recipe_round_trip_on_meta(name):
 
 def test_to_recipe_of_a_python_built_model():
     from functools import partial
+
     from irblocks import GDFN, TransformerBlock, UNetRestorer
     m = UNetRestorer(width=8, blocks=[1, 1, 1, 1], refinement=1,
                      block=partial(TransformerBlock, ffn=partial(GDFN, expansion=2.0)))
@@ -158,14 +163,42 @@ def test_to_recipe_of_a_python_built_model():
     assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
 
 
-def test_schema_validates_every_shipped_recipe():
+def _contributing_example() -> dict:
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    block = re.search(r"```yaml\n(# recipes/restormer-gated.yaml\n.*?)```", text, re.S)
+    assert block, "CONTRIBUTING.md lost its recipe example"
+    return yaml.safe_load(block.group(1))
+
+
+def test_schema_validates_every_shipped_recipe_file_as_written():
     schema = recipe_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    for name in irblocks.list_models():
-        data = irblocks.resolve_recipe(name).data
-        jsonschema.validate(data, schema)
+    files = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert len(files) >= 12
+    for f in files:                                  # partial `model:` under `extends` included
+        jsonschema.validate(yaml.safe_load(f.read_text()), schema)
+    for name in irblocks.list_models():              # and merged
+        jsonschema.validate(irblocks.resolve_recipe(name).data, schema)
+    example = _contributing_example()
+    jsonschema.validate(example, schema)
+    from irblocks.api import check_recipe
+    assert check_recipe(example) == []
+
+
+@pytest.mark.parametrize("bad", [
+    {"model": {"type": "unet_restorer", "widht": 3}},                              # typo
+    {"extends": "restormer-tiny", "model": {"widht": 3}},                         # typo, partial
+    {"extends": "restormer-tiny", "model": {"block": {"ffn": {"expanson": 2}}}},  # nested typo
+    {"extends": "restormer-tiny", "model": {"block": {"ffn": {"type": "gdfnn"}}}},  # unknown name
+    {"extends": "restormer-tiny", "model": {"width": "wide"}},                    # wrong type
+    {"model": {"width": 8}},                                                      # no type, no extends
+    {"extends": "restormer-tiny", "optimiser": {"lr": 1}},                        # unknown section
+    {"extends": "restormer-tiny", "schedule": {"type": "cosine"}},                # unknown choice
+    {"extends": "restormer-tiny", "loss": [{"type": "l1", "weight": -1}]},        # negative weight
+])
+def test_schema_still_rejects_typos_names_and_types(bad):
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"model": {"type": "unet_restorer", "widht": 3}}, schema)
+        jsonschema.validate(bad, recipe_schema())
 
 
 def test_checkpoint_round_trip(tmp_path):

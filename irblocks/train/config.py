@@ -23,10 +23,12 @@ calls it).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from irblocks.registry.sections import register_section, sections
 
 __all__ = ["OptimizerConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "validate_sections",
            "parse_sections", "lr_factor"]
@@ -77,7 +79,6 @@ class TrainConfig(BaseModel):
     workers: int = Field(0, ge=0)
     seed: int = 0
     tasks: Optional[Dict[str, int]] = Field(None, description="task -> repeat factor (all-in-one mixing)")
-    sigmas: Optional[List[float]] = Field(None, description="denoising levels of the all-in-one setting")
 
 
 class EvalConfig(BaseModel):
@@ -86,31 +87,40 @@ class EvalConfig(BaseModel):
     crop_multiple: int = Field(1, ge=1, description="centre-crop test images to a multiple of this")
 
 
-def lr_factor(schedule: ScheduleConfig, epoch: float) -> float:
-    """Multiplier of the base learning rate at fractional epoch ``epoch``."""
+def lr_factor(schedule: ScheduleConfig, epoch: float, lr: float | None = None) -> float:
+    """Multiplier of the base learning rate ``lr`` at fractional epoch ``epoch``.
+
+    ``min_lr`` (needs ``lr``) is where the cosine ends and a floor for ``halve_at_mid``.
+    A closed form of the epoch rather than a ``torch.optim.lr_scheduler``: the trainer
+    sets the rate of every step from the step (or the elapsed time budget), which keeps
+    resumed runs exact without scheduler state, and PromptIR's warm-up starts at 0,
+    which ``LinearLR`` (start_factor > 0) cannot express. ``CosineAnnealingLR``'s closed
+    form (eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2) is the cosine used here.
+    """
     if schedule.type == "constant":
         return 1.0
+    floor = min(schedule.min_lr / lr, 1.0) if lr and schedule.min_lr else 0.0
     total = float(schedule.epochs)
     if schedule.type == "halve_at_mid":
-        return 0.5 if epoch >= total / 2 else 1.0
+        return max(0.5, floor) if epoch >= total / 2 else 1.0
     warm = float(schedule.warmup_epochs)
     if warm > 0 and epoch < warm:
         return epoch / warm
     span = max(total - warm, 1e-12)
     p = min(max((epoch - warm) / span, 0.0), 1.0)
-    return 0.5 * (1 + math.cos(math.pi * p))
+    return floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _errors(section: str, e: pydantic.ValidationError) -> List[str]:
+def _errors(section: str, e: pydantic.ValidationError) -> List[Tuple[str, str]]:
     out = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
-            out.append(f"{where}: unknown key (allowed: {', '.join(_MODELS[section].model_fields)})")
+            out.append((where, f"unknown key (allowed: {', '.join(_MODELS[section].model_fields)})"))
         else:
-            out.append(f"{where}: {msg} (got {err.get('input')!r})")
+            out.append((where, f"{msg} (got {err.get('input')!r})"))
     return out
 
 
@@ -118,28 +128,35 @@ _MODELS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": Tr
            "eval": EvalConfig}
 
 
+def _section_check(name: str):
+    model = _MODELS[name]
+
+    def check(value: Any) -> List[Tuple[str, str]]:
+        if not isinstance(value, dict):
+            return [(name, f"expected a mapping, got {type(value).__name__}")]
+        try:
+            model.model_validate(value)
+        except pydantic.ValidationError as e:
+            return _errors(name, e)
+        return []
+    return check
+
+
+for _name, _model in _MODELS.items():     # the recipe validator runs these (irblocks check, create_model)
+    register_section(_name, _section_check(_name), _model.model_json_schema,
+                     (_model.__doc__ or "").strip())
+
+
 def validate_sections(recipe: Dict[str, Any], include_loss: bool = False) -> List[str]:
     """One-line errors ("path: message") in the ``optimizer``, ``schedule``, ``train`` and
-    ``eval`` sections (and ``loss`` with ``include_loss``; the recipe validator checks that one
-    itself)."""
-    errors: List[str] = []
+    ``eval`` sections (and ``loss`` with ``include_loss``), by the validators registered
+    with :func:`irblocks.registry.sections.register_section` (the ones ``irblocks check`` runs)."""
     if not isinstance(recipe, dict):
         return [f"recipe: expected a mapping, got {type(recipe).__name__}"]
-    for name, model in _MODELS.items():
-        v = recipe.get(name)
-        if v is None:
-            continue
-        if not isinstance(v, dict):
-            errors.append(f"{name}: expected a mapping, got {type(v).__name__}")
-            continue
-        try:
-            model.model_validate(v)
-        except pydantic.ValidationError as e:
-            errors += _errors(name, e)
-    if include_loss and recipe.get("loss") is not None:
-        from irblocks.losses import validate_loss_section
-        errors += validate_loss_section(recipe["loss"])
-    return errors
+    registered = sections()
+    names = [*_MODELS, *(["loss"] if include_loss else [])]
+    return [f"{path}: {msg}" for n in names if recipe.get(n) is not None
+            for path, msg in registered[n].check(recipe[n])]
 
 
 def parse_sections(recipe: Dict[str, Any]):

@@ -326,7 +326,7 @@ class Trainer:
         frac = (step + 1) / self.total_steps
         if self.schedule_by_time and self.time_budget and self._t0 is not None:
             frac = max(frac, (time.perf_counter() - self._t0) / self.time_budget)
-        return self.opt_cfg.lr * lr_factor(self.sched_cfg, min(frac, 1.0) * span)
+        return self.opt_cfg.lr * lr_factor(self.sched_cfg, min(frac, 1.0) * span, self.opt_cfg.lr)
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Dict[str, Any]) -> tuple[float, Dict[str, float]]:
