@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from irblocks.atomic import atomic_path
 
 __all__ = ["save", "load", "read_recipe", "read_tensors", "CheckpointError", "MAX_RECIPE_DEPTH"]
 
@@ -117,15 +118,8 @@ def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, 
     if extra:
         meta.update({f"irblocks.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(_tensors(model), tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(_tensors(model), str(tmp), metadata=meta)
     return path
 
 

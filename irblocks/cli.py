@@ -255,8 +255,9 @@ def cmd_schema(args) -> int:
     from irblocks.registry.schema import recipe_schema
     text = json.dumps(recipe_schema(), indent=2)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        from irblocks.atomic import atomic_path
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(text + "\n")
         print(f"wrote {args.output}")
     else:
         print(text)

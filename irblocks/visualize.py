@@ -76,7 +76,7 @@ def _save(fig, path: Path, dpi: int = 72) -> Path:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from irblocks.train.imageio import atomic_path
+    from irblocks.atomic import atomic_path
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -208,8 +208,7 @@ def render_diagnosis(d, out_dir: str | os.PathLike, title: str = "") -> dict[str
     """Write ``images.png`` (input, output, |output - input|), one PNG per map and vector
     figure of ``d`` (an :class:`irblocks.diagnose.Diagnosis`) and ``diagnosis.json`` (its
     numbers plus the list of files). Returns the JSON dict."""
-    from irblocks.train.imageio import atomic_path
-
+    from irblocks.atomic import atomic_path
     plt = require_matplotlib()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

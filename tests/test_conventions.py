@@ -171,3 +171,25 @@ def test_no_file_name_is_reserved_on_windows():
         pytest.skip("not a git checkout")
     bad = [f for f in files for part in Path(f).parts if part.split(".")[0].lower() in reserved]
     assert bad == []
+
+
+def test_one_atomic_writer_with_the_usual_permissions(tmp_path):
+    """Checkpoints used mkstemp's 0o600, images 0o666 minus the umask: one helper now."""
+    import os
+
+    from irblocks.atomic import atomic_path
+    from irblocks.train.imageio import write_image
+    umask = os.umask(0o022)
+    try:
+        ck = irblocks.save(irblocks.create_model("restormer-tiny"), tmp_path / "m.safetensors")
+        img = write_image(torch.rand(3, 8, 8), tmp_path / "x.png")
+        assert main(["schema", "-o", str(tmp_path / "s.json")]) == 0
+    finally:
+        os.umask(umask)
+    for f in (ck, img, tmp_path / "s.json"):
+        assert (f.stat().st_mode & 0o777) == 0o644, (f, oct(f.stat().st_mode))
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "partial.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "s.json", "x.png"]

@@ -22,7 +22,8 @@ import torch
 from irblocks.train.datasets import SyntheticDataset
 from irblocks.train.degradations import GaussianNoise
 from irblocks.train.evaluate import skimage_images
-from irblocks.train.imageio import atomic_path, write_image
+from irblocks.atomic import atomic_path
+from irblocks.train.imageio import write_image
 from irblocks.train.metrics import psnr, ssim
 from irblocks.train.tiling import restore_image
 from irblocks.train.trainer import Trainer

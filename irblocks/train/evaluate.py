@@ -29,7 +29,7 @@ from torch import nn
 
 from irblocks.progress import progress as progress_bar
 from irblocks.train.datasets import DataError, SyntheticDataset, find_paired
-from irblocks.train.imageio import atomic_path
+from irblocks.atomic import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
 from irblocks.train.tiling import tiled_forward
 

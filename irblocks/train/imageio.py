@@ -9,15 +9,15 @@ full precision; Pillow reads 16-bit RGB PNG as 8 bits).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, List
 
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "atomic_path",
-           "orient"]
+from irblocks.atomic import atomic_path
+
+__all__ = ["IMAGE_EXTS", "read_image", "write_image", "list_images", "image_size", "orient"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -147,35 +147,6 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except Exception as e:  # noqa: BLE001
         raise _fail(path, e) from None
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
-
-class atomic_path:
-    """Context manager yielding a temporary path next to ``path``; renamed onto it on success,
-    removed on failure (so no partial output file is ever left behind)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp" + self.path.suffix,
-                                   dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
-            os.replace(self.tmp, self.path)
-        else:
-            try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
-        return False
-
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     x = img.detach().float().cpu()

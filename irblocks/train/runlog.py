@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from irblocks.train.imageio import atomic_path
+from irblocks.atomic import atomic_path
 
 __all__ = ["LOG_NAME", "RunLog", "read_log", "MissingExtra", "require_extra"]
 

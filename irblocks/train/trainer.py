@@ -58,7 +58,8 @@ from irblocks.losses import build_loss
 from irblocks.progress import progress as progress_bar
 from irblocks.train.config import TrainConfig, lr_factor, parse_sections
 from irblocks.train.datasets import make_loader
-from irblocks.train.imageio import atomic_path, hstack
+from irblocks.atomic import atomic_path
+from irblocks.train.imageio import hstack
 from irblocks.train.metrics import batch_psnr
 from irblocks.train.runlog import RunLog
 
