@@ -123,7 +123,7 @@ def test_validate_sections():
     assert "train.batch_size" in text and "train.patchsize: unknown key" in text
     assert all(":" in e and "\n" not in e for e in errs)
     errs = validate_sections({"loss": [{"type": "l2x"}]}, include_loss=True)
-    assert errs == ["loss[0]: unknown loss 'l2x'. Did you mean 'l2'?"]
+    assert errs == ["loss[0].type: unknown loss 'l2x'. Did you mean 'l2'?"]
     with pytest.raises(ValueError, match="optimizer.betas"):
         parse_sections({"optimizer": {"betas": [0.9]}})
 
