@@ -6,8 +6,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from irblocks.registry import Context, register
 from irblocks.kernels.layernorm import channel_layer_norm
+from irblocks.registry import Context, register
 
 __all__ = ["ChannelLayerNorm"]
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
 from irblocks.registry import register
 
+from . import _dispatch
 from ._dispatch import select, triton_available
 from ._op import kernel_op
 

@@ -47,9 +47,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
 from irblocks.registry import register
 
+from . import _dispatch
 from ._dispatch import block_size, empty, select, triton_available
 from ._op import kernel_op
 

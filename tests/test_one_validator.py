@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from irblocks.registry import ConfigError
-from irblocks.registry.recipe import RecipeError
 
 import irblocks
 from irblocks.api import check_recipe
 from irblocks.cli import main
+from irblocks.registry import ConfigError
+from irblocks.registry.recipe import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,9 @@
 """Packaging: one import namespace mapped from the design card's folders, recipes as package data."""
 import importlib
-import tomllib
 from importlib import resources
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

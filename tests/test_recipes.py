@@ -7,10 +7,10 @@ import jsonschema
 import pytest
 import torch
 import yaml
-from irblocks.registry.recipe import RecipeError, deep_merge
-from irblocks.registry.schema import recipe_schema
 
 import irblocks
+from irblocks.registry.recipe import RecipeError, deep_merge
+from irblocks.registry.schema import recipe_schema
 
 
 def write(tmp_path, name, text):
@@ -111,10 +111,10 @@ def test_error_messages_for_common_mistakes(tmp_path):
 
 
 def test_missing_required_field_is_reported(tmp_path):
-    from irblocks.registry import table as core
     from torch import nn
 
     from irblocks import registry
+    from irblocks.registry import table as core
 
     @registry.register("block", "required_probe")
     class R(nn.Module):

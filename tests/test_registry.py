@@ -10,7 +10,8 @@ from torch import nn
 
 import irblocks
 from irblocks import registry
-from irblocks.registry import table as core, plugins
+from irblocks.registry import plugins
+from irblocks.registry import table as core
 
 
 @pytest.fixture
@@ -199,6 +200,7 @@ def test_kernels_are_registered_with_their_entry_points():
 
 def test_accepts_reads_names_mappings_and_factories():
     from functools import partial
+
     from irblocks import GDFN, PromptInteraction
     assert registry.accepts("prompt_interaction", "block", "out_dim")
     assert registry.accepts({"type": "prompt_interaction", "prompt_dim": 8}, "block", "out_dim")

@@ -15,7 +15,13 @@ import re
 
 from torch import nn
 
-from irblocks.convert import ConversionError, load_mapped, map_unet_key, official_config, register_converter
+from irblocks.convert import (
+    ConversionError,
+    load_mapped,
+    map_unet_key,
+    official_config,
+    register_converter,
+)
 
 __all__ = ["ANYIR_DEFAULTS", "anyir_model_spec", "anyir_key"]
 

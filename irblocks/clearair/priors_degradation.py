@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 from irblocks.registry import register
 
-from .priors_common import CONTENT_DIM, DEGRADATION_DIM, GuidancePrior, box_blur, lift, luminance, moments
+from .priors_common import (
+    CONTENT_DIM,
+    DEGRADATION_DIM,
+    GuidancePrior,
+    box_blur,
+    lift,
+    luminance,
+    moments,
+)
 
 __all__ = ["ClassicalDegradationPrior", "degradation_features", "content_features"]
 

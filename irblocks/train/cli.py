@@ -193,8 +193,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from irblocks.train.evaluate import (build_eval_data, evaluate, format_table, recipe_crop_multiple,
-                                         write_json)
+    from irblocks.train.evaluate import (
+        build_eval_data,
+        evaluate,
+        format_table,
+        recipe_crop_multiple,
+        write_json,
+    )
     from irblocks.train.trainer import load_model
     if args.crop_multiple is not None and args.crop_multiple < 1:
         raise ValueError(f"--crop-multiple must be >= 1, got {args.crop_multiple}")

@@ -19,10 +19,10 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from irblocks.atomic import atomic_path
 from irblocks.train.datasets import SyntheticDataset
 from irblocks.train.degradations import GaussianNoise
 from irblocks.train.evaluate import skimage_images
-from irblocks.atomic import atomic_path
 from irblocks.train.imageio import write_image
 from irblocks.train.metrics import psnr, ssim
 from irblocks.train.tiling import restore_image

@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from irblocks.atomic import atomic_path
 from irblocks.progress import progress as progress_bar
 from irblocks.train.datasets import DataError, SyntheticDataset, find_paired
-from irblocks.atomic import atomic_path
 from irblocks.train.metrics import batch_psnr, batch_ssim, finite_or_none
 from irblocks.train.tiling import tiled_forward
 

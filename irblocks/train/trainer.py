@@ -54,11 +54,11 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from irblocks.atomic import atomic_path
 from irblocks.losses import build_loss
 from irblocks.progress import progress as progress_bar
 from irblocks.train.config import TrainConfig, lr_factor, parse_sections
 from irblocks.train.datasets import make_loader
-from irblocks.atomic import atomic_path
 from irblocks.train.imageio import hstack
 from irblocks.train.metrics import batch_psnr
 from irblocks.train.runlog import RunLog
@@ -478,8 +478,9 @@ class Trainer:
             if self.distributed:
                 torch.distributed.barrier()
             return self.out_dir
-        import irblocks
         from safetensors.torch import save_file
+
+        import irblocks
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log.flush_train(self.step)            # the log reaches every checkpoint's step
         if self._sample is not None:

@@ -4,8 +4,15 @@ import torch
 
 import irblocks
 from irblocks import registry
-from irblocks.anyir import (DegradationAdaptation, GatedDegradationAdaptation, GatedDegradationAdaption,
-                            SkipSplit, SpatialFrequencyFusion, skip_merge, skip_split)
+from irblocks.anyir import (
+    DegradationAdaptation,
+    GatedDegradationAdaptation,
+    GatedDegradationAdaption,
+    SkipSplit,
+    SpatialFrequencyFusion,
+    skip_merge,
+    skip_split,
+)
 from irblocks.anyir.gated_da import gated_da_channels
 from irblocks.errors import InputError
 

@@ -37,6 +37,7 @@ def test_full_recipe_matches_released_params_and_flops():
 
 def test_cli_summary_anyir(capsys):
     import re
+
     from irblocks.cli import main
     assert main(["summary", "anyir"]) == 0
     out = capsys.readouterr().out
@@ -67,6 +68,7 @@ def test_recipe_docstring_and_loss():
 def test_official_parity_tiny():
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     from irblocks.convert import from_official
     p = shared_path("parity", "anyir_tiny.safetensors")
     sd = load_file(str(p))

@@ -7,7 +7,6 @@ Equality of the two modes is asserted in tests/anyir/test_blocks.py.
 import pytest
 import torch
 
-
 _MEANS: dict = {}
 
 

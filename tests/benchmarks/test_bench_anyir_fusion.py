@@ -6,9 +6,13 @@ reference vs torch.compile of the reference vs Triton (CUDA only).
 import pytest
 import torch
 
+from irblocks.kernels.anyir_fusion import (
+    anyir_fusion,
+    anyir_fusion_naive,
+    anyir_fusion_reference,
+    bytes_moved,
+)
 from tests.benchmarks._util import compiled_or_skip
-
-from irblocks.kernels.anyir_fusion import anyir_fusion, anyir_fusion_naive, anyir_fusion_reference, bytes_moved
 
 SHAPE = (1, 24, 128, 128)      # C' = 24 -> output 1x48x128x128
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,11 +9,10 @@ unfold ~ pad (2N) + unfold write k*k N + product read/write 2 k*k N + sum k*k N 
 """
 import pytest
 import torch
-
-from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 
 from irblocks.kernels.fsb_filter import fsb_filter, fsb_filter_reference
+from tests.benchmarks._util import compiled_or_skip
 
 B, C, H, W, K, G = 1, 48, 128, 128, 3, 4
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

@@ -6,10 +6,13 @@ formulation vs our reference vs torch.compile of the reference vs Triton (CUDA o
 import pytest
 import torch
 
+from irblocks.kernels.gated_da_stats import (
+    bytes_moved,
+    gated_da_modulate,
+    gated_da_modulate_naive,
+    gated_da_modulate_reference,
+)
 from tests.benchmarks._util import compiled_or_skip
-
-from irblocks.kernels.gated_da_stats import (bytes_moved, gated_da_modulate, gated_da_modulate_naive,
-                                             gated_da_modulate_reference)
 
 F_SHAPE = (1, 24, 128, 128)     # GatedDA at C' = 24: alpha = round(8/3 * 24) - 48 = 16 channels
 A_CH = 16

@@ -10,11 +10,10 @@ unfused 5E (gelu: read E, write E; multiply: read 2E, write E).
 """
 import pytest
 import torch
-
-from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 
 from irblocks.kernels.gdfn_gate import gelu_gate, gelu_gate_reference
+from tests.benchmarks._util import compiled_or_skip
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = [(1, 48, 128, 128), (1, 48, 256, 256)]

@@ -10,9 +10,8 @@ reads x once per butterfly stage (~4 passes); the naive conv path pads, runs two
 import pytest
 import torch
 
-from tests.benchmarks._util import compiled_or_skip
-
 from irblocks.kernels.haar_dwt import haar_dwt, haar_dwt_reference, haar_idwt, haar_idwt_reference
+from tests.benchmarks._util import compiled_or_skip
 
 B, C, H, W = 1, 48, 128, 128
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

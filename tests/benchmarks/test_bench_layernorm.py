@@ -8,11 +8,10 @@ naive 10E (mean, var, x-mu, /sqrt, *w, +b: 6 full reads, 4 full writes).
 """
 import pytest
 import torch
-
-from tests.benchmarks._util import compiled_or_skip
 from einops import rearrange
 
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
+from tests.benchmarks._util import compiled_or_skip
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = [(1, 48, 128, 128), (1, 48, 256, 256)]

@@ -9,12 +9,11 @@ norm, read + write for the division each; q k^T reads both; attn v reads v, writ
 """
 import pytest
 import torch
-
-from tests.benchmarks._util import compiled_or_skip
 import torch.nn.functional as F
 from einops import rearrange
 
 from irblocks.kernels.mdta import channel_attention, channel_attention_reference
+from tests.benchmarks._util import compiled_or_skip
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = [(1, 48, 128, 128), (1, 48, 256, 256)]

@@ -6,8 +6,18 @@ import pytest
 import torch
 
 import irblocks
-from irblocks.clusir import (DAFMM, DWT, IDWT, ClusterMoE, FrequencySelfMining, PCGRMRouter,
-                             PromptFusion, PrototypeBank, WaveAttention, WaveFFN, WaveletBlock)
+from irblocks.clusir import (
+    DAFMM,
+    DWT,
+    ClusterMoE,
+    FrequencySelfMining,
+    PCGRMRouter,
+    PromptFusion,
+    PrototypeBank,
+    WaveAttention,
+    WaveFFN,
+    WaveletBlock,
+)
 from irblocks.guidance import Guidance
 from irblocks.registry import build
 from irblocks.testing import dense_routing

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import irblocks
+from irblocks import registry as core
 from irblocks.clusir import ClusterMoE, PCGRMRouter, PrototypeBank
 from irblocks.guidance import Guidance
-from irblocks import registry as core
 from irblocks.testing import dense_routing_enabled
 
 TINY = 8        # width override: the recipe's structure at d = 8

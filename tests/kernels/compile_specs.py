@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 
+
 def anyir_fusion_specs(m) -> list:
     _GPU_BLOCK = 1024
     _S = "i32"

@@ -7,10 +7,14 @@ the lam grad in float16 is compared at 2e-2 (a sum over every element).
 """
 import pytest
 import torch
-
-from irblocks.kernels.anyir_fusion import (anyir_fusion, anyir_fusion_naive,
-                                           anyir_fusion_reference, bytes_moved)
 from kutil import SMALL_SHAPES, assert_close, both_paths, cases, grads, make
+
+from irblocks.kernels.anyir_fusion import (
+    anyir_fusion,
+    anyir_fusion_naive,
+    anyir_fusion_reference,
+    bytes_moved,
+)
 
 C_HALF = 3   # C' (odd on purpose: the released layout interleaves c0, c0, c1, c1, ...)
 

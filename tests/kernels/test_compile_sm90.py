@@ -15,8 +15,7 @@ import pkgutil
 import pytest
 
 import irblocks.kernels as kpkg
-from irblocks.kernels import _dispatch
-from irblocks.kernels import report
+from irblocks.kernels import _dispatch, report
 from tests.kernels import compile_specs
 
 pytestmark = pytest.mark.skipif(not _dispatch.triton_available(), reason="Triton is not importable")

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from irblocks.clusir import FrequencySelfMining
 from irblocks.kernels.fsb_filter import fsb_filter, fsb_filter_reference, reflect_index
-from tests.kernels.kutil import both_paths, assert_close, cases, grads, make
+from tests.kernels.kutil import assert_close, both_paths, cases, grads, make
 
 C, G = 2, 1   # one group of two channels: grouping is exercised, programs stay few
 F32 = {"atol": 1e-5, "rtol": 1e-5}

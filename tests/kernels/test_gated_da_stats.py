@@ -6,10 +6,14 @@ accumulate in float32).
 """
 import pytest
 import torch
-
-from irblocks.kernels.gated_da_stats import (bytes_moved, gated_da_modulate,
-                                             gated_da_modulate_naive, gated_da_modulate_reference)
 from kutil import SMALL_SHAPES, assert_close, both_paths, cases, grads, make
+
+from irblocks.kernels.gated_da_stats import (
+    bytes_moved,
+    gated_da_modulate,
+    gated_da_modulate_naive,
+    gated_da_modulate_reference,
+)
 
 C = 3
 

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.gdfn_gate import gelu_gate, gelu_gate_reference
-from tests.kernels.kutil import both_paths, ALL_LAYOUTS, cases, grads, assert_close, make
+from tests.kernels.kutil import ALL_LAYOUTS, assert_close, both_paths, cases, grads, make
 
 C2 = 10  # 2 x 5 channels
 

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from irblocks.clusir import DWT, IDWT
 from irblocks.kernels.haar_dwt import haar_dwt, haar_dwt_reference, haar_idwt, haar_idwt_reference
-from tests.kernels.kutil import both_paths, SHAPES, assert_close, cases, grads, make
+from tests.kernels.kutil import SHAPES, assert_close, both_paths, cases, grads, make
 
 C = 3
 F32 = {"atol": 1e-5, "rtol": 1e-5}

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
-from tests.kernels.kutil import ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
+from tests.kernels.kutil import ALL_LAYOUTS, assert_close, cases, grads, make
 
 C = 6  # not a power of two: exercises the channel mask
 

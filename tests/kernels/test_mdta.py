@@ -10,7 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import irblocks
 from irblocks.kernels.mdta import channel_attention, channel_attention_reference
-from tests.kernels.kutil import both_paths, ALL_LAYOUTS, SMALL_SHAPES, cases, grads, assert_close, make
+from tests.kernels.kutil import (
+    ALL_LAYOUTS,
+    assert_close,
+    both_paths,
+    cases,
+    grads,
+    make,
+)
 
 
 def _run(impl, heads):

@@ -13,10 +13,10 @@ fallback for head dims > 128.
 """
 import math
 
+import kutil
 import pytest
 import torch
 
-import kutil
 from irblocks.guidance import Guidance
 from irblocks.kernels import pattern_sca as ps
 

@@ -2,8 +2,16 @@
 import pytest
 import torch
 
-from irblocks.train.datasets import (AllInOne, DataError, EpochBatchSampler, PairedFolder, SyntheticDataset,
-                                     find_paired, make_loader, random_crop_flip)
+from irblocks.train.datasets import (
+    AllInOne,
+    DataError,
+    EpochBatchSampler,
+    PairedFolder,
+    SyntheticDataset,
+    find_paired,
+    make_loader,
+    random_crop_flip,
+)
 from irblocks.train.imageio import ImageError, read_image
 
 from ._util import paired_folder, write_png

@@ -5,8 +5,21 @@ import pytest
 import torch
 
 from irblocks.registry import build, list_names
-from irblocks.train.degradations import (CDD11, CDD11_COMBOS, JPEG, Compose, GaussianNoise, Haze, LowLight, MotionBlur,
-                                         Rain, Snow, build_degradation, line_kernel, parse_degradation)
+from irblocks.train.degradations import (
+    CDD11,
+    CDD11_COMBOS,
+    JPEG,
+    Compose,
+    GaussianNoise,
+    Haze,
+    LowLight,
+    MotionBlur,
+    Rain,
+    Snow,
+    build_degradation,
+    line_kernel,
+    parse_degradation,
+)
 
 NAMES = ["gaussian_noise", "haze", "rain", "snow", "motion_blur", "low_light", "jpeg", "compose", "cdd11"]
 

@@ -6,8 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.aux_loss import record_aux_loss
-from irblocks.losses import (CharbonnierLoss, FFTLoss, ICRMLoss, L1Loss, MSSSIMLoss, build_loss, icrm_views,
-                             ms_ssim, validate_loss_section)
+from irblocks.losses import (
+    CharbonnierLoss,
+    FFTLoss,
+    ICRMLoss,
+    L1Loss,
+    MSSSIMLoss,
+    build_loss,
+    icrm_views,
+    ms_ssim,
+    validate_loss_section,
+)
 from irblocks.registry import build, list_names
 
 NAMES = ["l1", "l2", "charbonnier", "ms_ssim", "fft", "icrm", "aux"]
