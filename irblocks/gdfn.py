@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.dwconv import depthwise_conv2d
-from irblocks.registry import Context, register
 from irblocks.kernels._dispatch import select
 from irblocks.kernels.gdfn_gate import gelu_gate
+from irblocks.registry import Context, register
 
 __all__ = ["GDFN"]
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.dwconv import depthwise_conv2d
-from irblocks.registry import Context, register
 from irblocks.kernels.mdta import channel_attention
+from irblocks.registry import Context, register
 
 __all__ = ["MDTA"]
 

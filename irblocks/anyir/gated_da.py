@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irblocks.dwconv import depthwise_conv2d
 from irblocks.errors import InputError, check_feature
 from irblocks.kernels.gated_da_stats import gated_da_modulate, gated_da_modulate_naive
-from irblocks.dwconv import depthwise_conv2d
 from irblocks.norm import ChannelLayerNorm
 from irblocks.registry import Context, register
 
