@@ -1,6 +1,7 @@
 """Whole-network speed: our execution vs the official code's way of executing, same weights.
 
     pytest tests/benchmarks/test_bench_models.py --benchmark-only
+    pytest tests/benchmarks/test_bench_models.py --benchmark-only -k train -s   # training steps
 
 The "official" style (``irblocks.set_execution(model, "official")``) runs NCHW with the
 permute-and-reshape LayerNorm, unfused GDFN gating and rearrange-based MDTA (plus, for
@@ -8,7 +9,20 @@ AnyIR, the FFT frequency branch and the unfused GatedDA statistics). The second
 benchmark of each group prints official / fast and stores it in
 ``extra_info["speedup"]`` (target: >= 2x). Output equality of the two styles is a normal
 test (tests/test_blocks_and_models.py, tests/anyir/test_model.py).
+
+Training step (``test_model_train_step``): forward + L1 loss + backward, batch 2, 128x128,
+train mode, same weights; groups "<name> train step 2x3x128x128". Besides the wall-clock
+median (default threads), each benchmark stores ``extra_info["cpu_s"]`` (process CPU time of
+one step, the figure least disturbed by other jobs on a shared machine) and
+``extra_info["peak_rss_mb"]``: the peak resident memory a fresh subprocess reaches during one
+training step above what it held after building the model (Linux ``VmHWM``, one thread).
+Equal gradients of the two styles are a normal test (tests/test_training_parity.py).
 """
+import subprocess
+import sys
+import textwrap
+import time
+
 import pytest
 import torch
 
@@ -51,3 +65,74 @@ def test_model_forward(benchmark, name, size, style):
         ratio = _MEANS[(name, size, "official")] / _MEANS[(name, size, "fast")]
         benchmark.extra_info["speedup"] = round(ratio, 3)
         print(f"\n{name} 1x3x{size}x{size}: official / fast = {ratio:.2f}x (target >= 2x)")
+
+
+TRAIN_BATCH, TRAIN_SIZE = 2, 128
+
+_PEAK_SCRIPT = textwrap.dedent("""
+    import sys, torch, irblocks
+
+    def status(key):                                    # kB figures of /proc/self/status
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
+
+    torch.set_num_threads(1)
+    name, style, batch, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    torch.manual_seed(0)
+    model = irblocks.set_execution(irblocks.create_model(name).train(), style)
+    x, y = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
+    base = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:       # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    (model(x) - y).abs().mean().backward()
+    print(status("VmHWM") - base)
+""")
+
+
+def peak_train_rss_mb(name: str, style: str, batch: int = TRAIN_BATCH,
+                      size: int = TRAIN_SIZE) -> float:
+    """Peak resident memory (MiB) of one training step above the built model, measured in a
+    fresh subprocess (Linux: VmHWM of /proc/self/status, reset after building the model;
+    getrusage's maxrss would include the parent's peak at fork)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, name, style, str(batch),
+                          str(size)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"peak memory subprocess for {name} ({style}) failed: "
+                           f"{out.stderr[-500:]}")
+    return int(out.stdout.split()[-1]) / 1024
+
+
+@pytest.mark.parametrize("style", ["official", "fast"])
+@pytest.mark.parametrize("name", MODELS)
+def test_model_train_step(benchmark, name, style):
+    if name not in irblocks.list_models():
+        pytest.skip(f"no recipe {name!r}")
+    torch.manual_seed(0)
+    _CACHE.clear()
+    model = irblocks.create_model(name).train()
+    benchmark.group = f"{name} train step {TRAIN_BATCH}x3x{TRAIN_SIZE}x{TRAIN_SIZE}"
+    irblocks.set_execution(model, style)
+    shape = (TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE)
+    x, y = torch.rand(shape), torch.rand(shape)
+    cpu: list = []
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        t = time.process_time()
+        (model(x) - y).abs().mean().backward()
+        cpu.append(time.process_time() - t)
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
+    cpu_s = sorted(cpu[1:])[len(cpu[1:]) // 2]
+    benchmark.extra_info["cpu_s"] = round(cpu_s, 3)
+    benchmark.extra_info["peak_rss_mb"] = round(peak_train_rss_mb(name, style), 1)
+    key = (name, "train", style)
+    _MEANS[key] = (benchmark.stats.stats.median, cpu_s, benchmark.extra_info["peak_rss_mb"])
+    fast, off = _MEANS.get((name, "train", "fast")), _MEANS.get((name, "train", "official"))
+    if fast and off:
+        benchmark.extra_info["speedup"] = round(off[0] / fast[0], 3)
+        benchmark.extra_info["cpu_speedup"] = round(off[1] / fast[1], 3)
+        print(f"\n{name} train step {TRAIN_BATCH}x3x{TRAIN_SIZE}x{TRAIN_SIZE}: official / fast "
+              f"= {off[0] / fast[0]:.2f}x wall ({off[0]:.2f} s vs {fast[0]:.2f} s, "
+              f"{torch.get_num_threads()} threads), {off[1] / fast[1]:.2f}x CPU time; peak train "
+              f"memory official {off[2]:.0f} MiB, fast {fast[2]:.0f} MiB (target: >= 2x, not more)")
