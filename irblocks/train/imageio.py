@@ -4,11 +4,12 @@ Reading applies the EXIF / TIFF orientation tag (phone photos are stored sideway
 tag saying how to turn them), so tensors, restored outputs (written without the tag) and
 their sizes are upright. 16-bit TIFFs (grey or RGB) are read with tifffile at full
 precision (Pillow would cut RGB to 8 bits); other files through Pillow (16-bit grey PNG at
-full precision; Pillow reads 16-bit RGB PNG as 8 bits).
+full precision; a 16-bit colour PNG is read at 8 bits, with a warning saying so).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, List
 
@@ -73,6 +74,13 @@ def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+def _png_bit_depth(path) -> int:
+    """Bit depth from a PNG's IHDR (byte 24 of the file; 0 when unreadable)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24] if len(head) >= 26 and head[12:16] == b"IHDR" else 0
+
+
 def _fail(path, e: Exception) -> ImageError:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return ImageError(f"cannot read image {path}: {msg}")
@@ -131,6 +139,10 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
                 elif im.mode == "I":
                     arr = np.asarray(im).astype(np.float32) / 255.0
                 else:
+                    if im.format == "PNG" and _png_bit_depth(path) == 16:
+                        warnings.warn(f"{path}: a 16-bit colour PNG is read at 8 bits (Pillow cannot "
+                                      "do better); save it as a 16-bit TIFF for full precision",
+                                      stacklevel=2)
                     arr = np.asarray(im.convert("RGB"))
         arr = _to_unit(arr)
         if arr.ndim == 2:

@@ -73,3 +73,25 @@ def test_16bit_rgb_tiff_full_precision(tmp_path):
     assert torch.equal(read_image(tmp_path / "planar.tif"), want)
     tifffile.imwrite(tmp_path / "grey.tif", arr[..., 0])
     assert torch.equal(read_image(tmp_path / "grey.tif"), want[:1].expand(3, -1, -1))
+
+
+def test_16bit_colour_png_warns_that_it_is_read_at_8_bits(tmp_path):
+    import struct
+    import zlib
+
+    h, w = 3, 4
+    a = (np.arange(h * w * 3).reshape(h, w, 3) * 1000 + 7).astype(">u2")
+    raw = b"".join(b"\x00" + a[i].tobytes() for i in range(h))
+
+    def chunk(tag, data):
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, RGB
+    p = tmp_path / "deep.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                  + chunk(b"IEND", b""))
+    with pytest.warns(UserWarning, match=r"deep\.png: a 16-bit colour PNG is read at 8 bits"):
+        x = read_image(p)
+    assert x.shape == (3, h, w)
+    torch.testing.assert_close(x, torch.from_numpy((a >> 8).astype(np.float32) / 255).permute(2, 0, 1))
