@@ -116,16 +116,24 @@ class RunLog:
         self._n, self._images, self._seconds = 0, 0, 0.0
         self._file = None
         self.tb = None
+        self._tb_dir = None
         if tensorboard and enabled:
-            tb = require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard")
+            require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard")
             if folder is not None:
-                self.tb = tb.SummaryWriter(
-                    log_dir=str(Path(folder) / "tensorboard"), purge_step=resume_step
-                )
+                self._tb_dir = str(Path(folder) / "tensorboard")
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate(resume_step)
+        self.open(purge_step=resume_step)
+
+    def open(self, purge_step: Optional[int] = None) -> None:
+        """(Re)open the writers (after :meth:`close`, e.g. a second ``fit`` of one trainer)."""
+        if self.enabled and self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")
+        if self._tb_dir is not None and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=self._tb_dir, purge_step=purge_step)
 
     def _truncate(self, step: Optional[int]) -> None:
         if not self.path.exists():

@@ -403,6 +403,7 @@ class Trainer:
         a checkpoint is written so the run can be resumed); returns a summary dict."""
         self.stop_after = stop_after
         self.model.train()
+        self.log.open()
         loader = make_loader(self.data, self.train_cfg.batch_size, self.train_cfg.workers, self.train_cfg.seed,
                              True, self.rank, self.world, start_step=self.step, steps=self.total_steps)
         # a time-budgeted run has no known step count: the bar shows steps and rate, no ETA

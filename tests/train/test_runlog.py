@@ -149,3 +149,10 @@ def test_evaluation_leaves_the_training_random_streams_alone(data):
     res = t.evaluate_now()
     assert res["tasks"]["noise"]["psnr"] > 0
     assert torch.equal(torch.get_rng_state(), state) and random.getstate() == py
+
+
+def test_second_fit_of_one_trainer_keeps_logging(tmp_path, data):
+    t = Trainer(_recipe(), data, out_dir=tmp_path, steps=4, log_every=1, progress=False)
+    t.fit(stop_after=2)
+    t.fit()
+    assert [r["step"] for r in read_log(tmp_path)] == [1, 2, 3, 4]
