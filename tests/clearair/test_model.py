@@ -148,3 +148,8 @@ def test_recipe_training_section_is_the_scaffolds():
     assert (sched.type, sched.warmup_epochs, sched.min_lr) == ("warmup_cosine", 0, 1e-6)
     assert (train.grad_clip, train.batch_size, train.patch_size) == (1.0, 4, 256)
     assert train.iterations == 300000
+    # CosineAnnealingLR(T_max=iterations, eta_min=1e-6) over the run: 2e-4 -> 1.1e-4 -> 1e-6
+    from irblocks.train.config import lr_factor
+    span = sched.epochs
+    lrs = [opt.lr * lr_factor(sched, f * span, opt.lr) for f in (0.0, 0.5, 1.0)]
+    assert lrs == pytest.approx([2e-4, 1e-6 + (2e-4 - 1e-6) / 2, 1e-6], rel=1e-9)
