@@ -23,6 +23,7 @@ a live status while they work, nothing in logs).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Iterable, Optional, TextIO
 
@@ -43,7 +44,8 @@ class LineStream:
     def write(self, text: str) -> int:
         for part in text.replace("\r", "\n").split("\n"):
             part = part.strip()
-            key = part.split("[")[0]  # the status without its timing
+            # the status without its timing and bar (whose width follows the rate's text)
+            key = re.sub(r"\|[^|]*\|", "|", part.split("[")[0])
             if part and key != self._last:
                 self.stream.write(part + "\n")
                 self._last = key
