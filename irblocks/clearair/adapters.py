@@ -268,8 +268,16 @@ class _Adapter(GuidancePrior):
     backend_name = ""
 
     def _load(self, path: str, **options) -> Callable:
+        """The backend callable; on the ``meta`` device (a skeleton for shapes and counts, as
+        ``irblocks.load`` builds first) the backend is checked for but not loaded."""
         _check(self.backend_name, self.name, path)
+        if torch.empty(0).device.type == "meta":
+            return self._not_loaded
         return LOADERS[self.backend_name](path, **options)
+
+    def _not_loaded(self, img: torch.Tensor):
+        raise RuntimeError(f"prior {self.name!r} was built on the meta device: its backend is not "
+                           "loaded there; build the model on a real device to run it")
 
 
 @register("prior", "deqa_quality", aliases=("deqa",))

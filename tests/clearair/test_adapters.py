@@ -305,6 +305,21 @@ def test_deqa_reduction_is_a_trainable_linear_of_the_model(fakes, tmp_path):
     )
 
 
+def test_backends_are_not_loaded_on_meta(fakes, monkeypatch):
+    path, _ = fakes
+    loads = []
+    for name, fn in list(adapters.LOADERS.items()):
+        monkeypatch.setitem(adapters.LOADERS, name, lambda *a, _fn=fn, _n=name, **k: loads.append(_n))
+    with torch.device("meta"):
+        model = irblocks.create_model(
+            "clearair-tiny",
+            priors={"quality": {"type": "deqa_quality", "path": path},
+                    "regions": {"type": "sam2_regions", "path": path}},
+            shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256, "state_dim": HIDDEN}},
+        )
+    assert loads == [] and model.shared["quality_adapter"].reduce.weight.is_meta
+
+
 def test_deqa_state_without_state_dim_is_one_line(fakes):
     path, _ = fakes
     model = irblocks.create_model(
