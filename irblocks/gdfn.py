@@ -1,8 +1,11 @@
 """Gated-Dconv Feed-Forward Network (Restormer's GDFN)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 from torch import nn
 
 from irblocks.dwconv import depthwise_conv2d
@@ -28,10 +31,9 @@ class GDFN(nn.Module):
 
     execution = "fast"
 
-    def __init__(self, dim: Context[int], expansion: float = 2.66, bias: bool = False):
+    def __init__(self, dim: Context[int], expansion: Annotated[float, Gt(0)] = 2.66,
+                 bias: bool = False):
         super().__init__()
-        if expansion <= 0:
-            raise ValueError(f"gdfn: expansion must be > 0, got {expansion}")
         hidden = int(dim * expansion)
         if hidden < 1:
             raise ValueError(f"gdfn: int(dim * expansion) = int({dim} * {expansion}) leaves no hidden channels")

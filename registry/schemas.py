@@ -113,8 +113,8 @@ def type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         base, *meta = typing.get_args(tp)
-        bounds = [_bound(m) for m in meta]
-        return " ".join([type_name(base), *[b for b in bounds if b]])
+        bounds = " and ".join(b for b in (_bound(m) for m in meta) if b)
+        return f"{type_name(base)} {bounds}" if bounds else type_name(base)
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is typing.Union or origin is types.UnionType:

@@ -98,7 +98,7 @@ def test_non_positive_sizes_are_one_line_value_errors():
 
 def test_build_checks_once_and_keeps_the_path():
     from irblocks import registry
-    with pytest.raises(ConfigError, match=r"^gdfn\.expansion: expected float, got .x."):
+    with pytest.raises(ConfigError, match=r"^gdfn\.expansion: expected float > 0, got .x."):
         registry.build({"type": "transformer_block", "ffn": {"type": "gdfn", "expansion": "x"}},
                        "block", path="stage", dim=8, heads=1)
     m = registry.build({"type": "gdfn", "expansion": 2}, "block", dim=8)
@@ -136,3 +136,14 @@ def test_unused_config_keys_are_gone():
     assert not hasattr(AuxLoss, "needs_model")
     problems = check_recipe({"extends": str(ROOT / "recipes/restormer-tiny.yaml"), "train": {"sigmas": [15]}})
     assert any("train.sigmas: unknown key" in str(p) for p in problems), problems
+
+
+def test_annotated_ranges_replace_hand_written_checks():
+    from irblocks import GatedDegradationAdaptation, MaskAveragePool
+    for make, msg in [(lambda: irblocks.GDFN(8, expansion=0), "gdfn.expansion: expected float > 0, got 0"),
+                      (lambda: MaskAveragePool(mask_dropout=1.0), "mask_dropout: expected float >= 0 and < 1"),
+                      (lambda: GatedDegradationAdaptation(dim=0), "gated_da.dim: expected a positive integer"),
+                      (lambda: irblocks.SemanticCrossAttention(8, mask_dropout=-0.1), "mask_dropout: expected")]:
+        with pytest.raises(ConfigError, match=msg):
+            make()
+    assert "expansion: float > 0 = 2.66" in irblocks.registry.info("gdfn")["signature"]

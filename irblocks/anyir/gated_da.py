@@ -56,8 +56,6 @@ class GatedDegradationAdaptation(nn.Module):
                  norm: Literal["batch", "layer", "group"] = "batch", norm_groups: int = 1,
                  bias: bool = False, eps: float = 1e-6):
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"gated_da: dim must be >= 1, got {dim}")
         gamma, beta, alpha = gated_da_channels(dim, expansion)
         if alpha < 1:
             raise ValueError(f"gated_da: expansion={expansion:g} with dim={dim} gives "

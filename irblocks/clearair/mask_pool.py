@@ -1,8 +1,11 @@
 """Mask average pooling (MAP) and the per-level preparation of region masks."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Lt
 from torch import nn
 
 from irblocks.errors import InputError
@@ -87,10 +90,8 @@ class MaskAveragePool(nn.Module):
     Shapes: x (B, C, H, W), masks (B, K, H', W') -> (B, C, H, W).
     """
 
-    def __init__(self, mask_dropout: float = 0.0):
+    def __init__(self, mask_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0):
         super().__init__()
-        if not 0 <= mask_dropout < 1:
-            raise ValueError(f"mask_average_pool: mask_dropout must be in [0, 1), got {mask_dropout}")
         self.mask_dropout = mask_dropout
 
     def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

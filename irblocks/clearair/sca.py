@@ -1,10 +1,11 @@
 """Semantic Cross-Attention (ClearAIR Eq. 8-9) over pattern tokens."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Lt
 from torch import nn
 
 from irblocks.errors import check_feature
@@ -50,15 +51,14 @@ class SemanticCrossAttention(GuidedBlock):
     ``src`` (default x), which the ClearAIR guidance block sets to its own input.
     """
 
-    def __init__(self, dim: Context[int], num_heads: int = 4, mask_dropout: float = 0.2,
+    def __init__(self, dim: Context[int], num_heads: int = 4,
+                 mask_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2,
                  mode: Literal["pattern", "dense"] = "pattern", source: Literal["prior", "learned"] = "prior",
                  learned_tokens: int = 16, bias: bool = False, key: str = "prior.masks",
                  norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"semantic_cross_attention: num_heads={num_heads} must divide dim={dim}")
-        if not 0 <= mask_dropout < 1:
-            raise ValueError(f"semantic_cross_attention: mask_dropout must be in [0, 1), got {mask_dropout}")
         if source == "learned" and learned_tokens < 1:
             raise ValueError(f"semantic_cross_attention: learned_tokens must be >= 1, got {learned_tokens}")
         self.dim, self.heads, self.mode, self.source, self.key = dim, num_heads, mode, source, key

@@ -101,8 +101,8 @@ def test_ablation_switches_drop_the_prior_reads():
     ({"type": "clearair_guidance", "order": "how-how-what"}, "permutation of how-where-what"),
     ({"type": "semantic_cross_attention", "num_heads": 3}, "num_heads=3 must divide dim=8"),
     ({"type": "degradation_aware", "num_heads": 5}, "num_heads=5 must divide dim=8"),
-    ({"type": "semantic_cross_attention", "mask_dropout": 1.0}, "mask_dropout must be in"),
-    ({"type": "mask_average_pool", "mask_dropout": -0.1}, "mask_dropout must be in"),
+    ({"type": "semantic_cross_attention", "mask_dropout": 1.0}, "mask_dropout: expected float >= 0 and < 1"),
+    ({"type": "mask_average_pool", "mask_dropout": -0.1}, "mask_dropout: expected float >= 0 and < 1"),
 ])
 def test_construction_errors(spec, match):
     with pytest.raises(ValueError, match=match):
