@@ -189,16 +189,25 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     embedded recipe (named by its metadata key), missing/unexpected tensors, and every
     tensor whose shape differs (all listed, with both shapes). The recipe's model is
     first built on the ``meta`` device and checked against the file's header, so a
-    recipe asking for a model larger than the file holds never allocates it.
+    recipe asking for a model larger than the file holds never allocates it. (A model
+    whose constructor needs real tensors, e.g. a prior that loads its backend's weights
+    from a local path, cannot be built on ``meta``; it is built directly and checked
+    after.)
     """
     path = as_path(path, "irblocks.checkpoint.load")
     rec = read_recipe(path)
-    with torch.device("meta"):
-        skeleton = _build(rec, path)
-    check_state_dict(skeleton.state_dict(), _shapes(path), str(path), CheckpointError)
-    del skeleton
+    try:
+        with torch.device("meta"):
+            skeleton = _build(rec, path)
+    except Exception:  # noqa: BLE001  (a constructor that needs real tensors: built for real below)
+        skeleton = None
+    if skeleton is not None:
+        check_state_dict(skeleton.state_dict(), _shapes(path), str(path), CheckpointError)
+        del skeleton
     model = _build(rec, path)
-    model.load_state_dict(read_tensors(path, map_location), strict=True)
+    sd = read_tensors(path, map_location)
+    check_state_dict(model.state_dict(), sd, str(path), CheckpointError)
+    model.load_state_dict(sd, strict=True)
     return model.to(map_location)
 
 
