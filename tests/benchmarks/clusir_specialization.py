@@ -30,7 +30,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -236,10 +235,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     res = run(a.steps, a.per_task, a.crop, a.eval_crops, a.recipe, a.width, a.lr, a.clip, a.seed,
               a.threads)
-    out = Path(a.output)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)                      # no partial output on failure
+    from irblocks.atomic import atomic_path
+    with atomic_path(a.output) as tmp:    # the file appears whole or not at all
+        tmp.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: res[k] for k in ("best_nmi", "psnr", "seconds")}))
     return 0
 
