@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from annotated_types import Gt
 from torch import nn
 
-from irblocks.dwconv import depthwise_conv2d
+from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.kernels._dispatch import select
 from irblocks.kernels.gdfn_gate import gelu_gate
 from irblocks.registry import Context, register
@@ -44,7 +44,7 @@ class GDFN(nn.Module):
 
     def _half(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         pi, dw = self.project_in, self.dwconv
-        y = F.conv2d(x, pi.weight[part], None if pi.bias is None else pi.bias[part])
+        y = pointwise_conv2d(x, pi.weight[part], None if pi.bias is None else pi.bias[part])
         return depthwise_conv2d(y, dw.weight[part], None if dw.bias is None else dw.bias[part])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,5 +53,6 @@ class GDFN(nn.Module):
             return self.project_out(F.gelu(x1) * x2)
         if select(None, x) == "triton":
             return self.project_out(gelu_gate(self.dwconv(self.project_in(x))))
-        h = self.hidden
-        return self.project_out(F.gelu(self._half(x, slice(0, h))) * self._half(x, slice(h, 2 * h)))
+        h, po = self.hidden, self.project_out
+        gated = F.gelu(self._half(x, slice(0, h))) * self._half(x, slice(h, 2 * h))
+        return pointwise_conv2d(gated, po.weight, po.bias)

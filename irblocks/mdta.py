@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.dwconv import depthwise_conv2d
+from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.kernels.mdta import channel_attention
 from irblocks.registry import Context, register
 
@@ -46,7 +46,10 @@ class MDTA(nn.Module):
             attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
             out = (attn @ v).reshape(b, c, h, w)
         else:
+            qkv = pointwise_conv2d(x, self.qkv.weight, self.qkv.bias)
             dw = self.qkv_dwconv
-            q, k, v = depthwise_conv2d(self.qkv(x), dw.weight, dw.bias).chunk(3, dim=1)
+            q, k, v = depthwise_conv2d(qkv, dw.weight, dw.bias).chunk(3, dim=1)
             out = channel_attention(q, k, v, self.temperature, self.heads)
+            po = self.project_out
+            return pointwise_conv2d(out, po.weight, po.bias) if po is not None else out
         return self.project_out(out) if self.project_out is not None else out

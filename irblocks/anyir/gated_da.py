@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.dwconv import depthwise_conv2d
+from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.errors import InputError, check_feature
 from irblocks.kernels.gated_da_stats import gated_da_modulate, gated_da_modulate_naive
 from irblocks.norm import ChannelLayerNorm
@@ -99,12 +99,14 @@ class GatedDegradationAdaptation(nn.Module):
         # element-wise op several times slower on CPU)
         w, bias = self.w_exp.weight, self.w_exp.bias
         ends = (self.splits[0], self.splits[0] + self.splits[1], w.shape[0])
-        gamma, beta, alpha = (F.conv2d(f, w[s:e], None if bias is None else bias[s:e])
+        gamma, beta, alpha = (pointwise_conv2d(f, w[s:e], None if bias is None else bias[s:e])
                               for s, e in zip((0,) + ends[:2], ends))
         alpha = gated_da_modulate(f, depthwise_conv2d(alpha, self.w_depth.weight, self.w_depth.bias),
                                   self.tau, self.eps)
-        gated = torch.addcmul(x, torch.sigmoid(gamma), self.w_gate(torch.cat([beta, alpha], dim=1)))
-        return self.w_proj(gated)
+        wg, wp = self.w_gate, self.w_proj
+        gated = torch.addcmul(x, torch.sigmoid(gamma),
+                              pointwise_conv2d(torch.cat([beta, alpha], dim=1), wg.weight, wg.bias))
+        return pointwise_conv2d(gated, wp.weight, wp.bias)
 
     def extra_repr(self) -> str:
         g, b, a = self.splits

@@ -1,4 +1,11 @@
-"""Depthwise 3x3 / 7x7 convolution with a faster CPU backward (same values as ``F.conv2d``).
+"""CPU execution of the blocks' 1x1 and depthwise convolutions (same values as ``F.conv2d``).
+
+:func:`pointwise_conv2d`: a 1x1 convolution of a channels_last tensor is a matrix product
+over its (B H W, C) view; ``F.linear`` runs it (and its backward: two GEMMs, no zero-filled
+gradient buffers) 20-35% faster than ATen's CPU convolution paths on the blocks' shapes
+(2 x 14..112 x 128 x 128; 1 and 2 threads).
+
+:func:`depthwise_conv2d`: stride-1 depthwise convolution with a faster CPU backward.
 
 The gradient of a stride-1 depthwise convolution with "same" padding (odd k, padding k // 2)
 with respect to its input is the same depthwise convolution of the output gradient with the
@@ -8,15 +15,15 @@ spatially flipped kernel. On CPU, oneDNN's forward depthwise convolution in chan
 the weight gradient with ATen's ``convolution_backward``. Forward, saved tensors (input and
 weight) and values are those of ``F.conv2d``; gradients agree to float rounding.
 
-Used by the ``"fast"`` execution of GDFN, MDTA and GatedDA on CPU tensors; other devices and
-other convolution shapes call ``F.conv2d`` directly.
+Both are used by the ``"fast"`` execution of GDFN, MDTA, GatedDA and the AnyIR fusion on
+CPU tensors; other devices, memory formats and convolution shapes call ``F.conv2d``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv2d"]
+__all__ = ["depthwise_conv2d", "pointwise_conv2d"]
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -62,3 +69,14 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if not fast:
         return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
     return _DepthwiseConv.apply(x, weight, bias, p)
+
+
+def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """1x1 convolution: x (B, Cin, H, W), weight (Cout, Cin, 1, 1) -> (B, Cout, H, W). For a
+    non-NCHW-contiguous CPU tensor (channels_last: then a zero-copy view), ``F.linear`` on its
+    (B, H, W, Cin) view, output channels_last; otherwise ``F.conv2d``. (Only
+    ``is_contiguous()`` is asked: ``torch.func.vmap`` cannot answer memory-format queries.)"""
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
+        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
