@@ -656,3 +656,18 @@ def test_training_loader_refuses_a_mapping(tmp_path):
     from irblocks.train.trainer import load_model
     with pytest.raises(CheckpointError, match="load_model: expected a checkpoint file path"):
         load_model({"w": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda: irblocks.TransformerBlock(dim=-4, heads=1), "transformer_block.dim"),   # issue example
+    (lambda: irblocks.TransformerBlock(dim=8, heads=0), "transformer_block.heads"),
+    (lambda: irblocks.registry.build({"type": "gdfn", "expansion": -1.0}, "block", dim=8),
+     "gdfn.expansion"),
+])
+def test_constructors_reject_non_positive_sizes(make, needle):
+    """Issue example: ``TransformerBlock(dim=-4, heads=1)`` raised torch's 'negative
+    dimension' error. (The check itself is the registry's schema validation.)"""
+    with pytest.raises(ValueError) as ei:
+        make()
+    msg = one_line(ei.value)
+    assert msg.startswith(needle) and "expected" in msg
