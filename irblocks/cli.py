@@ -7,6 +7,7 @@
     irblocks schema [-o FILE]            JSON Schema of recipes and all registered entries
     irblocks convert ARCH SRC DST        official checkpoint -> irblocks safetensors
     irblocks bench [-o FILE]             run the kernel/model benchmarks, write JSON
+    irblocks export RECIPE_OR_RUN -o F   ONNX file, dynamic batch/height/width (extra [export])
 
 plus ``train``, ``eval``, ``restore`` and ``demo`` (see ``irblocks demo -h``), and ``plot``
 and ``diagnose`` (training curves, pictures of routing / masks / spectra).
@@ -60,6 +61,8 @@ COMMANDS: dict[str, Command] = {
                        "irblocks.train.cli:setup_restore"),
     "demo": Command("train anyir-tiny on noisy natural images for ~2 minutes and restore a held-out one",
                     "irblocks.train.cli:setup_demo"),
+    "export": Command("export a recipe or trained run to ONNX (dynamic batch, height, width)",
+                      "irblocks.export:setup_export"),
     "plot": Command("loss / PSNR / learning-rate curves of a training run as a PNG",
                     "irblocks.cli_visual:setup_plot"),
     "diagnose": Command("labelled pictures (routing, masks, spectra...) and numbers of a network "

@@ -18,10 +18,32 @@ __all__ = ["UNetRestorer", "pad_to_multiple"]
 LEVELS = 4
 
 
+def _reflect_index(n, size, device) -> torch.Tensor:
+    """Source index of each of ``size`` positions when ``n`` are reflect-padded (size < 2n)."""
+    i = torch.arange(size, device=device)
+    return torch.where(i < n, i, 2 * (n - 1) - i)
+
+
+def crop(x: torch.Tensor, h, w) -> torch.Tensor:
+    """``x[..., :h, :w]``; while exporting a gather, since "h <= padded height" is not a fact
+    the exporter can derive for a floor-divided size."""
+    if torch.compiler.is_exporting():
+        return x.index_select(-2, torch.arange(h, device=x.device)).index_select(
+            -1, torch.arange(w, device=x.device))
+    return x[..., :h, :w]
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad H and W at the bottom/right to a multiple (reflect; replicate where the
     input is too small to reflect). Returns the padded tensor and the original (H, W)."""
     h, w = x.shape[-2:]
+    if torch.compiler.is_exporting():
+        # one graph for every size >= multiple (the exporter's minimum, where eager reflects
+        # too): reflect padding as a gather, so neither the pad amount nor "pad < size" is a
+        # size guard; padded sizes written as multiples so the 2x downsamplings need none
+        hp, wp = (h + multiple - 1) // multiple * multiple, (w + multiple - 1) // multiple * multiple
+        rows, cols = _reflect_index(h, hp, x.device), _reflect_index(w, wp, x.device)
+        return x.index_select(-2, rows).index_select(-1, cols), (h, w)
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x, (h, w)
@@ -294,7 +316,7 @@ class UNetRestorer(nn.Module):
         out = self.output(feat)
         if self.global_residual:
             out = out + x
-        out = out[..., :h, :w]
+        out = crop(out, h, w)
         return out.contiguous(memory_format=torch.channels_last) if inp.is_contiguous(
             memory_format=torch.channels_last) and not inp.is_contiguous() else out.contiguous()
 

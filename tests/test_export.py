@@ -1,0 +1,112 @@
+"""Export: ``torch.export`` programs and ONNX files (dynamic batch, height, width) of the tiny
+Restormer, PromptIR and AnyIR equal eager; ClusIR and ClearAIR refuse with one line.
+
+onnxruntime vs eager: max |ort - eager| <= 1e-4 * max |eager| at two sizes, one of them not a
+multiple of 8 (the padding and crop are part of the exported graph). The exported program vs
+eager: the same ops, so 1e-5. Exports take tens of seconds each (tracing with symbolic
+shapes), hence one program and one ONNX file per network, shared by its tests.
+"""
+from __future__ import annotations
+
+import sys
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import irblocks
+from irblocks import export as ex
+from irblocks.cli import main
+
+EXPORTABLE = ["restormer-tiny", "promptir-tiny", "anyir-tiny"]
+SIZES = [(2, 3, 24, 32), (1, 3, 19, 27)]      # 19 x 27: not multiples of 8
+
+
+def _model(recipe):
+    torch.manual_seed(0)                      # what `irblocks export` builds (--seed 0)
+    return irblocks.create_model(recipe).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """recipe -> (eager model, ExportedProgram, ONNX path); restormer's ONNX file comes from
+    the command line, the others from the API."""
+    cache = {}
+
+    def get(recipe):
+        if recipe not in cache:
+            model = _model(recipe)
+            program = ex.export_program(model, recipe)
+            path = tmp_path_factory.mktemp("onnx") / f"{recipe}.onnx"
+            if recipe == "restormer-tiny":
+                assert main(["export", recipe, "-o", str(path)]) == 0
+            else:
+                ex.export_onnx(model, path, recipe, program=program)
+            cache[recipe] = model, program, path
+        return cache[recipe]
+    return get
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", EXPORTABLE)
+def test_torch_export_program_equals_eager_on_any_size(recipe, exported):
+    model, program, _ = exported(recipe)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not [o for o in ops if o.startswith("irblocks.")], f"custom ops left in the graph: {ops}"
+    run = program.module()
+    with torch.no_grad():
+        for size in SIZES:
+            x = torch.rand(size)
+            assert _rel(run(x), model(x)) <= 1e-5, (recipe, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", EXPORTABLE)
+def test_onnxruntime_equals_eager_with_dynamic_batch_height_width(recipe, exported):
+    model, _, path = exported(recipe)
+    graph = onnx.load(str(path)).graph
+    (inp,), (out,) = graph.input, graph.output
+    assert inp.name == "image" and out.name == "restored"
+    dims = inp.type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True], dims   # B, H, W dynamic
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for size in SIZES:
+            x = torch.rand(size)
+            got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+            assert got.shape == x.shape
+            assert _rel(got, model(x)) <= 1e-4, (recipe, size)
+
+
+@pytest.mark.parametrize("recipe,why", [("clusir-tiny", "ClusIR routing"),
+                                        ("clearair-tiny", "ClearAIR guidance")])
+def test_unexportable_networks_say_why_in_one_line(recipe, why, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", recipe, "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and why in err and "cannot be exported" in err, err
+    assert not out.exists()
+    with pytest.raises(ex.ExportError, match=why):
+        ex.export_program(_model(recipe))
+
+
+def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)          # `import onnx` raises ImportError
+    assert main(["export", "restormer-tiny", "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'irblocks[export]'" in err and err.count("\n") == 0, err
+
+
+
+def test_export_help_imports_nothing_heavy():
+    import subprocess
+    code = ("import sys\nfrom irblocks.cli import main\ntry:\n    main(['export', '--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('HEAVY', [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "HEAVY []" in r.stdout and "RECIPE_OR_RUN" in r.stdout, r.stderr
