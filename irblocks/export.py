@@ -15,11 +15,14 @@ size >= 16 x 16 work: the padding to a multiple of 8 and the crop back are part 
 (``irblocks.unet.pad_to_multiple`` takes an export branch with the same reflect padding).
 
 Not exportable, with the reason (:func:`check_exportable` raises one line):
-- ClusIR: the PCGRM router picks experts per image (``topk``) and runs them with
-  per-image weights (``vmap`` over the selected experts' parameters); the ONNX graph would
-  need convolutions whose weights depend on the data, which ONNX's Conv does not take.
-- ClearAIR: its guidance priors (k-means regions, NSS quality) and pattern tokens
-  (``torch.unique`` over the masks) produce tensors whose shapes depend on the image content.
+- ClusIR: it traces only for one batch size and one image size. ``torch.export`` with
+  dynamic shapes specialises the batch (the PCGRM router picks experts per image with
+  ``topk`` and runs them through ``vmap`` over their gathered weights) and the height and
+  width (checked on clusir-tiny). A fixed-size export would not be the "any B x H x W"
+  network users run, so it is refused rather than exported half-way.
+- ClearAIR: the semantic cross-attention's pattern tokens (``torch.unique`` over the
+  region masks) are as many as the distinct mask patterns of the image, so tensor shapes
+  depend on the image content (``torch.export`` stops at that count, even at a fixed size).
 """
 from __future__ import annotations
 
@@ -45,16 +48,15 @@ class ExportError(ValueError):
 
 
 def _blocker(model: nn.Module) -> str | None:
-    from irblocks.clearair.guidance_block import ClearAIRGuidance
-    from irblocks.clearair.priors_common import GuidancePrior
+    from irblocks.clearair.sca import SemanticCrossAttention
     from irblocks.clusir.moe import ClusterMoE
     for name, m in model.named_modules():
         if isinstance(m, ClusterMoE):
-            return (f"ClusIR routing ({name}: per-image top-k experts run with per-image weights) "
-                    "has no faithful ONNX form: ONNX convolutions take no data-dependent weights")
-        if isinstance(m, (GuidancePrior, ClearAIRGuidance)):
-            return (f"ClearAIR guidance ({name}: k-means/NSS priors and pattern tokens from torch.unique) "
-                    "makes tensor shapes depend on the image content")
+            return (f"ClusIR routing ({name}: per-image top-k experts run through vmap over their "
+                    "gathered weights) traces only for a fixed batch and image size; no dynamic export")
+        if isinstance(m, SemanticCrossAttention) and m.mode == "pattern":
+            return (f"ClearAIR pattern tokens ({name}: torch.unique over the region masks) are as many "
+                    "as the image's distinct mask patterns: tensor shapes depend on the content")
     return None
 
 

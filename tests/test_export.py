@@ -84,7 +84,7 @@ def test_onnxruntime_equals_eager_with_dynamic_batch_height_width(recipe, export
 
 
 @pytest.mark.parametrize("recipe,why", [("clusir-tiny", "ClusIR routing"),
-                                        ("clearair-tiny", "ClearAIR guidance")])
+                                        ("clearair-tiny", "ClearAIR pattern tokens")])
 def test_unexportable_networks_say_why_in_one_line(recipe, why, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", recipe, "-o", str(out)]) == 1
