@@ -24,7 +24,8 @@ _EXPORTS: dict[str, str] = {
     # registry, errors, execution switches
     "InputError": "irblocks.errors",
     "set_execution": "irblocks.execution",
-    "Guidance": "irblocks.guidance", "GuidanceError": "irblocks.guidance", "GuidedBlock": "irblocks.guidance",
+    "Guidance": "irblocks.guidance", "GuidanceError": "irblocks.guidance",
+    "GuidedBlock": "irblocks.guidance",
     # auxiliary losses
     "record_aux_loss": "irblocks.aux_loss", "aux_losses": "irblocks.aux_loss",
     "total_aux_loss": "irblocks.aux_loss", "clear_aux_losses": "irblocks.aux_loss",
@@ -33,9 +34,9 @@ _EXPORTS: dict[str, str] = {
     "GDFN": "irblocks.gdfn",
     "MDTA": "irblocks.mdta",
     "TransformerBlock": "irblocks.transformer_block",
-    "Downsample": "irblocks.sampling", "PatchEmbed": "irblocks.sampling", "Upsample": "irblocks.sampling",
-    "PromptGenBlock": "irblocks.prompt", "PromptInteraction": "irblocks.prompt",
-    "UNetRestorer": "irblocks.unet",
+    "Downsample": "irblocks.sampling", "PatchEmbed": "irblocks.sampling",
+    "Upsample": "irblocks.sampling", "PromptGenBlock": "irblocks.prompt",
+    "PromptInteraction": "irblocks.prompt", "UNetRestorer": "irblocks.unet",
     # building models, checkpoints, summaries
     "create_model": "irblocks.api", "list_models": "irblocks.api", "is_model": "irblocks.api",
     "resolve_recipe": "irblocks.api", "to_recipe": "irblocks.api",
@@ -47,9 +48,9 @@ _SUBPACKAGES = ("irblocks.anyir", "irblocks.clusir", "irblocks.clearair")
 
 # files whose decorators register the built-in entries (imported on the first lookup)
 _BUILTIN_MODULES = (
-    "irblocks.norm", "irblocks.gdfn", "irblocks.mdta", "irblocks.transformer_block", "irblocks.sampling",
-    "irblocks.prompt", "irblocks.unet", *_SUBPACKAGES, "irblocks.losses", "irblocks.train.config", "irblocks.train.degradations",
-    "irblocks.convert",
+    "irblocks.norm", "irblocks.gdfn", "irblocks.mdta", "irblocks.transformer_block",
+    "irblocks.sampling", "irblocks.prompt", "irblocks.unet", *_SUBPACKAGES, "irblocks.losses",
+    "irblocks.train.config", "irblocks.train.degradations", "irblocks.convert",
 )
 
 

@@ -54,7 +54,8 @@ def check_recipe(name_or_path: str | Path | dict) -> list[recipes.Problem]:
     return recipes.validate(r)
 
 
-def create_model(name_or_path: str | Path | dict, pretrained: bool = False, **overrides) -> nn.Module:
+def create_model(name_or_path: str | Path | dict, pretrained: bool = False,
+                 **overrides) -> nn.Module:
     """Build a model from a shipped recipe name, a recipe file, or a recipe mapping
     (timm's ``create_model(name, pretrained=False, **kwargs)``).
 
@@ -68,15 +69,17 @@ def create_model(name_or_path: str | Path | dict, pretrained: bool = False, **ov
     """
     if pretrained:
         raise ValueError(f"no pretrained weights ship with irblocks ({name_or_path!r}); convert an "
-                         "official checkpoint with `irblocks convert ARCH SRC DST` and load it with "
-                         "irblocks.load(DST)")
+                         "official checkpoint with `irblocks convert ARCH SRC DST` and load it "
+                         "with irblocks.load(DST)")
     if isinstance(name_or_path, str) and name_or_path not in recipes.names() and \
-            not name_or_path.endswith((".yaml", ".yml")) and name_or_path in registry.list_names("model"):
+            not name_or_path.endswith((".yaml", ".yml")) and \
+            name_or_path in registry.list_names("model"):
         name_or_path = {"model": {"type": name_or_path}}
     r = resolve_recipe(name_or_path, **overrides)
     try:
         model = registry.build(r.data["model"], "model", path="model")
-    except (registry.ConfigError, ValueError) as e:  # constructor-level checks (ranges, divisibility)
+    # constructor-level checks (ranges, divisibility)
+    except (registry.ConfigError, ValueError) as e:
         if isinstance(e, recipes.RecipeError):
             raise
         head = str(e).split(":", 1)[0]
@@ -90,7 +93,8 @@ def create_model(name_or_path: str | Path | dict, pretrained: bool = False, **ov
     return model
 
 
-def list_models(filter: str | Sequence[str] = "", exclude_filters: str | Sequence[str] = "") -> list[str]:
+def list_models(filter: str | Sequence[str] = "",
+                exclude_filters: str | Sequence[str] = "") -> list[str]:
     """Shipped recipe names matching any of the shell wildcards ``filter`` and none of
     ``exclude_filters`` (timm's signature): ``list_models(["*ir*", "clusir*"], "*-tiny")``."""
     include = [filter] if isinstance(filter, str) else list(filter)
@@ -103,7 +107,8 @@ def list_models(filter: str | Sequence[str] = "", exclude_filters: str | Sequenc
 
 def is_model(name: str) -> bool:
     """Whether ``create_model(name)`` names a shipped recipe or a registered model."""
-    return isinstance(name, str) and (name in recipes.names() or name in registry.list_names("model"))
+    return (isinstance(name, str)
+            and (name in recipes.names() or name in registry.list_names("model")))
 
 
 def to_recipe(model: nn.Module) -> dict:
@@ -114,8 +119,10 @@ def to_recipe(model: nn.Module) -> dict:
     """
     spec = registry.spec_of(model)
     if spec is None:
-        raise TypeError(f"{type(model).__name__} is not a registered irblocks model; cannot write a recipe for it")
-    base = copy.deepcopy(getattr(model, "_irblocks_recipe", None) or {"recipe": recipes.RECIPE_VERSION})
+        raise TypeError(f"{type(model).__name__} is not a registered irblocks model; cannot write "
+                        "a recipe for it")
+    base = copy.deepcopy(getattr(model, "_irblocks_recipe", None)
+                         or {"recipe": recipes.RECIPE_VERSION})
     base.pop("extends", None)
     base["model"] = copy.deepcopy(spec)
     return base

@@ -23,7 +23,8 @@ __all__ = ["main", "find_benchmarks"]
 
 
 def find_benchmarks(start: str | os.PathLike | None = None) -> Path | None:
-    """tests/benchmarks of the source checkout: from ``start``/cwd upwards, then next to this package."""
+    """tests/benchmarks of the source checkout: from ``start``/cwd upwards, then next to this
+    package."""
     candidates = []
     here = Path(start or os.getcwd()).resolve()
     candidates += [p / "tests" / "benchmarks" for p in (here, *here.parents)]
@@ -40,26 +41,32 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="irblocks bench", description="Run irblocks benchmarks (pytest-benchmark).")
-    p.add_argument("-o", "--out", default="bench-results.json", help="pytest-benchmark JSON output (default %(default)s)")
-    p.add_argument("-k", dest="keyword", default=None, help="only benchmarks matching this pytest -k expression")
-    p.add_argument("--tests", default=None, help="benchmark folder (default: tests/benchmarks of the checkout)")
+    p = argparse.ArgumentParser(prog="irblocks bench",
+                                description="Run irblocks benchmarks (pytest-benchmark).")
+    p.add_argument("-o", "--out", default="bench-results.json",
+                   help="pytest-benchmark JSON output (default %(default)s)")
+    p.add_argument("-k", dest="keyword", default=None,
+                   help="only benchmarks matching this pytest -k expression")
+    p.add_argument("--tests", default=None,
+                   help="benchmark folder (default: tests/benchmarks of the checkout)")
     p.add_argument("--summary", default=None, help="summary JSON path (default bench-summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     folder = Path(a.tests) if a.tests else find_benchmarks()
     if folder is None or not folder.is_dir():
-        print("irblocks bench: no tests/benchmarks folder found (benchmarks ship with the source checkout); "
-              "run from the repository or pass --tests PATH", file=sys.stderr)
+        print("irblocks bench: no tests/benchmarks folder found (benchmarks ship with the source "
+              "checkout); run from the repository or pass --tests PATH", file=sys.stderr)
         return 1
     try:
         import pytest_benchmark  # noqa: F401
     except ImportError:
-        print("irblocks bench: pytest-benchmark is not installed (pip install 'irblocks[dev]')", file=sys.stderr)
+        print("irblocks bench: pytest-benchmark is not installed (pip install 'irblocks[dev]')",
+              file=sys.stderr)
         return 1
-    out = os.path.abspath(a.out)      # pytest runs from the checkout root; keep paths relative to the caller
-    cmd = [sys.executable, "-m", "pytest", str(folder.resolve()), "--benchmark-only", f"--benchmark-json={out}",
-           "-p", "no:cacheprovider", "-q"]
+    # pytest runs from the checkout root; keep paths relative to the caller
+    out = os.path.abspath(a.out)
+    cmd = [sys.executable, "-m", "pytest", str(folder.resolve()), "--benchmark-only",
+           f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q"]
     if a.keyword:
         cmd += ["-k", a.keyword]
     cmd += extra

@@ -42,7 +42,8 @@ def check_feature(x: torch.Tensor, channels: int | None, where: str, finite: boo
     the values. ``dtype``: the parameters' dtype the input must match (outside autocast).
     """
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"{where}: expected a torch.Tensor of shape B x C x H x W, got {type(x).__name__}")
+        raise InputError(f"{where}: expected a torch.Tensor of shape B x C x H x W, got "
+                         f"{type(x).__name__}")
     if x.dim() != 4:
         raise InputError(f"{where}: expected a 4-D tensor B x {channels or 'C'} x H x W, "
                          f"got a {x.dim()}-D tensor of shape {_shape(x)}")

@@ -94,5 +94,6 @@ def check_wiring(modules_in_order: Iterable[nn.Module], provided: Iterable[str] 
             missing = sorted(set(consumes) - have)
             if missing:
                 raise GuidanceError(f"{where}: {type(m).__name__} reads guidance {missing} but "
-                                    f"nothing before it writes it (available: {sorted(have) or 'none'})")
+                                    "nothing before it writes it (available: "
+                                    f"{sorted(have) or 'none'})")
             have |= set(produces)

@@ -170,7 +170,8 @@ class MSSSIMLoss(nn.Module):
         if win_size < 3 or win_size % 2 == 0:
             raise ValueError(f"ms_ssim: win_size must be an odd number >= 3, got {win_size}")
         if not sigma > 0 or not data_range > 0:
-            raise ValueError(f"ms_ssim: sigma and data_range must be > 0, got {sigma}, {data_range}")
+            raise ValueError(f"ms_ssim: sigma and data_range must be > 0, got {sigma}, "
+                             f"{data_range}")
         self.win_size, self.sigma, self.data_range = win_size, float(sigma), float(data_range)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -196,7 +197,8 @@ class FFTLoss(nn.Module):
         _check_pair(pred, target, "fft loss")
         p = torch.fft.rfft2(pred.float(), norm=self.norm)
         t = torch.fft.rfft2(target.float(), norm=self.norm)
-        return F.l1_loss(torch.stack([p.real, p.imag], dim=-1), torch.stack([t.real, t.imag], dim=-1))
+        return F.l1_loss(torch.stack([p.real, p.imag], dim=-1),
+                         torch.stack([t.real, t.imag], dim=-1))
 
 
 # --------------------------------------------------------------------------- ICRM
@@ -281,11 +283,13 @@ class ICRMLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if pred.dim() != 4:
-            raise ValueError(f"icrm loss: expected a B x C x H x W prediction, got shape {tuple(pred.shape)}")
+            raise ValueError("icrm loss: expected a B x C x H x W prediction, got shape "
+                             f"{tuple(pred.shape)}")
         x = pred.float()
         if self.clamp:
             x = x.clamp(0, 1)
-        weak, strong = icrm_views(x, self.crop_scale, self.jitter, self.blur_kernel, self.blur_sigma)
+        weak, strong = icrm_views(x, self.crop_scale, self.jitter, self.blur_kernel,
+                                  self.blur_sigma)
         return F.mse_loss(weak, strong)
 
 
@@ -297,7 +301,8 @@ class AuxLoss(nn.Module):
     def __init__(self):
         super().__init__()
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor = None, model: nn.Module | None = None):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor = None,
+                model: nn.Module | None = None):
         vals = list(aux_losses(model).values()) if model is not None else []
         if not vals:
             return pred.new_zeros(())
@@ -378,7 +383,8 @@ def build_loss(section: Any = None, aux_weight: float = 1.0) -> CompositeLoss:
     if isinstance(section, (str, dict)):
         section = [section]
     if not isinstance(section, (list, tuple)) or not section:
-        raise ConfigError(f"loss: expected a non-empty list of {{type, weight, ...}} terms, got {section!r}")
+        raise ConfigError(f"loss: expected a non-empty list of {{type, weight, ...}} terms, got "
+                          f"{section!r}")
     terms = []
     for i, item in enumerate(section):
         name, w, kwargs = _split_term(item, i)
@@ -396,7 +402,8 @@ def check_loss_section(section: Any) -> List[Tuple[str, str]]:
     if isinstance(section, (str, dict)):
         section = [section]
     if not isinstance(section, (list, tuple)) or not section:
-        return [("loss", f"expected a non-empty list of {{type, weight, ...}} terms, got {section!r}")]
+        return [("loss",
+                 f"expected a non-empty list of {{type, weight, ...}} terms, got {section!r}")]
     out: List[Tuple[str, str]] = []
     for i, item in enumerate(section):
         try:

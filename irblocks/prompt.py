@@ -60,13 +60,14 @@ class PromptInteraction(nn.Module):
     """
 
     def __init__(self, dim: Context[int], out_dim: Context[int] = 0, prompt_dim: int = 64,
-                 length: int = 5, size: int = 64, heads: int = 4, block: BlockSpec = "transformer_block",
-                 bias: bool = False):
+                 length: int = 5, size: int = 64, heads: int = 4,
+                 block: BlockSpec = "transformer_block", bias: bool = False):
         super().__init__()
         out_dim = out_dim or dim
         width = dim + prompt_dim
         if width % heads:
-            raise ValueError(f"prompt_interaction: heads={heads} must divide dim + prompt_dim = {width}")
+            raise ValueError(f"prompt_interaction: heads={heads} must divide dim + prompt_dim = "
+                             f"{width}")
         self.gen = PromptGenBlock(dim, prompt_dim=prompt_dim, length=length, size=size)
         self.block = build(block, "block", dim=width, heads=heads)
         self.reduce = nn.Conv2d(width, out_dim, 1, bias=bias)

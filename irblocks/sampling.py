@@ -17,7 +17,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, 3, padding=1, bias=bias)
 
-    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor]:
+    def example_inputs(self, batch: int = 1, height: int = 8,
+                       width: int = 8) -> tuple[torch.Tensor]:
         return (torch.randn(batch, self.proj.in_channels, height, width),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,8 @@ class Downsample(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"downsample: dim must be even, got {dim}")
-        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=bias), nn.PixelUnshuffle(2))
+        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=bias),
+                                  nn.PixelUnshuffle(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -44,7 +46,8 @@ class Upsample(nn.Module):
 
     def __init__(self, dim: Context[int], bias: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=bias), nn.PixelShuffle(2))
+        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=bias),
+                                  nn.PixelShuffle(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -1,4 +1,5 @@
-"""The one configurable U-Net restorer: Restormer, PromptIR, AnyIR, ClearAIR and ClusIR by recipe."""
+"""The one configurable U-Net restorer: Restormer, PromptIR, AnyIR, ClearAIR and ClusIR by
+recipe."""
 from __future__ import annotations
 
 from typing import Annotated, List, Optional
@@ -130,16 +131,17 @@ class UNetRestorer(nn.Module):
 
     execution = "fast"
 
-    def __init__(self, in_channels: Annotated[int, Gt(0)] = 3, out_channels: Annotated[int, Gt(0)] = 3,
-                 width: Annotated[int, Gt(0)] = 48,
+    def __init__(self, in_channels: Annotated[int, Gt(0)] = 3,
+                 out_channels: Annotated[int, Gt(0)] = 3, width: Annotated[int, Gt(0)] = 48,
                  blocks: List[int] = (4, 6, 6, 8), decoder_blocks: Optional[List[int]] = None,
                  refinement: Annotated[int, Ge(0)] = 4, heads: List[int] = (1, 2, 4, 8),
                  block: BlockSpec = "transformer_block", encoder_block: BlockSpec = None,
                  latent_block: BlockSpec = None, decoder_block: BlockSpec = None,
                  refinement_block: BlockSpec = None, mid_block: BlockSpec = None,
-                 encoder_end: BlockSpec = None, latent_end: BlockSpec = None, decoder_end: BlockSpec = None,
-                 latent_reduce: bool = False, priors: PriorMap = None, shared: BlockMap = None,
-                 bias: bool = False, global_residual: bool = True, pad_multiple: Annotated[int, Gt(0)] = 8,
+                 encoder_end: BlockSpec = None, latent_end: BlockSpec = None,
+                 decoder_end: BlockSpec = None, latent_reduce: bool = False,
+                 priors: PriorMap = None, shared: BlockMap = None, bias: bool = False,
+                 global_residual: bool = True, pad_multiple: Annotated[int, Gt(0)] = 8,
                  channels_last: bool = True, check_finite: bool = False, checkpoint: bool = False):
         super().__init__()
         blocks, heads = list(blocks), list(heads)
@@ -151,12 +153,14 @@ class UNetRestorer(nn.Module):
             raise ValueError(f"unet_restorer: decoder_blocks must list {LEVELS - 1} non-negative "
                              f"counts [level 0, level 1, level 2], got {decoder_blocks}")
         if len(heads) != LEVELS or any(h < 1 for h in heads):
-            raise ValueError(f"unet_restorer: heads must list {LEVELS} positive counts, got {heads}")
+            raise ValueError(f"unet_restorer: heads must list {LEVELS} positive counts, got "
+                             f"{heads}")
         if global_residual and in_channels != out_channels:
             raise ValueError("unet_restorer: global_residual needs in_channels == out_channels "
                              f"({in_channels} != {out_channels})")
         if pad_multiple % 8:
-            raise ValueError(f"unet_restorer: pad_multiple must be a multiple of 8, got {pad_multiple}")
+            raise ValueError("unet_restorer: pad_multiple must be a multiple of 8, got "
+                             f"{pad_multiple}")
         d = width
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.global_residual, self.pad_multiple = global_residual, pad_multiple
@@ -179,7 +183,8 @@ class UNetRestorer(nn.Module):
         def per_level(spec, level):
             if isinstance(spec, (list, tuple)):
                 if len(spec) <= level:
-                    raise ValueError(f"unet_restorer: per-level spec list {spec!r} has no entry for level {level}")
+                    raise ValueError(f"unet_restorer: per-level spec list {spec!r} has no entry "
+                                     f"for level {level}")
                 return spec[level]
             return spec
 
@@ -187,7 +192,8 @@ class UNetRestorer(nn.Module):
             out, half = [], n // 2
             for i in range(n):
                 if mid_block is not None and i == half and stage != "refinement":
-                    out.append(build(per_level(mid_block, level), "block", **ctx(stage, level, dim, i)))
+                    out.append(build(per_level(mid_block, level), "block",
+                                     **ctx(stage, level, dim, i)))
                 out.append(build(per_level(spec, level), "block", **ctx(stage, level, dim, i)))
             if mid_block is not None and n == 0 and stage != "refinement":
                 out.append(build(per_level(mid_block, level), "block", **ctx(stage, level, dim, 0)))
@@ -195,7 +201,8 @@ class UNetRestorer(nn.Module):
 
         enc_spec = encoder_block or block
         dec_spec = decoder_block or block
-        self.patch_embed = build({"type": "patch_embed", "in_channels": in_channels}, "block", dim=d)
+        self.patch_embed = build({"type": "patch_embed", "in_channels": in_channels}, "block",
+                                 dim=d)
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         for lvl in range(3):
@@ -214,8 +221,9 @@ class UNetRestorer(nn.Module):
         reduce_needed = latent_reduce
         if latent_end is not None:
             takes_out = accepts(latent_end, "block", "out_dim")
+            out_kw = {"out_dim": out_lat} if takes_out else {}
             self.latent_end = build(latent_end, "block", **ctx("latent", 3, dim8, blocks[3],
-                                                               **({"out_dim": out_lat} if takes_out else {})))
+                                                               **out_kw))
             reduce_needed = latent_reduce and not takes_out
         self.latent_reduce = nn.Conv2d(dim8, d * 4, 1, bias=bias) if reduce_needed else None
 
@@ -235,18 +243,21 @@ class UNetRestorer(nn.Module):
                 self.reduces.append(nn.Identity())
                 dim = cat
             n_dec = dec_blocks[lvl]
-            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, n_dec, dec_spec), checkpoint))
+            self.decoders.append(_Stage(level_blocks("decoder", lvl, dim, n_dec, dec_spec),
+                                        checkpoint))
             end = per_level(decoder_end, lvl)
             self.decoder_ends.append(build(end, "block", **ctx("decoder", lvl, dim, n_dec))
                                      if end is not None else nn.Identity())
             up_in = dim
-        self.refinement = _Stage(level_blocks("refinement", 0, up_in, refinement, refinement_block or block),
+        self.refinement = _Stage(level_blocks("refinement", 0, up_in, refinement,
+                                              refinement_block or block),
                                  checkpoint)
         self.output = nn.Conv2d(up_in, out_channels, 3, padding=1, bias=bias)
 
         provided = set()
         for k, p in self._priors.items():
-            provided |= {f"prior.{k}"} | {f"prior.{f}" for f in getattr(p, "provides", lambda: ())()}
+            provided |= ({f"prior.{k}"}
+                         | {f"prior.{f}" for f in getattr(p, "provides", lambda: ())()})
         check_wiring(self._execution_order(), provided, where="unet_restorer")
 
     # ------------------------------------------------------------------ helpers
@@ -287,7 +298,8 @@ class UNetRestorer(nn.Module):
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         check_feature(x, self.in_channels, "unet_restorer input", finite=self.check_finite,
                       dtype=self.patch_embed.proj.weight.dtype, warn_nonfinite=True)
-        fmt = torch.channels_last if (self.channels_last and self.execution == "fast") else torch.contiguous_format
+        fmt = (torch.channels_last if (self.channels_last and self.execution == "fast")
+               else torch.contiguous_format)
         inp = x
         x, (h, w) = pad_to_multiple(x, self.pad_multiple)
         x = x.contiguous(memory_format=fmt)

@@ -36,7 +36,8 @@ def resolve_per_level(entry: Entry, kwargs: dict, context: dict, path: str = "")
                               f"parameter, but no 'level' context exists here to index it")
         lvl = context["level"]
         if not 0 <= lvl < len(v):
-            raise ConfigError(f"{path + '.' if path else ''}{k}: per-level list {v} has no entry for level {lvl}")
+            raise ConfigError(f"{path + '.' if path else ''}{k}: per-level list {v} has no entry "
+                              f"for level {lvl}")
         out[k] = v[lvl]
     return out
 
@@ -87,10 +88,12 @@ def build(spec, kind: str = "block", path: str = "", **context):
     kwargs = resolve_per_level(entry, kwargs, context, where)
     unknown = [k for k in kwargs if k not in entry.params]
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], [n for n, q in entry.params.items() if not q.context], n=1)
+        hint = difflib.get_close_matches(unknown[0],
+                                         [n for n, q in entry.params.items() if not q.context], n=1)
         raise ConfigError(f"{where}.{unknown[0]}: unknown parameter of {entry.name}"
                           + (f"; did you mean {hint[0]!r}?" if hint else ""))
-    missing = [n for n, p in entry.params.items() if p.required and not p.context and n not in kwargs]
+    missing = [n for n, p in entry.params.items() if p.required and not p.context
+               and n not in kwargs]
     if missing:
         raise ConfigError(f"{where}: missing required parameter {missing[0]!r} of {entry.name} "
                           f"(expected {type_name(entry.params[missing[0]].annotation)})")

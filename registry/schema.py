@@ -33,7 +33,8 @@ def _field_schema(entry: Entry, name: str, p: Param, partial: bool) -> dict:
                           {"type": "null"}]}
     if p.component:
         one = _ref(p.component, partial)
-        return {"anyOf": [one, {"type": "array", "items": {"anyOf": [one, {"type": "null"}]}}, {"type": "null"}]}
+        return {"anyOf": [one, {"type": "array", "items": {"anyOf": [one, {"type": "null"}]}},
+                          {"type": "null"}]}
     field = entry.schema.model_fields[name]
     try:
         sch = pydantic.TypeAdapter(field.annotation).json_schema()

@@ -153,8 +153,10 @@ def value_problem(p: Param, value) -> str | None:
         return None                            # checked where the component is built
     if p.context:
         low = CONTEXT_MINIMUM.get(p.name)
-        if low is not None and isinstance(value, int) and not isinstance(value, bool) and value < low:
-            return f"expected {'a positive integer' if low == 1 else f'an integer >= {low}'}, got {value!r}"
+        if (low is not None and isinstance(value, int) and not isinstance(value, bool)
+                and value < low):
+            return (f"expected {'a positive integer' if low == 1 else f'an integer >= {low}'}, got "
+                    f"{value!r}")
         return None
     if value is p.default:
         return None

@@ -63,7 +63,8 @@ def _show(value) -> str:
         return f"{value:.6g}" if "e" in f"{value:.6g}" or "." in f"{value:.6g}" else f"{value:.1f}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_show(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        return (f"[{inner}]" if isinstance(value, list)
+                else f"({inner}{',' if len(value) == 1 else ''})")
     return repr(value)
 
 
@@ -118,7 +119,8 @@ def unregister(kind: str, name: str) -> None:
         _ALIASES[kind].pop(a, None)
 
 
-_PREVALIDATED: contextvars.ContextVar = contextvars.ContextVar("irblocks_prevalidated", default=None)
+_PREVALIDATED: contextvars.ContextVar = contextvars.ContextVar("irblocks_prevalidated",
+                                                               default=None)
 
 
 @contextlib.contextmanager
@@ -150,7 +152,8 @@ def _wrap_init(cls, name):
             else:
                 check_arguments(name, cls.__irblocks_entry__.params, arguments)
         init(self, *args, **kwargs)
-        if bound is not None and (type(self) is cls or getattr(self, "_irblocks_spec", None) is None):
+        if (bound is not None
+                and (type(self) is cls or getattr(self, "_irblocks_spec", None) is None)):
             spec = {"type": name}
             for k, v in arguments.items():
                 spec[k] = _to_plain(v)
@@ -162,7 +165,8 @@ def _wrap_init(cls, name):
 def _to_plain(v):
     """Turn constructor arguments into recipe values (for to_recipe)."""
     if isinstance(v, functools.partial) and hasattr(v.func, "__irblocks_entry__"):
-        return {"type": v.func.__irblocks_entry__.name, **{k: _to_plain(x) for k, x in v.keywords.items()}}
+        return {"type": v.func.__irblocks_entry__.name,
+                **{k: _to_plain(x) for k, x in v.keywords.items()}}
     if hasattr(v, "__irblocks_entry__") and inspect.isclass(v):
         return v.__irblocks_entry__.name
     if isinstance(v, dict):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("IRBLOCKS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = Path(os.environ.get("IRBLOCKS_SHARED",
+                             Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 def shared_path(*parts: str) -> Path:

@@ -58,7 +58,8 @@ def test_block_forward_backward_all_params_get_gradients(name):
     if name in SPECIAL:
         from pathlib import Path
         f = Path(__file__).parent / SPECIAL[name]
-        assert f.is_file() and name in f.read_text(), f"{name}: its test file {SPECIAL[name]} must exercise it"
+        assert f.is_file() and name in f.read_text(), \
+            f"{name}: its test file {SPECIAL[name]} must exercise it"
         pytest.skip(f"{name} needs special inputs; covered by {SPECIAL[name]}")
     block = _build(name)
     if getattr(block, "guided", False):
@@ -68,18 +69,22 @@ def test_block_forward_backward_all_params_get_gradients(name):
         inputs = tuple(block.example_inputs(batch=2, height=8, width=12))
     else:
         inputs = (torch.randn(2, 16, 8, 12),)
-    inputs = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    inputs = tuple(t.requires_grad_()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                    for t in inputs)
     with dense_routing():
         out = _tensors(block(*inputs))
     assert out and all(torch.isfinite(t).all() for t in out)
     sum(t.float().square().mean() for t in out).backward()
-    assert any(t.grad is not None for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point())
+    assert any(t.grad is not None for t in inputs if isinstance(t, torch.Tensor)
+               and t.is_floating_point())
     for k, p in block.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}.{k}"
+        assert (p.grad is not None and torch.isfinite(p.grad).all()
+                and p.grad.abs().sum() > 0), f"{name}.{k}"
 
 
-@pytest.mark.parametrize("name", ["layernorm", "mdta", "gdfn", "transformer_block", "prompt_interaction"])
+@pytest.mark.parametrize("name",
+                         ["layernorm", "mdta", "gdfn", "transformer_block", "prompt_interaction"])
 def test_core_block_compiles_aot_eager(name):
     block = _build(name).eval()
     x = torch.randn(1, 16, 8, 12).contiguous(memory_format=torch.channels_last)
@@ -154,9 +159,11 @@ def test_pad_falls_back_to_replicate_for_tiny_inputs():
 
 @pytest.mark.parametrize("bad,msg", [
     (torch.rand(1, 4, 16, 16), r"expected 3 channels \(B x 3 x H x W\), got 4"),
-    (torch.rand(3, 16, 16), r"expected a 4-D tensor B x 3 x H x W, got a 3-D tensor of shape 3x16x16"),
+    (torch.rand(3, 16, 16),
+     r"expected a 4-D tensor B x 3 x H x W, got a 3-D tensor of shape 3x16x16"),
     (torch.rand(1, 1, 3, 16, 16), r"got a 5-D tensor"),
-    (torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8), r"expected a floating-point tensor .* got torch.uint8"),
+    (torch.randint(0, 255, (1, 3, 16, 16), dtype=torch.uint8),
+     r"expected a floating-point tensor .* got torch.uint8"),
 ])
 def test_bad_input_is_one_clear_line(bad, msg):
     m = irblocks.create_model("restormer-tiny")
@@ -169,7 +176,8 @@ def test_nan_check_is_opt_in():
     x = torch.rand(1, 3, 16, 16)
     x[0, 0, 0, 0] = float("nan")
     m = irblocks.create_model("restormer-tiny", check_finite=True)
-    with pytest.raises(InputError, match=r"input contains 1 NaN/Inf values; expected finite values"):
+    with pytest.raises(InputError,
+                       match=r"input contains 1 NaN/Inf values; expected finite values"):
         m(x)
 
 

@@ -26,7 +26,8 @@ def test_info(capsys):
     code, out, _ = run(capsys, "info", "mdta")
     assert code == 0 and "signature: mdta(" in out and "mdta.py" in out and "context" in out
     code, out, _ = run(capsys, "info", "mdta", "--json")
-    project = json.loads(out)["schema"]["properties"]["project"]      # a bool, or a per-level list of bools
+    # a bool, or a per-level list of bools
+    project = json.loads(out)["schema"]["properties"]["project"]
     assert {"type": "boolean"} in project["anyOf"] and project["default"] is True
     code, out, err = run(capsys, "info", "mdtaa")
     assert code == 1 and "did you mean 'mdta'" in err.lower() and len(err.strip().splitlines()) == 1
@@ -45,7 +46,8 @@ def test_check_ok_and_every_problem(capsys, tmp_path):
     code, out, _ = run(capsys, "check", "promptir")
     assert code == 0 and "promptir: ok" in out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("recipe: 1\nextends: restormer-tiny\nmodel:\n  widht: 3\n  block: {ffn: {expansion: x}}\n")
+    bad.write_text("recipe: 1\nextends: restormer-tiny\nmodel:\n  widht: 3\n"
+                   "  block: {ffn: {expansion: x}}\n")
     code, _, err = run(capsys, "check", str(bad))
     assert code == 1
     assert f"{bad}:4: model.widht: unknown parameter of unet_restorer; did you mean 'width'?" in err
@@ -57,7 +59,8 @@ def test_check_ok_and_every_problem(capsys, tmp_path):
 def test_schema(capsys, tmp_path):
     code, out, _ = run(capsys, "schema")
     s = json.loads(out)
-    assert "block.gdfn" in s["$defs"] and s["else"]["properties"]["model"] == {"$ref": "#/$defs/model"}
+    assert ("block.gdfn" in s["$defs"]
+            and s["else"]["properties"]["model"] == {"$ref": "#/$defs/model"})
     code, out, _ = run(capsys, "schema", "-o", str(tmp_path / "s.json"))
     assert json.loads((tmp_path / "s.json").read_text()) == s
 
@@ -68,7 +71,8 @@ def test_missing_file_is_one_line(capsys):
 
 
 def test_installed_script():
-    exe = shutil.which("irblocks") or str(__import__("pathlib").Path(sys.executable).parent / "irblocks")
+    exe = (shutil.which("irblocks")
+           or str(__import__("pathlib").Path(sys.executable).parent / "irblocks"))
     r = subprocess.run([exe, "list", "model"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "unet_restorer" in r.stdout
 
@@ -76,7 +80,9 @@ def test_installed_script():
 def test_bench_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     code = main(["bench", "-o", str(out), "--summary", str(tmp_path / "summary.json"),
-                 "-k", "layernorm and 128 and reference_channels_last and not bias_free and not backward"])
+                 "-k",
+                 "layernorm and 128 and reference_channels_last and not bias_free and not "
+                 "backward"])
     assert code == 0
     data = json.loads(out.read_text())
     assert [b["group"] for b in data["benchmarks"]] == ["layernorm 1x48x128x128"]

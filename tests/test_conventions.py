@@ -21,7 +21,8 @@ def run(capsys, *argv):
 
 
 def _subprocess(code: str, **kw):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          **kw)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -29,8 +30,10 @@ def _subprocess(code: str, **kw):
 def test_help_and_version_import_nothing_heavy(flag):
     """--help/--version stay fast because they import neither torch nor Triton nor a kernel."""
     r = _subprocess("import sys\nfrom irblocks.cli import main\n"
-                    f"try:\n    main({flag.split()!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-                    "heavy = [m for m in ('torch', 'triton', 'irblocks.kernels', 'yaml') if m in sys.modules]\n"
+                    f"try:\n    main({flag.split()!r})\n"
+                    "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+                    "heavy = [m for m in ('torch', 'triton', 'irblocks.kernels', 'yaml')"
+                    " if m in sys.modules]\n"
                     "print('HEAVY', heavy)")
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
@@ -57,14 +60,16 @@ def test_every_command_is_set_up_by_its_module(capsys):
 
 def test_usage_error_is_2_problem_is_1(capsys, tmp_path):
     code, _, err = run(capsys, "summary", "anyir-tiny", "--size", "0", "0")
-    assert code == 2 and "--size: expected a positive integer, got '0'" in err and "Traceback" not in err
+    assert (code == 2 and "--size: expected a positive integer, got '0'" in err
+            and "Traceback" not in err)
     code, _, err = run(capsys, "nosuchcommand")
     assert code == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {type: unet_restorer, widht: 3}\n")
     code, _, err = run(capsys, "check", str(bad))
     assert code == 1 and "did you mean 'width'" in err
-    code, _, err = run(capsys, "summary", str(bad))          # a runtime failure: 1, not argparse's 2
+    # a runtime failure: 1, not argparse's 2
+    code, _, err = run(capsys, "summary", str(bad))
     assert code == 1 and err.startswith("irblocks: error: ")
 
 
@@ -78,7 +83,8 @@ def test_unknown_kind_is_an_error_with_a_suggestion(capsys):
 
 
 def test_schema_into_a_closed_pipe_has_no_traceback():
-    exe = [sys.executable, "-c", "import sys; from irblocks.cli import main; sys.exit(main())", "schema"]
+    exe = [sys.executable, "-c", "import sys; from irblocks.cli import main; sys.exit(main())",
+           "schema"]
     p1 = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = p1.stdout.readline()
     p1.stdout.close()                     # what `| head -1` does
@@ -90,7 +96,8 @@ def test_schema_into_a_closed_pipe_has_no_traceback():
 
 
 def test_convert_names_the_unknown_architecture_before_the_file(capsys, tmp_path):
-    code, _, err = run(capsys, "convert", "foo", str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors"))
+    code, _, err = run(capsys, "convert", "foo", str(tmp_path / "a.pth"),
+                       str(tmp_path / "b.safetensors"))
     assert code == 1 and "no converter for 'foo'" in err and "a.pth" not in err
 
 
@@ -107,7 +114,8 @@ def test_restore_no_overwrite_message_names_flags_that_exist(tmp_path):
     with pytest.raises(ValueError) as e:
         restore_files(torch.nn.Identity(), [str(src)], str(out), overwrite=False, progress=False)
     parser = build_parser("restore")
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["restore"]
+    sub = next(a for a in parser._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["restore"]
     known = {s for a in sub._actions for s in a.option_strings}
     flags = set(re.findall(r"--[a-z][a-z-]*", str(e.value)))
     assert flags and flags <= known, (flags, known)
@@ -132,7 +140,8 @@ def test_dotted_set_reaches_nested_components():
     assert m.encoders[0].blocks[0].ffn.project_in.out_channels == 2 * 3 * 16
     spec = {"model": {"type": "unet_restorer", "width": 8, "block": "transformer_block"}}
     r = irblocks.resolve_recipe(spec, **{"block.ffn": {"type": "gdfn", "expansion": 2}})
-    assert r.data["model"]["block"] == {"type": "transformer_block", "ffn": {"type": "gdfn", "expansion": 2}}
+    assert (r.data["model"]["block"]
+            == {"type": "transformer_block", "ffn": {"type": "gdfn", "expansion": 2}})
     with pytest.raises(ValueError, match="model.block.ffn: a block mapping needs a 'type'"):
         irblocks.resolve_recipe(spec, **{"block.ffn.expansion": 2})   # unset in the recipe: name it
 
@@ -148,7 +157,8 @@ def test_create_model_is_timm_compatible():
 
 def test_list_models_and_is_model():
     assert irblocks.list_models("restormer*") == ["restormer", "restormer-tiny"]
-    assert irblocks.list_models(["restormer*", "promptir*"], exclude_filters="*-tiny") == ["promptir", "restormer"]
+    assert (irblocks.list_models(["restormer*", "promptir*"], exclude_filters="*-tiny")
+            == ["promptir", "restormer"])
     assert irblocks.list_models() == irblocks.list_models("*")
     assert irblocks.is_model("anyir") and irblocks.is_model("unet_restorer")
     assert not irblocks.is_model("anyirr") and not irblocks.is_model("gdfn")
@@ -161,12 +171,15 @@ def test_total_aux_loss_is_a_zero_tensor_without_routed_blocks():
     assert isinstance(aux, torch.Tensor) and aux.item() == 0.0 and aux.device == l1.device
     (l1 + aux).backward()
     with torch.device("meta"):
-        assert irblocks.total_aux_loss(irblocks.create_model("restormer-tiny")).device.type == "meta"
+        assert (irblocks.total_aux_loss(irblocks.create_model("restormer-tiny")).device.type
+                == "meta")
 
 
 def test_no_file_name_is_reserved_on_windows():
-    reserved = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    reserved = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                *(f"lpt{i}" for i in range(1, 10))}
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()
     if not files:
         pytest.skip("not a git checkout")
     bad = [f for f in files for part in Path(f).parts if part.split(".")[0].lower() in reserved]

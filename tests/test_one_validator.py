@@ -30,14 +30,17 @@ def test_negative_loss_weight_is_found_by_check_and_by_training(tmp_path, capsys
     assert main(["check", str(bad)]) == 1
     assert "loss[0].weight: expected a finite number >= 0, got -1" in capsys.readouterr().err
     from irblocks.train.config import parse_sections
-    with pytest.raises(ValueError, match=r"loss\[0\].weight: expected a finite number >= 0, got -1"):
-        parse_sections(irblocks.resolve_recipe("restormer-tiny").data | {"loss": [{"type": "l1", "weight": -1}]})
+    with pytest.raises(ValueError,
+                       match=r"loss\[0\].weight: expected a finite number >= 0, got -1"):
+        parse_sections(irblocks.resolve_recipe("restormer-tiny").data
+                       | {"loss": [{"type": "l1", "weight": -1}]})
 
 
 def test_loss_terms_are_checked_like_model_components():
     problems = [str(p) for p in check_recipe({"extends": str(ROOT / "recipes/restormer-tiny.yaml"),
                                               "loss": [{"type": "charbonnier", "epsilon": 1},
-                                                       {"type": "l11"}, {"type": "fft", "norm": "Ortho"}]})]
+                                                       {"type": "l11"},
+                                                       {"type": "fft", "norm": "Ortho"}]})]
     assert any("loss[0].epsilon: unknown parameter of charbonnier" in p for p in problems), problems
     assert any("loss[1].type: unknown loss 'l11'" in p for p in problems), problems
     assert any("loss[2].norm" in p for p in problems), problems
@@ -62,7 +65,8 @@ def test_training_sections_are_registered_not_hardwired():
     problems = [str(p) for p in check_recipe({"extends": str(ROOT / "recipes/restormer-tiny.yaml"),
                                               "optimizer": {"type": "sgd"}, "trian": {}})]
     assert any("optimizer.type" in p for p in problems), problems
-    assert any("trian: unknown top-level key; did you mean 'train'?" in p for p in problems), problems
+    assert any("trian: unknown top-level key; did you mean 'train'?" in p
+               for p in problems), problems
 
 
 # --------------------------------------------------------------------------- direct construction
@@ -72,14 +76,16 @@ def test_direct_construction_checks_literal_choices():
         ChannelLayerNorm(8, variant="withbias")
     assert _one_line(e.value).startswith("layernorm.variant: expected 'with_bias' | 'bias_free'")
     assert "did you mean 'with_bias'?" in str(e.value)
-    with pytest.raises(ConfigError, match=r"\.mode: expected 'pattern' \| 'dense', got 'Dense'; did you mean"):
+    with pytest.raises(ConfigError,
+                       match=r"\.mode: expected 'pattern' \| 'dense', got 'Dense'; did you mean"):
         SemanticCrossAttention(dim=8, mode="Dense")
     assert ChannelLayerNorm(8, variant="bias_free").variant == "bias_free"
 
 
 def test_same_message_from_a_recipe():
     with pytest.raises(RecipeError) as e:
-        irblocks.create_model("restormer-tiny", **{"block.norm": {"type": "layernorm", "variant": "withbias"}})
+        irblocks.create_model("restormer-tiny",
+                              **{"block.norm": {"type": "layernorm", "variant": "withbias"}})
     assert "model.block.norm.variant: expected 'with_bias' | 'bias_free'" in str(e.value)
     assert "did you mean 'with_bias'?" in str(e.value)
 
@@ -134,16 +140,21 @@ def test_unused_config_keys_are_gone():
     from irblocks.train.config import TrainConfig
     assert "sigmas" not in TrainConfig.model_fields
     assert not hasattr(AuxLoss, "needs_model")
-    problems = check_recipe({"extends": str(ROOT / "recipes/restormer-tiny.yaml"), "train": {"sigmas": [15]}})
+    problems = check_recipe({"extends": str(ROOT / "recipes/restormer-tiny.yaml"),
+                             "train": {"sigmas": [15]}})
     assert any("train.sigmas: unknown key" in str(p) for p in problems), problems
 
 
 def test_annotated_ranges_replace_hand_written_checks():
     from irblocks import GatedDegradationAdaptation, MaskAveragePool
-    for make, msg in [(lambda: irblocks.GDFN(8, expansion=0), "gdfn.expansion: expected float > 0, got 0"),
-                      (lambda: MaskAveragePool(mask_dropout=1.0), "mask_dropout: expected float >= 0 and < 1"),
-                      (lambda: GatedDegradationAdaptation(dim=0), "gated_da.dim: expected a positive integer"),
-                      (lambda: irblocks.SemanticCrossAttention(8, mask_dropout=-0.1), "mask_dropout: expected")]:
+    for make, msg in [(lambda: irblocks.GDFN(8, expansion=0),
+                       "gdfn.expansion: expected float > 0, got 0"),
+                      (lambda: MaskAveragePool(mask_dropout=1.0),
+                       "mask_dropout: expected float >= 0 and < 1"),
+                      (lambda: GatedDegradationAdaptation(dim=0),
+                       "gated_da.dim: expected a positive integer"),
+                      (lambda: irblocks.SemanticCrossAttention(8, mask_dropout=-0.1),
+                       "mask_dropout: expected")]:
         with pytest.raises(ConfigError, match=msg):
             make()
     assert "expansion: float > 0 = 2.66" in irblocks.registry.info("gdfn")["signature"]

@@ -1,4 +1,5 @@
-"""Packaging: one import namespace mapped from the design card's folders, recipes as package data."""
+"""Packaging: one import namespace mapped from the design card's folders, recipes as package
+data."""
 import importlib
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,8 @@ def test_every_package_is_listed_in_pyproject():
             if "__pycache__" in rel.parts:
                 continue
             name = ".".join([pkg, *rel.parts]) if rel.parts else pkg
-            if not any(name.startswith(p + ".") for p in mapping if p != pkg and p.startswith(pkg + ".")):
+            if not any(name.startswith(p + ".") for p in mapping if p != pkg
+                       and p.startswith(pkg + ".")):
                 found.add(name)
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
 
@@ -27,12 +29,14 @@ def test_every_package_is_listed_in_pyproject():
 def test_namespace_and_recipes_are_package_data():
     for mod in ("irblocks", "irblocks.registry", "irblocks.kernels", "irblocks.recipes"):
         importlib.import_module(mod)
-    yamls = [f.name for f in resources.files("irblocks.recipes").iterdir() if f.name.endswith(".yaml")]
+    yamls = [f.name for f in resources.files("irblocks.recipes").iterdir()
+             if f.name.endswith(".yaml")]
     assert "restormer.yaml" in yamls and "promptir.yaml" in yamls
 
 
 def test_library_imports_and_runs_without_triton():
-    """Triton is Linux-only: with it unimportable, irblocks still imports and runs (reference path)."""
+    """Triton is Linux-only: with it unimportable, irblocks still imports and runs (reference
+    path)."""
     import subprocess
     import sys
     code = (

@@ -11,7 +11,8 @@ import irblocks
 from irblocks.convert import ConversionError, from_official
 from tests._shared import manifest, shared_path
 
-FILES = {"restormer_tiny": "restormer", "restormer_biasfree_tiny": "restormer", "promptir_tiny": "promptir"}
+FILES = {"restormer_tiny": "restormer", "restormer_biasfree_tiny": "restormer",
+         "promptir_tiny": "promptir"}
 
 
 def read(name):
@@ -28,7 +29,8 @@ def test_official_output_reproduced(name):
     m = from_official(FILES[name], sd, cfg).eval()
     with torch.no_grad():
         out = m(x)
-    # README of ../shared/parity: relative to max|out| because the perturbed weights make outputs large
+    # README of ../shared/parity: relative to max|out| because the perturbed weights make outputs
+    # large
     assert (out - y).abs().max().item() <= 1e-5 * y.abs().max().item()
 
 
@@ -51,12 +53,14 @@ def test_full_size_params_and_flops_on_meta(name, exact):
     assert abs(fc.get_total_flops() - want) / want <= 0.01
     # fvcore-style GMACs (118.6 / 132.2) within 1%
     gmacs = fc.get_total_flops() / 2e9
-    assert abs(gmacs - full["flops"]["fvcore_total"] / 1e9) / (full["flops"]["fvcore_total"] / 1e9) <= 0.01
+    assert (abs(gmacs - full["flops"]["fvcore_total"] / 1e9) / (full["flops"]["fvcore_total"] / 1e9)
+            <= 0.01)
 
 
 def test_converter_errors_are_one_line():
     cfg, sd, _, _ = read("restormer_tiny")
-    with pytest.raises(ConversionError, match="no converter for 'restormr'; did you mean 'restormer'"):
+    with pytest.raises(ConversionError,
+                       match="no converter for 'restormr'; did you mean 'restormer'"):
         from_official("restormr", sd, cfg)
     with pytest.raises(ConversionError, match="unknown official constructor argument 'dims'"):
         from_official("restormer", sd, {**cfg, "dims": 3})

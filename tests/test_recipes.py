@@ -1,4 +1,5 @@
-"""Recipes: loading, extends, whole-recipe validation with file:line, round trips, schema, checkpoints."""
+"""Recipes: loading, extends, whole-recipe validation with file:line, round trips, schema,
+checkpoints."""
 import re
 import textwrap
 from pathlib import Path
@@ -26,8 +27,10 @@ def problems(src):
 
 
 def test_shipped_recipes_listed_with_wildcards():
-    assert {"restormer", "restormer-tiny", "promptir", "promptir-tiny"} <= set(irblocks.list_models())
-    assert irblocks.list_models("prompt*") == [n for n in irblocks.list_models() if n.startswith("prompt")]
+    assert ({"restormer", "restormer-tiny", "promptir", "promptir-tiny"}
+            <= set(irblocks.list_models()))
+    assert (irblocks.list_models("prompt*")
+            == [n for n in irblocks.list_models() if n.startswith("prompt")])
 
 
 def test_extends_maps_merge_lists_replace(tmp_path):
@@ -44,8 +47,10 @@ def test_extends_maps_merge_lists_replace(tmp_path):
     assert m["width"] == 8 and m["blocks"] == [1, 1, 1, 2]
     assert m["block"]["ffn"] == {"type": "gdfn", "expansion": 2, "bias": False}      # merged
     assert m["block"]["mixer"] == {"type": "mdta", "bias": False}                    # inherited
-    assert deep_merge({"a": [1, 2], "b": {"x": 1}}, {"a": [3], "b": {"y": 2}}) == {"a": [3], "b": {"x": 1, "y": 2}}
-    assert deep_merge({"type": "mdta", "bias": False}, {"type": "other", "k": 1}) == {"type": "other", "k": 1}
+    assert (deep_merge({"a": [1, 2], "b": {"x": 1}}, {"a": [3], "b": {"y": 2}})
+            == {"a": [3], "b": {"x": 1, "y": 2}})
+    assert (deep_merge({"type": "mdta", "bias": False}, {"type": "other", "k": 1})
+            == {"type": "other", "k": 1})
 
 
 def test_extends_relative_file(tmp_path):
@@ -105,7 +110,8 @@ def test_error_messages_for_common_mistakes(tmp_path):
     (pr,) = problems(p)
     assert "did you mean 'model'" in pr.message
     # constructor-level check surfaces as a recipe error too
-    p = write(tmp_path, "h.yaml", "recipe: 1\nextends: restormer-tiny\nmodel: {heads: [1, 3, 4, 8]}\n")
+    p = write(tmp_path, "h.yaml",
+              "recipe: 1\nextends: restormer-tiny\nmodel: {heads: [1, 3, 4, 8]}\n")
     (pr,) = problems(p)
     assert "heads=3 must divide dim=16" in pr.message
 
@@ -121,7 +127,8 @@ def test_missing_required_field_is_reported(tmp_path):
         def __init__(self, dim: registry.Context[int], size: int):
             super().__init__()
     try:
-        p = write(tmp_path, "r.yaml", "recipe: 1\nextends: restormer-tiny\nmodel: {block: {ffn: required_probe}}\n")
+        p = write(tmp_path, "r.yaml",
+                  "recipe: 1\nextends: restormer-tiny\nmodel: {block: {ffn: required_probe}}\n")
         (pr,) = problems(p)
         assert pr.path == "model.block.ffn" and "missing required parameter 'size'" in pr.message
     finally:
@@ -129,7 +136,8 @@ def test_missing_required_field_is_reported(tmp_path):
 
 
 def test_safe_loader_only(tmp_path):
-    p = write(tmp_path, "evil.yaml", "recipe: 1\nmodel: !!python/object/apply:os.system ['echo pwned']\n")
+    p = write(tmp_path, "evil.yaml",
+              "recipe: 1\nmodel: !!python/object/apply:os.system ['echo pwned']\n")
     (pr,) = problems(p)
     assert "not valid YAML" in pr.message
 
@@ -158,9 +166,11 @@ def test_to_recipe_of_a_python_built_model():
     m = UNetRestorer(width=8, blocks=[1, 1, 1, 1], refinement=1,
                      block=partial(TransformerBlock, ffn=partial(GDFN, expansion=2.0)))
     r = irblocks.to_recipe(m)
-    assert r["model"]["block"] == {"type": "transformer_block", "ffn": {"type": "gdfn", "expansion": 2.0}}
+    assert (r["model"]["block"]
+            == {"type": "transformer_block", "ffn": {"type": "gdfn", "expansion": 2.0}})
     again = irblocks.create_model(r)
-    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
+    assert ({k: v.shape for k, v in m.state_dict().items()}
+            == {k: v.shape for k, v in again.state_dict().items()})
 
 
 def _contributing_example() -> dict:
@@ -191,7 +201,8 @@ def test_schema_validates_every_shipped_recipe_file_as_written():
     {"extends": "restormer-tiny", "model": {"block": {"ffn": {"expanson": 2}}}},  # nested typo
     {"extends": "restormer-tiny", "model": {"block": {"ffn": {"type": "gdfnn"}}}},  # unknown name
     {"extends": "restormer-tiny", "model": {"width": "wide"}},                    # wrong type
-    {"model": {"width": 8}},                                                      # no type, no extends
+    # no type, no extends
+    {"model": {"width": 8}},
     {"extends": "restormer-tiny", "optimiser": {"lr": 1}},                        # unknown section
     {"extends": "restormer-tiny", "schedule": {"type": "cosine"}},                # unknown choice
     {"extends": "restormer-tiny", "loss": [{"type": "l1", "weight": -1}]},        # negative weight

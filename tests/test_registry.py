@@ -34,8 +34,8 @@ def scratch():
 
 
 def test_builtins_registered_on_import():
-    assert {"layernorm", "mdta", "gdfn", "transformer_block", "patch_embed", "downsample", "upsample",
-            "prompt_gen", "prompt_interaction"} <= set(registry.list("block"))
+    assert {"layernorm", "mdta", "gdfn", "transformer_block", "patch_embed", "downsample",
+            "upsample", "prompt_gen", "prompt_interaction"} <= set(registry.list("block"))
     assert "unet_restorer" in registry.list("model")
 
 
@@ -47,7 +47,8 @@ def test_aliases_and_wildcards():
 
 
 def test_unknown_name_suggests_nearest():
-    with pytest.raises(registry.UnknownNameError, match=r"unknown block 'gdfm'\. Did you mean 'gdfn'"):
+    with pytest.raises(registry.UnknownNameError,
+                       match=r"unknown block 'gdfm'\. Did you mean 'gdfn'"):
         registry.lookup("block", "gdfm")
     with pytest.raises(registry.UnknownNameError, match="Did you mean 'layernorm'"):
         registry.lookup("block", "LayerNorm")
@@ -162,7 +163,8 @@ def test_plugin_package_registers_a_block_usable_in_recipes(tmp_path, monkeypatc
     monkeypatch.delenv("IRBLOCKS_NO_PLUGINS", raising=False)
     try:
         assert name in plugins.load_plugins(force=True)
-        m = irblocks.create_model("restormer-tiny", block={"mixer": {"type": "probe_plugin_mixer", "scale": 0.5}})
+        m = irblocks.create_model("restormer-tiny",
+                                  block={"mixer": {"type": "probe_plugin_mixer", "scale": 0.5}})
         assert type(m.encoders[0].blocks[0].attn).__name__ == "ProbeMixer"
         assert m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
     finally:
@@ -171,7 +173,8 @@ def test_plugin_package_registers_a_block_usable_in_recipes(tmp_path, monkeypatc
 
 
 def test_broken_plugin_is_a_warning(tmp_path, monkeypatch):
-    name = _write_plugin(tmp_path, "raise ImportError('missing dependency xyz')\n", name="irb_broken_plugin")
+    name = _write_plugin(tmp_path, "raise ImportError('missing dependency xyz')\n",
+                         name="irb_broken_plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(RuntimeWarning, match="irb_broken_plugin.*missing dependency xyz"):
         loaded = plugins.load_plugins(force=True)
@@ -191,8 +194,9 @@ def test_no_plugins_env_turns_autoloading_off(tmp_path, monkeypatch):
 
 def test_kernels_are_registered_with_their_entry_points():
     from irblocks.kernels.layernorm import channel_layer_norm
-    assert {"channel_layer_norm", "gelu_gate", "channel_attention", "anyir_fusion", "gated_da_modulate",
-            "haar_dwt", "haar_idwt", "fsb_filter", "pattern_attention"} <= set(registry.list("kernel"))
+    assert {"channel_layer_norm", "gelu_gate", "channel_attention", "anyir_fusion",
+            "gated_da_modulate", "haar_dwt", "haar_idwt", "fsb_filter",
+            "pattern_attention"} <= set(registry.list("kernel"))
     assert registry.lookup("kernel", "channel_layer_norm").obj is channel_layer_norm
     d = registry.info("channel_layer_norm")
     assert d["kind"] == "kernel" and "impl: str | null = None" in d["signature"]

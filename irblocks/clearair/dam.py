@@ -30,7 +30,8 @@ class DegradationPromptGenerator(nn.Module):
     Shapes: (B, embed_dim) -> (B, prompt_dim).
     """
 
-    def __init__(self, dim: Context[int], embed_dim: int = DEGRADATION_DIM, length: int = 5, prompt_dim: int = 0):
+    def __init__(self, dim: Context[int], embed_dim: int = DEGRADATION_DIM, length: int = 5,
+                 prompt_dim: int = 0):
         super().__init__()
         prompt_dim = prompt_dim or 4 * dim
         if length < 1 or prompt_dim < 1 or embed_dim < 1:
@@ -38,10 +39,13 @@ class DegradationPromptGenerator(nn.Module):
                              f"got {length}, {prompt_dim}, {embed_dim}")
         self.prompt_dim, self.embed_dim = prompt_dim, embed_dim
         self.prompts = nn.Parameter(torch.randn(length, prompt_dim) * 0.02)
-        self.weights = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, length))
-        self.mlp = nn.Sequential(nn.Linear(prompt_dim, prompt_dim), nn.GELU(), nn.Linear(prompt_dim, prompt_dim))
+        self.weights = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU(),
+                                     nn.Linear(embed_dim, length))
+        self.mlp = nn.Sequential(nn.Linear(prompt_dim, prompt_dim), nn.GELU(),
+                                 nn.Linear(prompt_dim, prompt_dim))
 
-    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor]:
+    def example_inputs(self, batch: int = 1, height: int = 8,
+                       width: int = 8) -> tuple[torch.Tensor]:
         """A degradation embedding (B, embed_dim) (for generic tests)."""
         return (torch.randn(batch, self.embed_dim),)
 
@@ -73,10 +77,11 @@ class DegradationAwareModule(GuidedBlock):
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None, num_heads: int = 4,
-                 prompt: str = "degradation_prompt", source: Literal["prior", "learned"] = "prior",
-                 content_dim: int = CONTENT_DIM, degradation_dim: int = DEGRADATION_DIM,
-                 bias: bool = False, norm: BlockSpec = "layernorm"):
+    def __init__(self, dim: Context[int], shared: Context[Optional[dict]] = None,
+                 num_heads: int = 4, prompt: str = "degradation_prompt",
+                 source: Literal["prior", "learned"] = "prior", content_dim: int = CONTENT_DIM,
+                 degradation_dim: int = DEGRADATION_DIM, bias: bool = False,
+                 norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"degradation_aware: num_heads={num_heads} must divide dim={dim}")
@@ -91,7 +96,8 @@ class DegradationAwareModule(GuidedBlock):
         self.content_kv = nn.Linear(content_dim, 2 * dim)
         self.q_proj = nn.Conv2d(dim, dim, 1, bias=bias)
         self.attn_proj = nn.Conv2d(dim, dim, 1, bias=bias)
-        self.mask_mlp = nn.Sequential(nn.Linear(gen.prompt_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.mask_mlp = nn.Sequential(nn.Linear(gen.prompt_dim, dim), nn.GELU(),
+                                      nn.Linear(dim, dim))
         self.fuse = nn.Conv2d(2 * dim, dim, 1, bias=bias)
         if source == "learned":
             self.learned_content = nn.Parameter(torch.randn(content_dim) * 0.02)
@@ -104,9 +110,10 @@ class DegradationAwareModule(GuidedBlock):
         if self.source == "learned":
             return (self.learned_content.to(like.dtype).expand(batch, -1),
                     self.learned_degradation.to(like.dtype).expand(batch, -1))
-        fc = guidance_vector(guidance, "prior.content", self.content_dim, batch, "degradation_aware", "degradation")
-        fd = guidance_vector(guidance, "prior.degradation", self.degradation_dim, batch, "degradation_aware",
-                             "degradation")
+        fc = guidance_vector(guidance, "prior.content", self.content_dim, batch,
+                             "degradation_aware", "degradation")
+        fd = guidance_vector(guidance, "prior.degradation", self.degradation_dim, batch,
+                             "degradation_aware", "degradation")
         return fc.to(like.dtype), fd.to(like.dtype)
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
@@ -120,7 +127,8 @@ class DegradationAwareModule(GuidedBlock):
         # per head: logits_i = <q_i, k> * scale over pixels i; softmax over the pixels
         qh = q.reshape(b, self.heads, self.head_dim, h * w) if q.is_contiguous() else \
             q.permute(0, 2, 3, 1).reshape(b, h * w, self.heads, self.head_dim).permute(0, 2, 3, 1)
-        logits = torch.einsum("bhdn,bhd->bhn", qh, k.view(b, self.heads, self.head_dim)) * self.scale
+        logits = (torch.einsum("bhdn,bhd->bhn", qh, k.view(b, self.heads, self.head_dim))
+                  * self.scale)
         attn = logits.softmax(-1)                                           # (B, heads, N)
         att = attn.view(b, self.heads, 1, h, w) * v.view(b, self.heads, self.head_dim, 1, 1)
         att = self.attn_proj(att.reshape(b, c, h, w))

@@ -64,9 +64,11 @@ class ClearAIRGuidance(GuidedBlock):
                          dim=dim, shared=shared)
         self.sca = build({"type": "semantic_cross_attention", "num_heads": sca_heads,
                           "mask_dropout": mask_dropout, "mode": sca_mode, "source": regions,
-                          "learned_tokens": learned_tokens, "bias": bias, "norm": norm}, "block", dim=dim)
-        self.dam = build({"type": "degradation_aware", "num_heads": dam_heads, "source": degradation,
-                          "bias": bias, "norm": norm}, "block", dim=dim, shared=shared)
+                          "learned_tokens": learned_tokens, "bias": bias, "norm": norm}, "block",
+                         dim=dim)
+        self.dam = build({"type": "degradation_aware", "num_heads": dam_heads,
+                          "source": degradation, "bias": bias, "norm": norm}, "block", dim=dim,
+                         shared=shared)
 
     def guidance_io(self):
         consumes = set()

@@ -12,24 +12,28 @@ from irblocks.errors import InputError
 from irblocks.guidance import Guidance
 from irblocks.registry import register
 
-__all__ = ["MaskAveragePool", "mask_average_pool", "prepare_masks", "binarize_masks", "dropout_masks"]
+__all__ = ["MaskAveragePool", "mask_average_pool", "prepare_masks", "binarize_masks",
+           "dropout_masks"]
 
 
 def binarize_masks(masks: torch.Tensor, where: str = "masks") -> torch.Tensor:
     """(B, K, H, W) -> bool, thresholded at 0.5 (non-binary masks are accepted and
     thresholded: soft SAM logits/probabilities become hard masks)."""
     if not isinstance(masks, torch.Tensor) or masks.dim() != 4:
-        shape = "x".join(map(str, masks.shape)) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        shape = ("x".join(map(str, masks.shape)) if isinstance(masks, torch.Tensor)
+                 else type(masks).__name__)
         raise InputError(f"{where}: expected region masks of shape B x K x H x W, got {shape}")
     return masks if masks.dtype == torch.bool else masks > 0.5
 
 
-def dropout_masks(masks: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_masks(masks: torch.Tensor, p: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Remove each (image, mask) pair with probability p: its pixels become uncovered
     unless another mask covers them. (B, K, H, W) bool -> same."""
     if p <= 0 or masks.shape[1] == 0:
         return masks
-    keep = torch.rand(masks.shape[0], masks.shape[1], 1, 1, device=masks.device, generator=generator) >= p
+    keep = torch.rand(masks.shape[0], masks.shape[1], 1, 1, device=masks.device,
+                      generator=generator) >= p
     return masks & keep
 
 
@@ -94,7 +98,8 @@ class MaskAveragePool(nn.Module):
         super().__init__()
         self.mask_dropout = mask_dropout
 
-    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    def example_inputs(self, batch: int = 1, height: int = 8,
+                       width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """A feature map and three overlapping binary masks (for generic tests)."""
         masks = torch.zeros(batch, 3, height, width)
         masks[:, 0, : height // 2] = 1
@@ -105,7 +110,8 @@ class MaskAveragePool(nn.Module):
     def forward(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m = binarize_masks(masks, "mask_average_pool masks")
         if m.shape[0] != x.shape[0]:
-            raise InputError(f"mask_average_pool: masks have batch {m.shape[0]}, the feature has {x.shape[0]}")
+            raise InputError(f"mask_average_pool: masks have batch {m.shape[0]}, the feature has "
+                             f"{x.shape[0]}")
         if self.training:
             m = dropout_masks(m, self.mask_dropout)
         return mask_average_pool(x, prepare_masks(m, tuple(x.shape[-2:])))

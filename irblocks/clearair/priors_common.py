@@ -22,7 +22,8 @@ from irblocks.errors import InputError, check_feature
 from irblocks.ssim import gaussian_window, separable_filter
 
 __all__ = ["QUALITY_DIM", "DEGRADATION_DIM", "CONTENT_DIM", "GuidancePrior", "PriorOutputError",
-           "check_prior_output", "seeded_projection", "lift", "luminance", "box_blur", "gaussian_blur"]
+           "check_prior_output", "seeded_projection", "lift", "luminance", "box_blur",
+           "gaussian_blur"]
 
 QUALITY_DIM = 256
 DEGRADATION_DIM = 512
@@ -37,7 +38,8 @@ def check_prior_output(name: str, key: str, t, batch: int, shape_tail: tuple | N
                        hw: tuple[int, int] | None = None) -> None:
     """Raise if ``t`` is not (batch, *shape_tail); shape_tail None means (K, H, W) masks."""
     if not isinstance(t, torch.Tensor):
-        raise PriorOutputError(f"prior {name!r} output {key!r}: expected a tensor, got {type(t).__name__}")
+        raise PriorOutputError(f"prior {name!r} output {key!r}: expected a tensor, got "
+                               f"{type(t).__name__}")
     if shape_tail is None:
         ok = t.dim() == 4 and t.shape[0] == batch
         want = f"{batch} x K x H x W" + (f" (H x W = {hw[0]} x {hw[1]})" if hw else "")

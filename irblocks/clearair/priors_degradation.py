@@ -131,7 +131,8 @@ def content_features(img: torch.Tensor, scales: int = 3, grid: int = 4) -> torch
         feats += [flat.mean(2), flat.std(2, unbiased=False)]
         rg = (cur[:, 0] - cur[:, 1]).flatten(1)
         yb = ((cur[:, 0] + cur[:, 1]) / 2 - cur[:, 2]).flatten(1)
-        feats += [torch.stack([rg.mean(1), rg.std(1, unbiased=False), yb.mean(1), yb.std(1, unbiased=False)], 1)]
+        feats += [torch.stack([rg.mean(1), rg.std(1, unbiased=False), yb.mean(1),
+                               yb.std(1, unbiased=False)], 1)]
         lum = luminance(cur)
         gx, gy = _gradients(lum)
         feats.append(moments((gx * gx + gy * gy).sqrt().flatten(1)))

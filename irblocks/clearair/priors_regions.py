@@ -44,8 +44,10 @@ def kmeans_masks(img: torch.Tensor, k: int = 16, iters: int = 10, position_weigh
 
     def features(x):
         hh, ww = x.shape[-2:]
-        ys = torch.linspace(0, 1, hh, device=x.device, dtype=x.dtype).view(1, 1, hh, 1).expand(b, 1, hh, ww)
-        xs = torch.linspace(0, 1, ww, device=x.device, dtype=x.dtype).view(1, 1, 1, ww).expand(b, 1, hh, ww)
+        ys = torch.linspace(0, 1, hh, device=x.device,
+                            dtype=x.dtype).view(1, 1, hh, 1).expand(b, 1, hh, ww)
+        xs = torch.linspace(0, 1, ww, device=x.device,
+                            dtype=x.dtype).view(1, 1, 1, ww).expand(b, 1, hh, ww)
         f = torch.cat([x, ys * position_weight, xs * position_weight], 1)
         return f.flatten(2).transpose(1, 2)                # (B, N, 5)
 
@@ -89,12 +91,15 @@ class KMeansRegionPrior(GuidancePrior):
     OUTPUTS = {"masks": None}
     name = "kmeans_regions"
 
-    def __init__(self, k: int = 16, iters: int = 10, position_weight: float = 0.5, work_size: int = 64):
+    def __init__(self, k: int = 16, iters: int = 10, position_weight: float = 0.5,
+                 work_size: int = 64):
         super().__init__()
         if k < 0 or iters < 0 or work_size < 1:
             raise ValueError(f"kmeans_regions: k and iters must be >= 0 and work_size >= 1, "
                              f"got k={k}, iters={iters}, work_size={work_size}")
-        self.k, self.iters, self.position_weight, self.work_size = k, iters, position_weight, work_size
+        self.k, self.iters = k, iters
+        self.position_weight, self.work_size = position_weight, work_size
 
     def compute(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"masks": kmeans_masks(img, self.k, self.iters, self.position_weight, self.work_size)}
+        return {"masks": kmeans_masks(img, self.k, self.iters, self.position_weight,
+                                      self.work_size)}

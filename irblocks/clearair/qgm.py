@@ -36,8 +36,8 @@ def guidance_vector(guidance: Guidance, key: str, dim: int, batch: int, where: s
     t = guidance.get(key)
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != (batch, dim):
         got = "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise InputError(f"{where}: guidance {key!r} from the {prior} prior must be {batch} x {dim} "
-                         f"(B x {dim}), got {got}{hint}")
+        raise InputError(f"{where}: guidance {key!r} from the {prior} prior must be {batch} x "
+                         f"{dim} (B x {dim}), got {got}{hint}")
     return t
 
 
@@ -73,12 +73,14 @@ class QualityAdapter(nn.Module):
         self.input_dim = state_dim or in_dim
         self.reduce = nn.Linear(state_dim, in_dim) if state_dim else None
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i) for i in range(levels)})
+        self.heads = nn.ModuleDict({str(dim * 2 ** i): nn.Linear(hidden, dim * 2 ** i)
+                                    for i in range(levels)})
 
     def forward(self, fq: torch.Tensor, width: int) -> torch.Tensor:
         head = self.heads[str(width)] if str(width) in self.heads else None
         if head is None:
-            raise InputError(f"quality_adapter: no head for width {width} (has {sorted(map(int, self.heads))})")
+            raise InputError(f"quality_adapter: no head for width {width} (has "
+                             f"{sorted(map(int, self.heads))})")
         if self.reduce is not None:
             fq = self.reduce(fq)
         return head(self.net(fq))

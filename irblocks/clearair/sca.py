@@ -53,14 +53,16 @@ class SemanticCrossAttention(GuidedBlock):
 
     def __init__(self, dim: Context[int], num_heads: int = 4,
                  mask_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2,
-                 mode: Literal["pattern", "dense"] = "pattern", source: Literal["prior", "learned"] = "prior",
-                 learned_tokens: int = 16, bias: bool = False, key: str = "prior.masks",
-                 norm: BlockSpec = "layernorm"):
+                 mode: Literal["pattern", "dense"] = "pattern",
+                 source: Literal["prior", "learned"] = "prior", learned_tokens: int = 16,
+                 bias: bool = False, key: str = "prior.masks", norm: BlockSpec = "layernorm"):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"semantic_cross_attention: num_heads={num_heads} must divide dim={dim}")
+            raise ValueError(f"semantic_cross_attention: num_heads={num_heads} must divide "
+                             f"dim={dim}")
         if source == "learned" and learned_tokens < 1:
-            raise ValueError(f"semantic_cross_attention: learned_tokens must be >= 1, got {learned_tokens}")
+            raise ValueError("semantic_cross_attention: learned_tokens must be >= 1, got "
+                             f"{learned_tokens}")
         self.dim, self.heads, self.mode, self.source, self.key = dim, num_heads, mode, source, key
         self.mask_dropout = mask_dropout
         self.head_dim = dim // num_heads
@@ -71,7 +73,8 @@ class SemanticCrossAttention(GuidedBlock):
         self.k_proj = nn.Conv2d(dim, dim, 1, bias=bias)
         self.v_proj = nn.Conv2d(dim, dim, 1, bias=bias)
         self.out_proj = nn.Conv2d(dim, dim, 1, bias=bias)
-        self.tokens = nn.Parameter(torch.randn(learned_tokens, dim) * 0.02) if source == "learned" else None
+        self.tokens = (nn.Parameter(torch.randn(learned_tokens, dim) * 0.02)
+                       if source == "learned" else None)
 
     def guidance_io(self):
         return set(), ({self.key} if self.source == "prior" else set())
@@ -107,8 +110,8 @@ class SemanticCrossAttention(GuidedBlock):
                                 "semantic_cross_attention prior.masks")
             if masks.shape[0] != b:
                 from irblocks.errors import InputError
-                raise InputError(f"semantic_cross_attention: prior.masks from the region prior must be "
-                                 f"{b} x K x H x W, got batch {masks.shape[0]}")
+                raise InputError("semantic_cross_attention: prior.masks from the region prior "
+                                 f"must be {b} x K x H x W, got batch {masks.shape[0]}")
             if self.mode == "dense":
                 out = self._dense(q, src, masks)
             else:
@@ -116,7 +119,8 @@ class SemanticCrossAttention(GuidedBlock):
                 out = self._token_attention(q, self._lin(self.sem_proj, tokens), bias)
         return x + self.out_proj(self._merge(out, h, w))
 
-    def _token_attention(self, q: torch.Tensor, tok: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _token_attention(self, q: torch.Tensor, tok: torch.Tensor,
+                         bias: torch.Tensor) -> torch.Tensor:
         b, p, _ = tok.shape
         k = self._lin(self.k_proj, tok).view(b, p, self.heads, self.head_dim).transpose(1, 2)
         v = self._lin(self.v_proj, tok).view(b, p, self.heads, self.head_dim).transpose(1, 2)

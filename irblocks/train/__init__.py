@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["Degradation", "GaussianNoise", "Haze", "Rain", "Snow", "MotionBlur", "LowLight",
-                     "JPEG", "Compose", "CDD11", "build_degradation"], "irblocks.train.degradations"),
-    **dict.fromkeys(["PairedFolder", "SyntheticDataset", "AllInOne", "find_paired", "EpochBatchSampler",
-                     "make_loader"], "irblocks.train.datasets"),
+    **dict.fromkeys(["Degradation", "GaussianNoise", "Haze", "Rain", "Snow", "MotionBlur",
+                     "LowLight", "JPEG", "Compose", "CDD11", "build_degradation"],
+                    "irblocks.train.degradations"),
+    **dict.fromkeys(["PairedFolder", "SyntheticDataset", "AllInOne", "find_paired",
+                     "EpochBatchSampler", "make_loader"], "irblocks.train.datasets"),
     **dict.fromkeys(["psnr", "ssim", "batch_psnr", "batch_ssim"], "irblocks.train.metrics"),
     "tiled_forward": "irblocks.train.tiling",
     **dict.fromkeys(["Trainer", "TrainError", "load_model"], "irblocks.train.trainer"),

@@ -72,13 +72,16 @@ class TrainConfig(BaseModel):
     model_config = _STRICT
     batch_size: int = Field(8, ge=1)
     patch_size: Optional[int] = Field(128, ge=8)
-    iterations: Optional[int] = Field(None, ge=1, description="train by iterations instead of epochs")
+    iterations: Optional[int] = Field(None, ge=1,
+                                      description="train by iterations instead of epochs")
     grad_clip: Optional[float] = Field(None, gt=0, description="max global gradient norm")
-    ema: Optional[float] = Field(None, gt=0, lt=1, description="EMA decay of the weights (e.g. 0.999)")
+    ema: Optional[float] = Field(None, gt=0, lt=1,
+                                 description="EMA decay of the weights (e.g. 0.999)")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     workers: int = Field(0, ge=0)
     seed: int = 0
-    tasks: Optional[Dict[str, int]] = Field(None, description="task -> repeat factor (all-in-one mixing)")
+    tasks: Optional[Dict[str, int]] = Field(None,
+                                            description="task -> repeat factor (all-in-one mixing)")
 
 
 class EvalConfig(BaseModel):
@@ -118,7 +121,8 @@ def _errors(section: str, e: pydantic.ValidationError) -> List[Tuple[str, str]]:
         msg = err["msg"].removeprefix("Value error, ")
         where = f"{section}.{loc}" if loc else section
         if err["type"] == "extra_forbidden":
-            out.append((where, f"unknown key (allowed: {', '.join(_MODELS[section].model_fields)})"))
+            out.append((where,
+                        f"unknown key (allowed: {', '.join(_MODELS[section].model_fields)})"))
         else:
             out.append((where, f"{msg} (got {err.get('input')!r})"))
     return out
@@ -142,7 +146,8 @@ def _section_check(name: str):
     return check
 
 
-for _name, _model in _MODELS.items():     # the recipe validator runs these (irblocks check, create_model)
+# the recipe validator runs these (irblocks check, create_model)
+for _name, _model in _MODELS.items():
     register_section(_name, _section_check(_name), _model.model_json_schema,
                      (_model.__doc__ or "").strip())
 
@@ -164,7 +169,8 @@ def parse_sections(recipe: Dict[str, Any]):
     raises ValueError with the first problem."""
     errs = validate_sections(recipe, include_loss=True)
     if errs:
-        raise ValueError(errs[0] + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""))
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        raise ValueError(errs[0] + more)
     return (OptimizerConfig.model_validate(recipe.get("optimizer") or {}),
             ScheduleConfig.model_validate(recipe.get("schedule") or {}),
             TrainConfig.model_validate(recipe.get("train") or {}))

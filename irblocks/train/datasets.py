@@ -41,8 +41,8 @@ from irblocks.train.degradations import build_degradation
 from irblocks.train.imageio import image_size, list_images, read_image
 
 __all__ = [
-    "PairedFolder", "SyntheticDataset", "AllInOne", "find_paired", "EpochBatchSampler", "make_loader",
-    "item_generator", "random_crop_flip", "PAIR_LAYOUTS", "DataError",
+    "PairedFolder", "SyntheticDataset", "AllInOne", "find_paired", "EpochBatchSampler",
+    "make_loader", "item_generator", "random_crop_flip", "PAIR_LAYOUTS", "DataError",
 ]
 
 PAIR_LAYOUTS = (("input", "target"), ("degraded", "clean"), ("lq", "gt"), ("rainy", "gt"),
@@ -93,7 +93,8 @@ def random_crop_flip(images: Sequence[torch.Tensor], patch: Optional[int], augme
 def _match_keys(stem: str) -> List[str]:
     keys = [stem]
     low = stem.lower()
-    for a, b in (("rain-", "norain-"), ("rain_", "norain_"), ("_rain", "_clean"), ("rain", "norain")):
+    for a, b in (("rain-", "norain-"), ("rain_", "norain_"), ("_rain", "_clean"),
+                 ("rain", "norain")):
         if low.startswith(a):
             keys.append(b + stem[len(a):])
     if "_" in stem:
@@ -116,8 +117,9 @@ class PairedFolder(Dataset):
         check_sizes: verify every pair's sizes from the headers at construction.
     """
 
-    def __init__(self, degraded: str | os.PathLike, clean: str | os.PathLike, patch_size: Optional[int] = None,
-                 augment: bool = False, task: str = "", seed: int = 0, check_sizes: bool = True):
+    def __init__(self, degraded: str | os.PathLike, clean: str | os.PathLike,
+                 patch_size: Optional[int] = None, augment: bool = False, task: str = "",
+                 seed: int = 0, check_sizes: bool = True):
         deg_files = list_images(degraded, recursive=True)     # RESIDE's synthetic/part1..4
         clean_files = list_images(clean, recursive=True)
         by_stem = {f.stem: f for f in clean_files}
@@ -132,9 +134,11 @@ class PairedFolder(Dataset):
             for d, c in pairs:
                 sd, sc = image_size(d), image_size(c)
                 if sd != sc:
-                    raise DataError(f"pair size mismatch: {d} is {sd[0]}x{sd[1]} but {c} is {sc[0]}x{sc[1]} (H x W)")
+                    raise DataError(f"pair size mismatch: {d} is {sd[0]}x{sd[1]} but {c} is "
+                                    f"{sc[0]}x{sc[1]} (H x W)")
         self.pairs = pairs
-        self.patch_size, self.augment, self.task, self.seed = patch_size, augment, task or Path(degraded).parent.name, seed
+        self.patch_size, self.augment, self.seed = patch_size, augment, seed
+        self.task = task or Path(degraded).parent.name
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -144,7 +148,8 @@ class PairedFolder(Dataset):
         d, c = self.pairs[i]
         x, y = read_image(d), read_image(c)
         if x.shape != y.shape:
-            raise DataError(f"pair size mismatch: {d} is {x.shape[1]}x{x.shape[2]} but {c} is {y.shape[1]}x{y.shape[2]}")
+            raise DataError(f"pair size mismatch: {d} is {x.shape[1]}x{x.shape[2]} but {c} is "
+                            f"{y.shape[1]}x{y.shape[2]}")
         g = item_generator(self.seed, epoch, i)
         x, y = random_crop_flip([x, y], self.patch_size, self.augment, g)
         return {"input": x, "target": y, "task": self.task, "name": d.name}
@@ -162,8 +167,8 @@ class SyntheticDataset(Dataset):
     """
 
     def __init__(self, clean: Union[str, os.PathLike, Sequence[Any]], degradation: Any,
-                 patch_size: Optional[int] = None, augment: bool = False, task: str = "", seed: int = 0,
-                 cache: bool = True):
+                 patch_size: Optional[int] = None, augment: bool = False, task: str = "",
+                 seed: int = 0, cache: bool = True):
         if isinstance(clean, (str, os.PathLike)):
             self.sources: List[Any] = list(list_images(clean))
         else:
@@ -206,7 +211,8 @@ class AllInOne(Dataset):
             raise DataError("AllInOne: no datasets given")
         repeats = list(repeats or [1] * len(datasets))
         if len(repeats) != len(datasets) or any(int(r) < 1 for r in repeats):
-            raise DataError(f"AllInOne: need one repeat factor >= 1 per dataset, got {repeats} for {len(datasets)} datasets")
+            raise DataError(f"AllInOne: need one repeat factor >= 1 per dataset, got {repeats} for "
+                            f"{len(datasets)} datasets")
         self.datasets, self.repeats = list(datasets), [int(r) for r in repeats]
         self.index: List[Tuple[int, int, int]] = []   # (dataset, item, repeat copy)
         for k, (d, r) in enumerate(zip(self.datasets, self.repeats)):
@@ -251,7 +257,8 @@ def find_paired(root: str | os.PathLike, **kwargs) -> Dict[str, PairedFolder]:
                 dirnames[:] = []
     if not found:
         layouts = ", ".join(f"{a}/{b}" for a, b in PAIR_LAYOUTS[:6])
-        raise DataError(f"no paired data found in {root}: expected subfolders such as {layouts} ...")
+        raise DataError(f"no paired data found in {root}: expected subfolders such as {layouts} "
+                        "...")
     return found
 
 
@@ -307,16 +314,19 @@ class EpochBatchSampler(Sampler):
 def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     shapes = {tuple(i["input"].shape) for i in items}
     if len(shapes) > 1:
-        raise DataError(f"cannot batch images of different sizes {sorted(shapes)}: set a patch_size")
+        raise DataError(f"cannot batch images of different sizes {sorted(shapes)}: set a "
+                        "patch_size")
     return {"input": torch.stack([i["input"] for i in items]),
             "target": torch.stack([i["target"] for i in items]),
             "task": [i["task"] for i in items], "name": [i["name"] for i in items]}
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, seed: int = 0, shuffle: bool = True,
-                rank: int = 0, world: int = 1, start_step: int = 0, steps: Optional[int] = None) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, seed: int = 0,
+                shuffle: bool = True, rank: int = 0, world: int = 1, start_step: int = 0,
+                steps: Optional[int] = None) -> DataLoader:
     """A DataLoader over :class:`EpochBatchSampler` batches (see its doc)."""
-    sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world, start_step, steps)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world, start_step,
+                                steps)
     # a private generator: creating the iterator must not draw from torch's global RNG (that
     # would shift the random stream of the losses between a resumed and an uninterrupted run)
     gen = torch.Generator().manual_seed(seed)

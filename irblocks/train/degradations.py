@@ -60,9 +60,11 @@ def _randint(lo: int, hi: int, g) -> int:
     return int(torch.randint(lo, hi + 1, (), generator=g).item()) if hi > lo else int(lo)
 
 
-def _range(name: str, lo: float, hi: float, low_bound: float = 0.0, high_bound: float = math.inf) -> None:
+def _range(name: str, lo: float, hi: float, low_bound: float = 0.0,
+           high_bound: float = math.inf) -> None:
     if not (low_bound <= lo <= hi <= high_bound):
-        raise ValueError(f"{name}: expected {low_bound} <= min <= max <= {high_bound}, got {lo}, {hi}")
+        raise ValueError(f"{name}: expected {low_bound} <= min <= max <= {high_bound}, got {lo}, "
+                         f"{hi}")
 
 
 class Degradation:
@@ -72,10 +74,12 @@ class Degradation:
 
     def __call__(self, img: torch.Tensor, generator: Optional[torch.Generator] = None,
                  seed: Optional[int] = None, **kw) -> torch.Tensor:
-        if not isinstance(img, torch.Tensor) or img.dim() not in (3, 4) or not img.is_floating_point():
-            got = f"{img.dtype} tensor of shape {tuple(img.shape)}" if isinstance(img, torch.Tensor) \
-                else type(img).__name__
-            raise ValueError(f"{self.name}: expected a float image C x H x W or B x C x H x W in [0, 1], got {got}")
+        if (not isinstance(img, torch.Tensor) or img.dim() not in (3, 4)
+                or not img.is_floating_point()):
+            got = (f"{img.dtype} tensor of shape {tuple(img.shape)}"
+                   if isinstance(img, torch.Tensor) else type(img).__name__)
+            raise ValueError(f"{self.name}: expected a float image C x H x W or B x C x H x W in "
+                             f"[0, 1], got {got}")
         if seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         x = img.detach().float()
@@ -83,11 +87,13 @@ class Degradation:
             return self.apply(x, generator, **kw)
         outs = []
         for i in range(x.shape[0]):
-            kwi = {k: (v[i] if isinstance(v, torch.Tensor) and v.dim() == 4 else v) for k, v in kw.items()}
+            kwi = {k: (v[i] if isinstance(v, torch.Tensor) and v.dim() == 4 else v)
+                   for k, v in kw.items()}
             outs.append(self.apply(x[i], generator, **kwi))
         return torch.stack(outs)
 
-    def apply(self, img: torch.Tensor, g: torch.Generator | None, **kw) -> torch.Tensor:  # pragma: no cover
+    def apply(self, img: torch.Tensor, g: torch.Generator | None,
+              **kw) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -118,9 +124,11 @@ class GaussianNoise(Degradation):
     def __init__(self, sigma: float = 25.0, sigma_max: Optional[float] = None,
                  convention: Literal["uint8", "float"] = "uint8"):
         if sigma < 0 or (sigma_max is not None and sigma_max < sigma):
-            raise ValueError(f"gaussian_noise: need 0 <= sigma <= sigma_max, got sigma={sigma}, sigma_max={sigma_max}")
+            raise ValueError(f"gaussian_noise: need 0 <= sigma <= sigma_max, got sigma={sigma}, "
+                             f"sigma_max={sigma_max}")
         if convention not in ("uint8", "float"):
-            raise ValueError(f"gaussian_noise: convention must be 'uint8' or 'float', got {convention!r}")
+            raise ValueError("gaussian_noise: convention must be 'uint8' or 'float', got "
+                             f"{convention!r}")
         self.sigma, self.sigma_max, self.convention = float(sigma), sigma_max, convention
 
     def apply(self, img, g, **kw):
@@ -216,7 +224,8 @@ def line_kernel(length: float, angle_deg: float, size: int | None = None) -> tor
 
 
 def _conv_same(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Convolve each channel of C x H x W with the 2-D kernel k (reflect, or replicate when small)."""
+    """Convolve each channel of C x H x W with the 2-D kernel k (reflect, or replicate when
+    small)."""
     c, h, w = x.shape
     r = k.shape[-1] // 2
     mode = "reflect" if r < min(h, w) else "replicate"
@@ -256,9 +265,9 @@ class Rain(Degradation):
 
     name = "rain"
 
-    def __init__(self, density_min: float = 0.01, density_max: float = 0.04, length_min: float = 10.0,
-                 length_max: float = 30.0, angle_min: float = -30.0, angle_max: float = 30.0,
-                 intensity_min: float = 0.6, intensity_max: float = 1.0):
+    def __init__(self, density_min: float = 0.01, density_max: float = 0.04,
+                 length_min: float = 10.0, length_max: float = 30.0, angle_min: float = -30.0,
+                 angle_max: float = 30.0, intensity_min: float = 0.6, intensity_max: float = 1.0):
         _range("rain density", density_min, density_max, 0.0, 1.0)
         _range("rain length", length_min, length_max, 1.0)
         _range("rain angle", angle_min, angle_max, -90.0, 90.0)
@@ -271,7 +280,8 @@ class Rain(Degradation):
     def streaks(self, h: int, w: int, g) -> torch.Tensor:
         """The H x W streak layer in [0, 1]."""
         dens = _uniform(*self.density, g)
-        drops = (torch.rand((1, h, w), generator=g) < dens).float() * torch.rand((1, h, w), generator=g)
+        drops = ((torch.rand((1, h, w), generator=g) < dens).float()
+                 * torch.rand((1, h, w), generator=g))
         length = _uniform(*self.length, g)
         k = line_kernel(length, 90.0 + _uniform(*self.angle, g))
         s = _conv_same(drops, k)[0] * length * 0.5
@@ -285,12 +295,14 @@ class Rain(Degradation):
 
 @register("degradation", "snow", aliases=("desnow",))
 class Snow(Degradation):
-    """Snow: sparse soft flakes (Gaussian blobs of a random size), slightly smeared, screen-blended."""
+    """Snow: sparse soft flakes (Gaussian blobs of a random size), slightly smeared,
+    screen-blended."""
 
     name = "snow"
 
-    def __init__(self, density_min: float = 0.002, density_max: float = 0.008, size_min: float = 0.8,
-                 size_max: float = 2.0, intensity_min: float = 0.7, intensity_max: float = 1.0):
+    def __init__(self, density_min: float = 0.002, density_max: float = 0.008,
+                 size_min: float = 0.8, size_max: float = 2.0, intensity_min: float = 0.7,
+                 intensity_max: float = 1.0):
         _range("snow density", density_min, density_max, 0.0, 1.0)
         _range("snow size", size_min, size_max, 0.1)
         _range("snow intensity", intensity_min, intensity_max, 0.0, 1.0)
@@ -361,7 +373,8 @@ class JPEG(Degradation):
         buf = io.BytesIO()
         pil.save(buf, format="JPEG", quality=q)
         buf.seek(0)
-        out = np.asarray(Image.open(buf).convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
+        out = np.asarray(Image.open(buf).convert("L" if c == 1 else "RGB"),
+                         dtype=np.float32) / 255.0
         t = torch.from_numpy(out.copy())
         return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1).contiguous()
 
@@ -377,7 +390,8 @@ def build_degradation(spec: Any) -> Degradation:
 
 
 def parse_degradation(text: str) -> dict:
-    """"gaussian_noise:sigma=25,convention=float" -> {"type": "gaussian_noise", "sigma": 25.0, ...}."""
+    """"gaussian_noise:sigma=25,convention=float" -> {"type": "gaussian_noise", "sigma": 25.0,
+    ...}."""
     from irblocks.registry.recipe import parse_yaml
     name, _, rest = text.partition(":")
     spec: dict = {"type": name.strip()}
@@ -412,13 +426,15 @@ CDD11_COMBOS = ("low", "haze", "rain", "snow", "low_haze", "low_rain", "low_snow
 
 @register("degradation", "cdd11")
 class CDD11(Compose):
-    """A CDD-11-style composite (e.g. ``combo: low_haze_rain``), applied haze -> rain/snow -> low light."""
+    """A CDD-11-style composite (e.g. ``combo: low_haze_rain``), applied haze -> rain/snow -> low
+    light."""
 
     name = "cdd11"
 
     def __init__(self, combo: str = "low_haze_rain"):
         if combo not in CDD11_COMBOS:
-            raise ValueError(f"cdd11: combo must be one of {', '.join(CDD11_COMBOS)}, got {combo!r}")
+            raise ValueError(f"cdd11: combo must be one of {', '.join(CDD11_COMBOS)}, got "
+                             f"{combo!r}")
         parts = combo.split("_")
         order = [p for p in ("haze", "rain", "snow", "low") if p in parts]
         names = {"haze": "haze", "rain": "rain", "snow": "snow", "low": "low_light"}

@@ -60,11 +60,13 @@ def _demo_recipe(base: str, lr: float) -> Dict[str, Any]:
 DEMO_RECIPE = "anyir-tiny"
 
 
-def run_demo(out_dir: str | Path = "irblocks-demo", seconds: float = 120.0, steps: Optional[int] = None,
-             sigma: float = 25.0, recipe: str = DEMO_RECIPE, batch_size: int = 8, patch_size: int = 48,
-             lr: float = 2e-3, seed: int = 0, progress: bool = True, threads: Optional[int] = None,
+def run_demo(out_dir: str | Path = "irblocks-demo", seconds: float = 120.0,
+             steps: Optional[int] = None, sigma: float = 25.0, recipe: str = DEMO_RECIPE,
+             batch_size: int = 8, patch_size: int = 48, lr: float = 2e-3, seed: int = 0,
+             progress: bool = True, threads: Optional[int] = None,
              quiet: bool = False) -> Dict[str, Any]:
-    """Run the demo; returns {"psnr_noisy", "psnr_restored", "gain", "seconds", "steps", "image"}."""
+    """Run the demo; returns {"psnr_noisy", "psnr_restored", "gain", "seconds", "steps",
+    "image"}."""
     t_start = time.perf_counter()
     torch.set_num_threads(int(threads) if threads else auto_threads())
     out = Path(out_dir)
@@ -73,16 +75,19 @@ def run_demo(out_dir: str | Path = "irblocks-demo", seconds: float = 120.0, step
     clean = skimage_images((HELD_OUT,))[0]
     noise = GaussianNoise(sigma=sigma, convention="uint8")
     noisy = noise(clean, seed=seed + 12345)
-    ds = SyntheticDataset(train_imgs, noise, patch_size=patch_size, augment=True, task="denoise", seed=seed)
+    ds = SyntheticDataset(train_imgs, noise, patch_size=patch_size, augment=True, task="denoise",
+                          seed=seed)
     # a step budget large enough that the time budget ends the run; the schedule spans it
     budget_steps = steps if steps is not None else 10 ** 6
     rec = _demo_recipe(recipe, lr)
-    say(f"irblocks demo ({torch.get_num_threads()} thread(s)): training {recipe} on {', '.join(TRAIN_IMAGES)} (sigma {sigma:g} noise, "
+    say(f"irblocks demo ({torch.get_num_threads()} thread(s)): training {recipe} on "
+        f"{', '.join(TRAIN_IMAGES)} (sigma {sigma:g} noise, "
         f"{patch_size}x{patch_size} crops, batch {batch_size}) for "
         + (f"{steps} steps" if steps is not None else f"about {seconds:.0f} s"))
-    trainer = Trainer(rec, ds, out_dir=out / "run", steps=budget_steps, batch_size=batch_size, seed=seed,
-                      progress=progress and not quiet, log_every=25, device="cpu",
-                      time_budget=None if steps is not None else seconds, schedule_by_time=steps is None)
+    trainer = Trainer(rec, ds, out_dir=out / "run", steps=budget_steps, batch_size=batch_size,
+                      seed=seed, progress=progress and not quiet, log_every=25, device="cpu",
+                      time_budget=None if steps is not None else seconds,
+                      schedule_by_time=steps is None)
     summary = trainer.fit()
     model = trainer.eval_model().eval()
     restored = restore_image(model, noisy, tile=None)
@@ -95,8 +100,8 @@ def run_demo(out_dir: str | Path = "irblocks-demo", seconds: float = 120.0, step
     result = {"psnr_noisy": p_noisy, "psnr_restored": p_rest, "gain": p_rest - p_noisy,
               "ssim_noisy": s_noisy, "ssim_restored": s_rest, "steps": summary["steps"],
               "train_seconds": summary["seconds"], "seconds": time.perf_counter() - t_start,
-              "image": str(png), "checkpoint": str(out / "run" / "last.safetensors"), "sigma": sigma,
-              "held_out": HELD_OUT, "recipe": recipe}
+              "image": str(png), "checkpoint": str(out / "run" / "last.safetensors"),
+              "sigma": sigma, "held_out": HELD_OUT, "recipe": recipe}
     with atomic_path(out / "demo.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result

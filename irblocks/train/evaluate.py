@@ -100,7 +100,8 @@ def parse_data_arg(text: str) -> tuple[Optional[str], str, Optional[str]]:
     return name, text, spec
 
 
-def skimage_images(names: Sequence[str] = ("astronaut", "coffee", "chelsea", "rocket")) -> List[torch.Tensor]:
+def skimage_images(
+        names: Sequence[str] = ("astronaut", "coffee", "chelsea", "rocket")) -> List[torch.Tensor]:
     """Natural RGB images that ship inside scikit-image (no download)."""
     import skimage.data
     out = []
@@ -116,16 +117,18 @@ def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: in
     or clean images degraded on the fly by the entry's DEGRADATION (else ``degrade``);
     ``skimage`` names the images shipped with scikit-image."""
     if not data:
-        raise DataError("no data given: pass --data PATH (a paired folder, or clean images with --degrade SPEC)")
+        raise DataError("no data given: pass --data PATH (a paired folder, or clean images with "
+                        "--degrade SPEC)")
     out: Dict[str, Any] = {}
     for entry in data:
         name, path, own = parse_data_arg(entry)
         deg = own or degrade
         if path == "skimage":
             if not deg:
-                raise DataError("--data skimage needs a degradation: skimage@gaussian_noise:sigma=25 "
-                                "or --degrade SPEC")
-            ds = SyntheticDataset(skimage_images(), deg, patch_size, augment, task=name or "", seed=seed)
+                raise DataError("--data skimage needs a degradation: "
+                                "skimage@gaussian_noise:sigma=25 or --degrade SPEC")
+            ds = SyntheticDataset(skimage_images(), deg, patch_size, augment, task=name or "",
+                                  seed=seed)
             out[name or ds.task] = ds
             continue
         p = Path(path)
@@ -138,7 +141,8 @@ def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: in
         try:
             found = find_paired(p, patch_size=patch_size, augment=augment, seed=seed)
         except DataError as e:
-            raise DataError(f"{e}; or pass --degrade SPEC to synthesize inputs from clean images") from None
+            raise DataError(f"{e}; or pass --degrade SPEC to synthesize inputs from clean "
+                            "images") from None
         for task, ds in found.items():
             key = f"{name}/{task}" if name and len(found) > 1 else (name or task)
             ds.task = key
@@ -148,9 +152,9 @@ def build_eval_data(data: Sequence[str], degrade: Optional[str] = None, seed: in
 
 @torch.no_grad()
 def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = None,
-             overlap: int = 32, device: str | torch.device = "cpu", ssim_mode: str = "uniform", y_channel: bool = False,
-             crop_border: int = 0, progress: bool = False, limit: Optional[int] = None,
-             crop_multiple: int = 1) -> Dict[str, Any]:
+             overlap: int = 32, device: str | torch.device = "cpu", ssim_mode: str = "uniform",
+             y_channel: bool = False, crop_border: int = 0, progress: bool = False,
+             limit: Optional[int] = None, crop_multiple: int = 1) -> Dict[str, Any]:
     """{"tasks": {task: {"psnr", "ssim", "input_psnr", "input_ssim", "images"}}, "average": {...},
     "convention": {..., "tile", "crop_multiple"}} (protocol: see the module docstring)."""
     if crop_multiple < 1:
@@ -158,7 +162,8 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = N
     model = model.to(device).eval()
     tasks: Dict[str, Any] = {}
     t0 = time.perf_counter()
-    counts = {task: len(ds) if limit is None else min(len(ds), limit) for task, ds in datasets.items()}
+    counts = {task: len(ds) if limit is None else min(len(ds), limit)
+              for task, ds in datasets.items()}
     bar = progress_bar(total=sum(counts.values()), desc="eval", unit="img", enabled=progress)
     for task, ds in datasets.items():
         n = counts[task]
@@ -184,10 +189,11 @@ def evaluate(model: nn.Module, datasets: Dict[str, Any], tile: Optional[int] = N
             iss.append(float(batch_ssim(x, y, mode=ssim_mode, **kw)[0]))
             bar.update(1)
         mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
-        tasks[task] = {"psnr": mean(ps), "ssim": mean(ss), "input_psnr": mean(ips), "input_ssim": mean(iss),
-                       "images": n}
+        tasks[task] = {"psnr": mean(ps), "ssim": mean(ss), "input_psnr": mean(ips),
+                       "input_ssim": mean(iss), "images": n}
     bar.close()
-    avg = {k: sum(t[k] for t in tasks.values()) / len(tasks) for k in ("psnr", "ssim", "input_psnr", "input_ssim")} \
+    avg = {k: sum(t[k] for t in tasks.values()) / len(tasks)
+           for k in ("psnr", "ssim", "input_psnr", "input_ssim")} \
         if tasks else {}
     return {"tasks": tasks, "average": avg, "seconds": time.perf_counter() - t0,
             "convention": {"ssim": ssim_mode, "y_channel": y_channel, "crop_border": crop_border,
@@ -203,12 +209,13 @@ def format_table(result: Dict[str, Any]) -> str:
                      f"{r['input_psnr']:.2f}", f"{r['input_ssim']:.4f}"))
     if len(result["tasks"]) > 1:
         a = result["average"]
-        rows.append(("average", "", f"{a['psnr']:.2f}", f"{a['ssim']:.4f}", f"{a['input_psnr']:.2f}",
-                     f"{a['input_ssim']:.4f}"))
+        rows.append(("average", "", f"{a['psnr']:.2f}", f"{a['ssim']:.4f}",
+                     f"{a['input_psnr']:.2f}", f"{a['input_ssim']:.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     if "convention" in result:

@@ -140,8 +140,9 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
                     arr = np.asarray(im).astype(np.float32) / 255.0
                 else:
                     if im.format == "PNG" and _png_bit_depth(path) == 16:
-                        warnings.warn(f"{path}: a 16-bit colour PNG is read at 8 bits (Pillow cannot "
-                                      "do better); save it as a 16-bit TIFF for full precision",
+                        warnings.warn(f"{path}: a 16-bit colour PNG is read at 8 bits (Pillow "
+                                      "cannot do better); save it as a 16-bit TIFF for full "
+                                      "precision",
                                       stacklevel=2)
                     arr = np.asarray(im.convert("RGB"))
         arr = _to_unit(arr)
@@ -170,13 +171,15 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def write_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write a (1 x) 3 x H x W tensor in [0, 1] as an 8-bit image (format from the suffix), atomically."""
+    """Write a (1 x) 3 x H x W tensor in [0, 1] as an 8-bit image (format from the suffix),
+    atomically."""
     from PIL import Image
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
            ".tiff": "TIFF", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
-        raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix!r} (use one of {', '.join(IMAGE_EXTS)})")
+        raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix!r} (use one of "
+                         f"{', '.join(IMAGE_EXTS)})")
     arr = to_uint8(img)
     with atomic_path(path) as tmp:
         kw = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

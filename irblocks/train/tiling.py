@@ -38,18 +38,21 @@ def _ramp(n: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tiled_forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: Optional[int] = 256,
-                  overlap: int = 32, out_channels: Optional[int] = None) -> torch.Tensor:
+def tiled_forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  tile: Optional[int] = 256, overlap: int = 32,
+                  out_channels: Optional[int] = None) -> torch.Tensor:
     """Run ``model`` on (B, C, H, W) ``x`` tile by tile (see the module docstring)."""
     if x.dim() != 4:
-        raise ValueError(f"tiled_forward: expected a B x C x H x W tensor, got shape {tuple(x.shape)}")
+        raise ValueError("tiled_forward: expected a B x C x H x W tensor, got shape "
+                         f"{tuple(x.shape)}")
     b, c, h, w = x.shape
     if not tile or (h <= tile and w <= tile):
         return _out(model(x))
     if tile < 8:
         raise ValueError(f"tiled_forward: tile must be >= 8, got {tile}")
     if not 0 <= overlap < tile:
-        raise ValueError(f"tiled_forward: overlap must be in [0, tile), got {overlap} for tile {tile}")
+        raise ValueError(f"tiled_forward: overlap must be in [0, tile), got {overlap} for tile "
+                         f"{tile}")
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     out = None
     norm = torch.zeros(1, 1, h, w, device=x.device)
@@ -76,7 +79,8 @@ def _out(y):
 @torch.no_grad()
 def restore_image(model, img: torch.Tensor, tile: Optional[int] = None, overlap: int = 32,
                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """Restore one 3 x H x W (or 1 x 3 x H x W) image in [0, 1]; returns 3 x H x W on the CPU, clamped."""
+    """Restore one 3 x H x W (or 1 x 3 x H x W) image in [0, 1]; returns 3 x H x W on the CPU,
+    clamped."""
     x = img.unsqueeze(0) if img.dim() == 3 else img
     y = tiled_forward(model, x.to(device), tile, overlap)
     return y[0].float().clamp(0, 1).cpu()

@@ -63,8 +63,8 @@ from irblocks.train.imageio import hstack
 from irblocks.train.metrics import batch_psnr
 from irblocks.train.runlog import RunLog
 
-__all__ = ["Trainer", "TrainError", "load_model", "resolve_recipe_dict", "model_output", "recipe_difference",
-           "STATE_JSON", "STATE_TENSORS", "LAST"]
+__all__ = ["Trainer", "TrainError", "load_model", "resolve_recipe_dict", "model_output",
+           "recipe_difference", "STATE_JSON", "STATE_TENSORS", "LAST"]
 
 STATE_JSON, STATE_TENSORS, LAST = "train_state.json", "train_state.safetensors", "last.safetensors"
 FORMAT = "irblocks-train-state/1"
@@ -76,14 +76,16 @@ class TrainError(ValueError):
 
 # --------------------------------------------------------------------------- helpers
 def resolve_recipe_dict(recipe: Any, overrides: Optional[dict] = None) -> tuple[nn.Module, dict]:
-    """(model, resolved recipe dict) from a recipe name, path or mapping (model overrides applied)."""
+    """(model, resolved recipe dict) from a recipe name, path or mapping (model overrides
+    applied)."""
     import irblocks
     model = irblocks.create_model(recipe, **(overrides or {}))
     return model, irblocks.to_recipe(model)
 
 
 def model_output(out: Any) -> torch.Tensor:
-    """The restored image of a model's output (a tensor, the first of a tuple, or dict['output'])."""
+    """The restored image of a model's output (a tensor, the first of a tuple, or
+    dict['output'])."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -100,7 +102,8 @@ def recipe_difference(a: Any, b: Any, path: str = "model") -> Optional[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             if k not in a or k not in b:
-                return f"{path}.{k}: {'absent' if k not in a else repr(a[k])} vs {'absent' if k not in b else repr(b[k])}"
+                return (f"{path}.{k}: {'absent' if k not in a else repr(a[k])} vs "
+                        f"{'absent' if k not in b else repr(b[k])}")
             d = recipe_difference(a[k], b[k], f"{path}.{k}")
             if d:
                 return d
@@ -113,12 +116,14 @@ def recipe_difference(a: Any, b: Any, path: str = "model") -> Optional[str]:
             if d:
                 return d
         return None
-    if a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)):
+    if a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                       and float(a) == float(b)):
         return f"{path}: {a!r} vs {b!r}"
     return None
 
 
-def load_model(checkpoint: str | os.PathLike, recipe: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(checkpoint: str | os.PathLike, recipe: Any = None,
+               device: str | torch.device = "cpu") -> nn.Module:
     """A model from an irblocks checkpoint (a .safetensors file or a training folder).
 
     With ``recipe``, the checkpoint's recipe must build the same model (else one line
@@ -139,7 +144,8 @@ def load_model(checkpoint: str | os.PathLike, recipe: Any = None, device: str | 
         diff = recipe_difference(stored.get("model"), want.get("model"))
         if diff:
             raise TrainError(f"{p} was trained with another recipe ({diff}); "
-                             f"it cannot be used as {recipe if isinstance(recipe, str) else 'this recipe'}")
+                             "it cannot be used as "
+                             f"{recipe if isinstance(recipe, str) else 'this recipe'}")
     try:
         model = irblocks.load(p, map_location="cpu")
     except CheckpointError:
@@ -195,11 +201,13 @@ class Trainer:
     """
 
     def __init__(self, recipe: Any, data, out_dir: Optional[str | os.PathLike] = None,
-                 steps: Optional[int] = None, epochs: Optional[float] = None, batch_size: Optional[int] = None,
-                 lr: Optional[float] = None, seed: Optional[int] = None, workers: Optional[int] = None,
-                 ema: Optional[float] = None, grad_clip: Optional[float] = None, amp: Optional[str] = None,
-                 model_overrides: Optional[dict] = None, save_every: int = 0, resume: Optional[str] = None,
-                 progress: bool = True, log_every: int = 10, device: Optional[str] = None,
+                 steps: Optional[int] = None, epochs: Optional[float] = None,
+                 batch_size: Optional[int] = None, lr: Optional[float] = None,
+                 seed: Optional[int] = None, workers: Optional[int] = None,
+                 ema: Optional[float] = None, grad_clip: Optional[float] = None,
+                 amp: Optional[str] = None, model_overrides: Optional[dict] = None,
+                 save_every: int = 0, resume: Optional[str] = None, progress: bool = True,
+                 log_every: int = 10, device: Optional[str] = None,
                  time_budget: Optional[float] = None, schedule_by_time: bool = False,
                  eval_data: Optional[Dict[str, Any]] = None, eval_every: int = 0,
                  eval_limit: Optional[int] = None, tensorboard: bool = False):
@@ -220,8 +228,8 @@ class Trainer:
         model, resolved = resolve_recipe_dict(recipe_in, model_overrides)
         opt_cfg, sched_cfg, train_cfg = parse_sections(resolved)
         tr = train_cfg.model_dump()
-        for k, v in dict(batch_size=batch_size, seed=seed, workers=workers, ema=ema, grad_clip=grad_clip,
-                         amp=amp).items():
+        for k, v in dict(batch_size=batch_size, seed=seed, workers=workers, ema=ema,
+                         grad_clip=grad_clip, amp=amp).items():
             if v is not None:
                 tr[k] = v
         self.train_cfg = TrainConfig.model_validate(tr)
@@ -229,7 +237,8 @@ class Trainer:
             opt_cfg = opt_cfg.model_copy(update={"lr": float(lr)})
         self.opt_cfg, self.sched_cfg = opt_cfg, sched_cfg
         seed_ = self.train_cfg.seed
-        if seed_ != seed0:                       # the recipe's train.seed decides the initial weights
+        # the recipe's train.seed decides the initial weights
+        if seed_ != seed0:
             torch.manual_seed(seed_)
             model, resolved = resolve_recipe_dict(recipe_in, model_overrides)
         random.seed(seed_)
@@ -253,8 +262,8 @@ class Trainer:
         self.save_every, self.progress, self.log_every = int(save_every), progress, log_every
         self.time_budget, self.schedule_by_time, self._t0 = time_budget, schedule_by_time, None
         if time_budget is not None and self.distributed:
-            raise TrainError("a time budget needs a single process (ranks could stop at different steps); "
-                             "give steps or epochs under torchrun")
+            raise TrainError("a time budget needs a single process (ranks could stop at different "
+                             "steps); give steps or epochs under torchrun")
         self.step = 0
         self.stop_after = None
         if resume is not None and steps is None and epochs is None:
@@ -270,8 +279,8 @@ class Trainer:
         elif self.sched_cfg.epochs:
             total = int(math.ceil(float(self.sched_cfg.epochs) * self.steps_per_epoch))
         else:
-            raise TrainError("run length unknown: give steps or epochs (the recipe has no schedule.epochs "
-                             "nor train.iterations)")
+            raise TrainError("run length unknown: give steps or epochs (the recipe has no "
+                             "schedule.epochs nor train.iterations)")
         if total < 1:
             raise TrainError(f"steps must be >= 1, got {total}")
         self.total_steps = total
@@ -287,8 +296,10 @@ class Trainer:
             # channels_last activations give some weight gradients channels_last strides; DDP
             # copies them into its buckets (correct, a little slower) and warns once per run
             import warnings
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.ddp = DDP(self.model, device_ids=ids, find_unused_parameters=has_routing(self.model))
+            warnings.filterwarnings("ignore",
+                                    message="Grad strides do not match bucket view strides")
+            self.ddp = DDP(self.model, device_ids=ids,
+                           find_unused_parameters=has_routing(self.model))
         self.history: list[dict] = []
         self.eval_data, self.eval_every, self.eval_limit = eval_data, int(eval_every), eval_limit
         self.log = RunLog(self.out_dir, every=log_every, steps_per_epoch=self.steps_per_epoch,
@@ -344,7 +355,8 @@ class Trainer:
         total, parts = self.loss_fn(pred.float(), y, self.model)
         if not torch.isfinite(total):
             raise TrainError(f"loss became {float(total)} at step {self.step} "
-                             f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in parts.items())}); "
+                             "(terms: "
+                             f"{', '.join(f'{k}={float(v):.4g}' for k, v in parts.items())}); "
                              "lower the learning rate or enable grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -384,7 +396,8 @@ class Trainer:
         py_state = random.getstate()
         # evaluation never moves the training's random streams (resume stays bit-identical)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            res = evaluate(model, self.eval_data, tile=None, device=self.device, limit=self.eval_limit)
+            res = evaluate(model, self.eval_data, tile=None, device=self.device,
+                           limit=self.eval_limit)
             if self.log.tb is not None:            # one restored sample per task
                 for task, ds in self.eval_data.items():
                     item = ds[0]
@@ -404,8 +417,9 @@ class Trainer:
         self.stop_after = stop_after
         self.model.train()
         self.log.open()
-        loader = make_loader(self.data, self.train_cfg.batch_size, self.train_cfg.workers, self.train_cfg.seed,
-                             True, self.rank, self.world, start_step=self.step, steps=self.total_steps)
+        loader = make_loader(self.data, self.train_cfg.batch_size, self.train_cfg.workers,
+                             self.train_cfg.seed, True, self.rank, self.world, start_step=self.step,
+                             steps=self.total_steps)
         # a time-budgeted run has no known step count: the bar shows steps and rate, no ETA
         bar = progress_bar(total=None if self.time_budget else self.total_steps, initial=self.step,
                            desc="train", unit="step", enabled=self.progress and self.rank == 0,
@@ -450,7 +464,8 @@ class Trainer:
             self.log.flush_train(self.step)
             self.log.close()
         elapsed = time.perf_counter() - t0
-        return {"steps": self.step, "loss": loss, "seconds": elapsed, "stopped_early": stopped_early,
+        return {"steps": self.step, "loss": loss, "seconds": elapsed,
+                "stopped_early": stopped_early,
                 "out_dir": str(self.out_dir) if self.out_dir else None}
 
     def eval_model(self) -> nn.Module:
@@ -504,12 +519,13 @@ class Trainer:
                       extra={"step": self.step})
         state = {
             "format": FORMAT, "step": self.step, "total_steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch, "recipe_name": self.recipe_name, "recipe": self.recipe,
-            "optimizer": opt_j, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "python_rng": _py_rng_to_json(random.getstate()),
-            "train": self.train_cfg.model_dump(), "opt": self.opt_cfg.model_dump(),
-            "schedule": self.sched_cfg.model_dump(), "world_size": self.world,
-            "loss": self.loss_fn.describe(), "irblocks": irblocks.__version__,
+            "steps_per_epoch": self.steps_per_epoch, "recipe_name": self.recipe_name,
+            "recipe": self.recipe, "optimizer": opt_j,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "python_rng": _py_rng_to_json(random.getstate()), "train": self.train_cfg.model_dump(),
+            "opt": self.opt_cfg.model_dump(), "schedule": self.sched_cfg.model_dump(),
+            "world_size": self.world, "loss": self.loss_fn.describe(),
+            "irblocks": irblocks.__version__,
         }
         with atomic_path(self.out_dir / STATE_JSON) as tmp:
             tmp.write_text(json.dumps(state, indent=1))
@@ -524,13 +540,16 @@ class Trainer:
         folder = p.parent if p.is_file() else p
         js, ts = folder / STATE_JSON, folder / STATE_TENSORS
         if not js.is_file() or not ts.is_file():
-            raise TrainError(f"cannot resume from {p}: expected {STATE_JSON} and {STATE_TENSORS} in {folder}")
+            raise TrainError(f"cannot resume from {p}: expected {STATE_JSON} and {STATE_TENSORS} "
+                             f"in {folder}")
         try:
             state = json.loads(js.read_text())
         except json.JSONDecodeError as e:
-            raise TrainError(f"cannot resume from {js}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            raise TrainError(f"cannot resume from {js}: not valid JSON ({e.msg} at line "
+                             f"{e.lineno})") from None
         if state.get("format") != FORMAT:
-            raise TrainError(f"cannot resume from {js}: format {state.get('format')!r}, expected {FORMAT!r}")
+            raise TrainError(f"cannot resume from {js}: format {state.get('format')!r}, expected "
+                             f"{FORMAT!r}")
         diff = recipe_difference(state.get("recipe", {}).get("model"), self.recipe.get("model"))
         if diff:
             raise TrainError(f"cannot resume from {folder}: it was trained with another recipe "
@@ -538,13 +557,15 @@ class Trainer:
         with safe_open(str(ts), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("step") != str(state["step"]):
-            raise TrainError(f"cannot resume from {folder}: {STATE_TENSORS} (step {meta.get('step')}) and "
+            raise TrainError(f"cannot resume from {folder}: {STATE_TENSORS} (step "
+                             f"{meta.get('step')}) and "
                              f"{STATE_JSON} (step {state['step']}) do not belong together")
         t = load_file(str(ts))
         msd = {k[6:]: v for k, v in t.items() if k.startswith("model.")}
         missing = [k for k in self.model.state_dict() if k not in msd]
         if missing:
-            raise TrainError(f"cannot resume from {folder}: weights do not match the model (missing {missing[:3]})")
+            raise TrainError(f"cannot resume from {folder}: weights do not match the model "
+                             f"(missing {missing[:3]})")
         self.model.load_state_dict(msd, strict=True)
         if self.ema_model is not None:
             esd = {k[4:]: v for k, v in t.items() if k.startswith("ema.")}
@@ -564,7 +585,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict({"state": ostate, "param_groups": groups})
         except (ValueError, KeyError) as e:
-            raise TrainError(f"cannot resume from {folder}: optimizer state does not fit ({str(e).splitlines()[0]})") from None
+            raise TrainError(f"cannot resume from {folder}: optimizer state does not fit "
+                             f"({str(e).splitlines()[0]})") from None
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if "rng.torch" in t:
@@ -601,7 +623,8 @@ def _read_state_json(resume) -> dict:
     except FileNotFoundError:
         raise TrainError(f"cannot resume from {p}: no {STATE_JSON} there") from None
     except json.JSONDecodeError as e:
-        raise TrainError(f"cannot resume from {js}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise TrainError(f"cannot resume from {js}: not valid JSON ({e.msg} at line "
+                         f"{e.lineno})") from None
 
 
 def _py_rng_to_json(st):

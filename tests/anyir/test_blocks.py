@@ -97,7 +97,8 @@ def test_gated_da_norms_forward_backward(norm):
 
 
 def test_gated_da_batch_independent_norms():
-    """layer / group norms give each sample the same output alone or in a batch (BatchNorm does not)."""
+    """layer / group norms give each sample the same output alone or in a batch (BatchNorm does
+    not)."""
     x = torch.randn(3, 6, 5, 5)
     for norm in ("layer", "group"):
         blk = GatedDegradationAdaptation(dim=6, norm=norm).train()
@@ -174,7 +175,8 @@ def test_dab_mixer_structure_and_errors():
 
 @pytest.mark.parametrize("split", ["interleaved", "contiguous"])
 def test_dab_block_grads_any_size_channels_last(split):
-    blk = registry.build({"type": "transformer_block", "mixer": {"type": "degradation_adaptation", "split": split}},
+    blk = registry.build({"type": "transformer_block",
+                          "mixer": {"type": "degradation_adaptation", "split": split}},
                          "block", dim=8, heads=2)
     x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
     out = _all_grads(blk, x)
@@ -213,7 +215,8 @@ def test_skip_split_and_mixer_compile_aot_eager():
     mix = registry.build("degradation_adaptation", "block", dim=8, heads=2).eval()
     xc = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(mix, backend="aot_eager")(xc), mix(xc), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.compile(mix, backend="aot_eager")(xc), mix(xc), atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_fusion_example_inputs():

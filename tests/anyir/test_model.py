@@ -57,7 +57,8 @@ def test_full_model_state_dict_matches_released_keys_and_shapes():
 
 def test_recipe_docstring_and_loss():
     r = _recipe("anyir")
-    assert "6.29M" in r["description"] and "19G" in r["description"] and "released code" in r["description"]
+    assert ("6.29M" in r["description"] and "19G" in r["description"]
+            and "released code" in r["description"])
     assert r["loss"] == [{"type": "l1", "weight": 1.0}, {"type": "fft", "weight": 0.1}]
     with torch.device("meta"):
         n = sum(p.numel() for p in _tiny().parameters())
@@ -86,7 +87,8 @@ def test_official_parity_tiny():
     assert (out - ref).abs().max().item() <= tol
     # BatchNorm buffers came across
     bn = model.encoders[0].blocks[0].attn.gate.norm
-    torch.testing.assert_close(bn.running_mean, sd["encoder_level1.0.attn.gatedcnn.norm.running_mean"])
+    torch.testing.assert_close(bn.running_mean,
+                               sd["encoder_level1.0.attn.gatedcnn.norm.running_mean"])
 
 
 def test_converter_errors():
@@ -95,7 +97,8 @@ def test_converter_errors():
         with pytest.raises(ConversionError, match="unknown official constructor argument 'width'"):
             from_official("anyir", {}, {"width": 3})
     with pytest.raises(ConversionError, match="no place in our model: bogus.weight"):
-        from_official("anyir", {"bogus.weight": torch.zeros(1)}, {"dim": 8, "num_blocks": [1, 1, 1, 1],
+        from_official("anyir", {"bogus.weight": torch.zeros(1)},
+                      {"dim": 8, "num_blocks": [1, 1, 1, 1],
                                                                   "num_refinement_blocks": 1})
 
 
@@ -134,7 +137,8 @@ def test_any_size_eval(hw):
 def test_batch_one_train_sizes():
     m = _tiny().train()
     assert m(torch.randn(1, 3, 16, 16)).shape == (1, 3, 16, 16)
-    with pytest.raises(InputError, match="BatchNorm in train mode needs more than one value per channel"):
+    with pytest.raises(InputError,
+                       match="BatchNorm in train mode needs more than one value per channel"):
         m(torch.randn(1, 3, 8, 8))
 
 
@@ -149,7 +153,8 @@ def test_channels_last_input():
 
 def _l1_fft(pred, target):
     from irblocks.registry import build
-    return build({"type": "l1"}, "loss")(pred, target) + 0.1 * build({"type": "fft"}, "loss")(pred, target)
+    return (build({"type": "l1"}, "loss")(pred, target)
+            + 0.1 * build({"type": "fft"}, "loss")(pred, target))
 
 
 def test_anyir_tiny_trains():
@@ -207,7 +212,8 @@ def test_model_compile_aot_eager():
     m = _tiny(blocks=[1, 0, 0, 0], refinement=0).eval()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(m, backend="aot_eager")(x), m(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.compile(m, backend="aot_eager")(x), m(x), atol=1e-5,
+                                   rtol=1e-5)
 
 
 class _NoisyPairs(torch.utils.data.Dataset):
@@ -223,7 +229,8 @@ class _NoisyPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         i = key[1] if isinstance(key, tuple) else key
-        return {"input": self.noisy[i], "target": self.clean[i], "task": "denoise", "name": f"img{i}"}
+        return {"input": self.noisy[i], "target": self.clean[i], "task": "denoise",
+                "name": f"img{i}"}
 
 
 def test_anyir_tiny_trains_with_the_trainer_and_recipe_loss():

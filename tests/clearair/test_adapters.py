@@ -309,13 +309,15 @@ def test_backends_are_not_loaded_on_meta(fakes, monkeypatch):
     path, _ = fakes
     loads = []
     for name, fn in list(adapters.LOADERS.items()):
-        monkeypatch.setitem(adapters.LOADERS, name, lambda *a, _fn=fn, _n=name, **k: loads.append(_n))
+        monkeypatch.setitem(adapters.LOADERS, name, lambda *a, _fn=fn, _n=name,
+                            **k: loads.append(_n))
     with torch.device("meta"):
         model = irblocks.create_model(
             "clearair-tiny",
             priors={"quality": {"type": "deqa_quality", "path": path},
                     "regions": {"type": "sam2_regions", "path": path}},
-            shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256, "state_dim": HIDDEN}},
+            shared={"quality_adapter": {"type": "quality_adapter", "in_dim": 256,
+                                        "state_dim": HIDDEN}},
         )
     assert loads == [] and model.shared["quality_adapter"].reduce.weight.is_meta
 

@@ -1,4 +1,5 @@
-"""ClearAIR blocks: registered, forward/backward, every parameter gets a gradient, compile, errors."""
+"""ClearAIR blocks: registered, forward/backward, every parameter gets a gradient, compile,
+errors."""
 import itertools
 
 import pytest
@@ -12,8 +13,10 @@ C, H, W = 8, 6, 5
 
 def guidance(b=2, k=3, h=12, w=10):
     torch.manual_seed(1)
-    return Guidance({"prior.quality": torch.randn(b, 256), "prior.masks": (torch.rand(b, k, h, w) < 0.4).float(),
-                     "prior.degradation": torch.randn(b, 512), "prior.content": torch.randn(b, 512)})
+    return Guidance({"prior.quality": torch.randn(b, 256),
+                     "prior.masks": (torch.rand(b, k, h, w) < 0.4).float(),
+                     "prior.degradation": torch.randn(b, 512),
+                     "prior.content": torch.randn(b, 512)})
 
 
 BLOCKS = [
@@ -25,7 +28,8 @@ BLOCKS = [
     {"type": "degradation_aware"},
     {"type": "degradation_aware", "source": "learned"},
     {"type": "clearair_guidance"},
-    {"type": "clearair_guidance", "quality": "learned", "regions": "learned", "degradation": "learned"},
+    {"type": "clearair_guidance", "quality": "learned", "regions": "learned",
+     "degradation": "learned"},
     {"type": "clearair_guidance", "checkpoint": True},
 ]
 
@@ -74,11 +78,13 @@ def test_shared_modules_are_referenced_not_registered_twice():
     shared = nn.ModuleDict({"quality_adapter": build("quality_adapter", "block", dim=C),
                             "degradation_prompt": build("degradation_prompt", "block", dim=C)})
     blk = build("clearair_guidance", "block", dim=C, shared=shared)
-    assert blk.qgm.adapter is shared["quality_adapter"] and blk.dam.prompt_gen is shared["degradation_prompt"]
+    assert (blk.qgm.adapter is shared["quality_adapter"]
+            and blk.dam.prompt_gen is shared["degradation_prompt"])
     assert not any("adapter" in k or "prompt_gen" in k for k in blk.state_dict())
 
 
-@pytest.mark.parametrize("order", ["-".join(p) for p in itertools.permutations(["how", "where", "what"])])
+@pytest.mark.parametrize("order",
+                         ["-".join(p) for p in itertools.permutations(["how", "where", "what"])])
 def test_perception_order_permutes(order):
     torch.manual_seed(0)
     blk = build({"type": "clearair_guidance", "order": order}, "block", dim=C).eval()
@@ -91,7 +97,8 @@ def test_perception_order_permutes(order):
 
 
 def test_ablation_switches_drop_the_prior_reads():
-    blk = build({"type": "clearair_guidance", "quality": "learned", "degradation": "learned"}, "block", dim=C)
+    blk = build({"type": "clearair_guidance", "quality": "learned", "degradation": "learned"},
+                "block", dim=C)
     assert blk.guidance_io()[1] == {"prior.masks"}
     blk = build({"type": "clearair_guidance", "regions": "learned"}, "block", dim=C)
     assert blk.guidance_io()[1] == {"prior.quality", "prior.degradation", "prior.content"}
@@ -101,8 +108,10 @@ def test_ablation_switches_drop_the_prior_reads():
     ({"type": "clearair_guidance", "order": "how-how-what"}, "permutation of how-where-what"),
     ({"type": "semantic_cross_attention", "num_heads": 3}, "num_heads=3 must divide dim=8"),
     ({"type": "degradation_aware", "num_heads": 5}, "num_heads=5 must divide dim=8"),
-    ({"type": "semantic_cross_attention", "mask_dropout": 1.0}, "mask_dropout: expected float >= 0 and < 1"),
-    ({"type": "mask_average_pool", "mask_dropout": -0.1}, "mask_dropout: expected float >= 0 and < 1"),
+    ({"type": "semantic_cross_attention", "mask_dropout": 1.0},
+     "mask_dropout: expected float >= 0 and < 1"),
+    ({"type": "mask_average_pool", "mask_dropout": -0.1},
+     "mask_dropout: expected float >= 0 and < 1"),
 ])
 def test_construction_errors(spec, match):
     with pytest.raises(ValueError, match=match):

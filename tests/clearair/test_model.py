@@ -62,7 +62,8 @@ def test_tiny_trains_30_steps_with_falling_loss():
     l1, icrm = build("l1", "loss"), build("icrm", "loss")
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
-    clean = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    clean = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32,
+                                            mode="bilinear")
     noisy = (clean + 0.15 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
     losses = []
     for step in range(30):
@@ -121,7 +122,8 @@ def test_ablations_by_recipe(over):
 
 
 def test_mask_k0_and_dropout_in_model_no_nan():
-    m = irblocks.create_model("clearair-tiny", priors={"regions": {"type": "kmeans_regions", "k": 0}}).train()
+    m = irblocks.create_model("clearair-tiny",
+                              priors={"regions": {"type": "kmeans_regions", "k": 0}}).train()
     y = m(torch.rand(1, 3, 16, 16))
     assert torch.isfinite(y).all()
 

@@ -50,9 +50,11 @@ def test_noise_and_haze_estimates_track_the_degradation():
     f0 = degradation_features(base)
     grey_noise = 0.1 * torch.randn(1, 1, 64, 64)      # same noise in R, G, B: luma sigma 0.1
     f1 = degradation_features(base + grey_noise)
-    assert abs(f1[0, 0].item() - 0.1) < 0.03 and f0[0, 0].item() < 1e-4     # wavelet MAD noise sigma
+    # wavelet MAD noise sigma
+    assert abs(f1[0, 0].item() - 0.1) < 0.03 and f0[0, 0].item() < 1e-4
     hazy = 0.6 * torch.rand(1, 3, 64, 64) + 0.4
-    assert degradation_features(hazy)[0, 2] > degradation_features(hazy - 0.4)[0, 2]   # dark channel mean
+    # dark channel mean
+    assert degradation_features(hazy)[0, 2] > degradation_features(hazy - 0.4)[0, 2]
 
 
 def test_kmeans_masks_partition_and_k_configurable():
@@ -110,8 +112,10 @@ def test_plain_user_prior_with_wrong_shape_fails_in_the_block():
         def forward(self, img):
             return {"quality": img.new_zeros(img.shape[0], 100)}
 
-    model = irblocks.create_model("clearair-tiny", priors={"quality": {"type": "_test_plain_bad_quality"}})
-    with pytest.raises(InputError, match=r"prior.quality.*quality prior must be 1 x 256.*got 1x100"):
+    model = irblocks.create_model("clearair-tiny",
+                                  priors={"quality": {"type": "_test_plain_bad_quality"}})
+    with pytest.raises(InputError,
+                       match=r"prior.quality.*quality prior must be 1 x 256.*got 1x100"):
         model(torch.rand(1, 3, 16, 16))
 
 

@@ -84,7 +84,8 @@ def test_one_token_per_mask_is_wrong_with_overlaps_and_holes():
     means = (m @ x.flatten(2).transpose(1, 2)) / m.sum(-1, keepdim=True).clamp_min(1)
     area = m.sum(-1)
     naive = pat._token_attention(q, pat._lin(pat.sem_proj, means),
-                                 torch.where(area > 0, area.clamp_min(1).log(), torch.full_like(area, -1e9)))
+                                 torch.where(area > 0, area.clamp_min(1).log(),
+                                             torch.full_like(area, -1e9)))
     naive = x + pat.out_proj(pat._merge(naive, H, W))
     assert (naive - ref).abs().max() > 1e-3
 
@@ -128,7 +129,8 @@ def test_mask_average_pool_block_resizes_and_thresholds():
     soft[..., :4, :] = 0.7     # top half, soft value above threshold, at twice the size
     soft[..., 4:, :] = 0.3     # below threshold: uncovered
     y = MaskAveragePool().eval()(x, soft)
-    torch.testing.assert_close(y[..., :2, :], x[..., :2, :].mean((2, 3), keepdim=True).expand(-1, -1, 2, 4))
+    torch.testing.assert_close(y[..., :2, :],
+                               x[..., :2, :].mean((2, 3), keepdim=True).expand(-1, -1, 2, 4))
     assert (y[..., 2:, :] == 0).all()
 
 

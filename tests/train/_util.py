@@ -30,7 +30,8 @@ def write_png(path: Path, h: int = 40, w: int = 48, seed: int = 0) -> Path:
     return path
 
 
-def paired_folder(root: Path, n: int = 3, h: int = 40, w: int = 48, layout=("input", "target")) -> Path:
+def paired_folder(root: Path, n: int = 3, h: int = 40, w: int = 48,
+                  layout=("input", "target")) -> Path:
     for i in range(n):
         write_png(root / layout[0] / f"img{i}.png", h, w, seed=100 + i)
         write_png(root / layout[1] / f"img{i}.png", h, w, seed=i)

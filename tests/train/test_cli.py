@@ -1,4 +1,5 @@
-"""irblocks train / eval / restore / demo end to end, and bad input: one line, exit 2, no partial files."""
+"""irblocks train / eval / restore / demo end to end, and bad input: one line, exit 2, no partial
+files."""
 import json
 
 import numpy as np
@@ -19,7 +20,8 @@ def run(tmp_path_factory):
     recipe.write_text(yaml.safe_dump(tiny_recipe()))
     data = paired_folder(tmp / "data" / "denoise", n=3, h=40, w=44)
     out = tmp / "run"
-    rc = main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "2", "-o", str(out), "--quiet"])
+    rc = main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "2", "-o", str(out),
+               "--quiet"])
     assert rc == 0
     return tmp, recipe, data, out
 
@@ -42,9 +44,10 @@ def test_train_writes_checkpoint(run):
 def test_train_resume_cli(run, capsys, tmp_path):
     tmp, recipe, data, out = run
     o = tmp_path / "r"
-    assert main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "4", "--stop-after", "2",
-                 "-o", str(o), "--quiet"]) == 0
-    assert main(["train", str(recipe), "--data", str(tmp / "data"), "--resume", str(o), "-o", str(o), "--quiet"]) == 0
+    assert main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "4", "--stop-after",
+                 "2", "-o", str(o), "--quiet"]) == 0
+    assert main(["train", str(recipe), "--data", str(tmp / "data"), "--resume", str(o), "-o",
+                 str(o), "--quiet"]) == 0
     assert json.loads((o / "train_state.json").read_text())["step"] == 4
 
 
@@ -74,9 +77,12 @@ def test_restore_files_and_folders(run, tmp_path, capsys):
     src = tmp_path / "in"
     write_png(src / "a.png", 37, 45)
     write_png(src / "b.jpg", 70, 90)
-    assert main(["restore", str(out), str(src), "-o", str(tmp_path / "o"), "--tile", "32", "--quiet"]) == 0
-    assert image_size(tmp_path / "o" / "a.png") == (37, 45) and image_size(tmp_path / "o" / "b.jpg") == (70, 90)
-    assert main(["restore", str(out), str(src / "a.png"), "-o", str(tmp_path / "single.png"), "--quiet"]) == 0
+    assert main(["restore", str(out), str(src), "-o", str(tmp_path / "o"), "--tile", "32",
+                 "--quiet"]) == 0
+    assert (image_size(tmp_path / "o" / "a.png") == (37, 45)
+            and image_size(tmp_path / "o" / "b.jpg") == (70, 90))
+    assert main(["restore", str(out), str(src / "a.png"), "-o", str(tmp_path / "single.png"),
+                 "--quiet"]) == 0
     assert image_size(tmp_path / "single.png") == (37, 45)
     assert not list(tmp_path.rglob("*.tmp*"))
     rc = main(["restore", str(out), str(src), "-o", str(src)])
@@ -102,7 +108,8 @@ def test_bad_mismatched_pairs(run, tmp_path, capsys):
     rc = main(["eval", str(out), "--data", str(tmp_path / "d"), "--json", str(js)])
     _one_error_line(capsys, rc, "pair size mismatch", "30x30", "30x31")
     assert not js.exists()
-    rc = main(["train", str(recipe), "--data", str(tmp_path / "d"), "--steps", "1", "-o", str(tmp_path / "t")])
+    rc = main(["train", str(recipe), "--data", str(tmp_path / "d"), "--steps", "1", "-o",
+               str(tmp_path / "t")])
     _one_error_line(capsys, rc, "pair size mismatch")
     assert not (tmp_path / "t").exists()
 
@@ -125,12 +132,15 @@ def test_bad_checkpoint_from_another_recipe(run, tmp_path, capsys):
     r = tiny_recipe()
     r["model"]["width"] = 12
     other.write_text(yaml.safe_dump(r))
-    rc = main(["restore", str(out), str(data / "input"), "-o", str(tmp_path / "o"), "--recipe", str(other)])
+    rc = main(["restore", str(out), str(data / "input"), "-o", str(tmp_path / "o"), "--recipe",
+               str(other)])
     _one_error_line(capsys, rc, "another recipe", "model.width: 8 vs 12")
     assert not (tmp_path / "o").exists()
-    rc = main(["eval", str(out), "--data", str(tmp / "data"), "--recipe", str(other), "--json", str(tmp_path / "j")])
+    rc = main(["eval", str(out), "--data", str(tmp / "data"), "--recipe", str(other), "--json",
+               str(tmp_path / "j")])
     _one_error_line(capsys, rc, "another recipe")
-    rc = main(["train", str(other), "--data", str(tmp / "data"), "--resume", str(out), "-o", str(tmp_path / "x")])
+    rc = main(["train", str(other), "--data", str(tmp / "data"), "--resume", str(out), "-o",
+               str(tmp_path / "x")])
     _one_error_line(capsys, rc, "another recipe")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"nope")
@@ -145,14 +155,16 @@ def test_bad_arguments(run, tmp_path, capsys):
     _one_error_line(capsys, rc, "Did you mean")
     rc = main(["eval", str(out), "--data", f"{data / 'target'}@haze:beta=3"])
     _one_error_line(capsys, rc, "beta")
-    rc = main(["restore", str(tmp_path / "nothing"), str(data / "input"), "-o", str(tmp_path / "o")])
+    rc = main(["restore", str(tmp_path / "nothing"), str(data / "input"), "-o",
+               str(tmp_path / "o")])
     _one_error_line(capsys, rc, "nothing")
     rc = main(["train", str(recipe), "--data", str(tmp / "data"), "--steps", "1", "-o", str(out)])
     _one_error_line(capsys, rc, "already holds a training run", "--resume")
 
 
 def test_demo_tiny_budget(tmp_path, capsys):
-    rc = main(["demo", "--steps", "2", "--batch-size", "2", "--patch-size", "32", "-o", str(tmp_path), "--quiet"])
+    rc = main(["demo", "--steps", "2", "--batch-size", "2", "--patch-size", "32", "-o",
+               str(tmp_path), "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "gain" in text and "chelsea" in text

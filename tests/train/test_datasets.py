@@ -1,4 +1,5 @@
-"""Datasets: pairing rules, layouts, bad inputs, synthesis, mixing, sampler resumption and sharding."""
+"""Datasets: pairing rules, layouts, bad inputs, synthesis, mixing, sampler resumption and
+sharding."""
 import pytest
 import torch
 
@@ -24,7 +25,8 @@ def test_paired_folder_and_layouts(tmp_path):
     assert sorted(found) == ["dehaze", "derain/Rain100L"]
     ds = found["derain/Rain100L"]
     it = ds[0]
-    assert it["input"].shape == (3, 16, 16) and it["task"] == "derain/Rain100L" and it["name"] == "img0.png"
+    assert (it["input"].shape == (3, 16, 16) and it["task"] == "derain/Rain100L"
+            and it["name"] == "img0.png")
     full = PairedFolder(root / "input", root / "target")[1]
     assert torch.equal(full["target"], read_image(root / "target" / "img1.png"))
 
@@ -61,7 +63,8 @@ def test_bad_inputs(tmp_path):
     paired_folder(tmp_path / "a", n=1)
     write_png(tmp_path / "a" / "input" / "img1.png", 40, 48)
     write_png(tmp_path / "a" / "target" / "img1.png", 40, 50)
-    with pytest.raises(DataError, match=r"pair size mismatch: .*img1.png is 40x48 but .*img1.png is 40x50"):
+    with pytest.raises(DataError,
+                       match=r"pair size mismatch: .*img1.png is 40x48 but .*img1.png is 40x50"):
         PairedFolder(tmp_path / "a" / "input", tmp_path / "a" / "target")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError, match="no images found in .*empty"):
@@ -124,7 +127,8 @@ def test_sampler_resume_and_shards():
 
 
 def test_loader_workers_give_the_same_batches():
-    ds = SyntheticDataset([torch.rand(3, 40, 40) for _ in range(4)], "gaussian_noise", patch_size=16, augment=True)
+    ds = SyntheticDataset([torch.rand(3, 40, 40) for _ in range(4)], "gaussian_noise",
+                          patch_size=16, augment=True)
     a = [b["input"] for b in make_loader(ds, 2, workers=0, seed=5, steps=3)]
     b = [b["input"] for b in make_loader(ds, 2, workers=2, seed=5, steps=3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 3

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+@pytest.mark.skipif(not torch.distributed.is_available()
+                    or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_two_process_gloo_ranks_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -23,7 +24,8 @@ def test_two_process_gloo_ranks_agree(tmp_path):
     b = load_file(tmp_path / "rank1.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # training happened (weights moved away from the seeded initialisation) and rank 0 wrote the checkpoint
+    # training happened (weights moved away from the seeded initialisation) and rank 0 wrote the
+    # checkpoint
     import irblocks
     m = irblocks.load(tmp_path / "last.safetensors")
     sd = dict(m.named_parameters())

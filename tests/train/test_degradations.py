@@ -1,4 +1,5 @@
-"""Degradations: statistics (noise sigma, haze transmission, low-light mean, ...), seeding, registry."""
+"""Degradations: statistics (noise sigma, haze transmission, low-light mean, ...), seeding,
+registry."""
 import math
 
 import pytest
@@ -21,7 +22,8 @@ from irblocks.train.degradations import (
     parse_degradation,
 )
 
-NAMES = ["gaussian_noise", "haze", "rain", "snow", "motion_blur", "low_light", "jpeg", "compose", "cdd11"]
+NAMES = ["gaussian_noise", "haze", "rain", "snow", "motion_blur", "low_light", "jpeg", "compose",
+         "cdd11"]
 
 
 def grey(v=0.5, h=128, w=128):
@@ -73,7 +75,8 @@ def test_noise_blind_range_and_seed():
     assert torch.equal(a, GaussianNoise(25)(texture(), seed=3))
     assert not torch.equal(a, GaussianNoise(25)(texture(), seed=4))
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert torch.equal(GaussianNoise(25)(texture(), generator=g1), GaussianNoise(25)(texture(), generator=g2))
+    assert torch.equal(GaussianNoise(25)(texture(), generator=g1),
+                       GaussianNoise(25)(texture(), generator=g2))
 
 
 @pytest.mark.parametrize("beta", [0.6, 1.2, 2.0])
@@ -105,9 +108,11 @@ def test_haze_with_depth():
 
 def test_low_light_mean():
     x = grey(0.5, 64, 64)
-    ll = LowLight(gamma_min=2.0, gamma_max=2.0, scale_min=0.5, scale_max=0.5, noise_min=0, noise_max=0)
+    ll = LowLight(gamma_min=2.0, gamma_max=2.0, scale_min=0.5, scale_max=0.5, noise_min=0,
+                  noise_max=0)
     assert ll(x, seed=0).mean().item() == pytest.approx(0.5 * 0.5 ** 2, abs=1e-6)
-    ll = LowLight(gamma_min=2.0, gamma_max=2.0, scale_min=0.5, scale_max=0.5, noise_min=10, noise_max=10)
+    ll = LowLight(gamma_min=2.0, gamma_max=2.0, scale_min=0.5, scale_max=0.5, noise_min=10,
+                  noise_max=10)
     y = ll(x, seed=0)
     assert y.mean().item() == pytest.approx(0.125, abs=0.003)
     assert (y * 255 - 0.125 * 255).std().item() == pytest.approx(10, rel=0.05)
@@ -130,7 +135,8 @@ def test_line_kernel_and_motion_blur():
     y = mb(x, seed=0)
     dx = lambda z: (z[..., 1:] - z[..., :-1]).abs().mean()  # noqa: E731
     dy = lambda z: (z[..., 1:, :] - z[..., :-1, :]).abs().mean()  # noqa: E731
-    assert dx(y) < 0.3 * dx(x) and dx(y) < 0.4 * dy(y)   # horizontal blur: horizontal detail goes first
+    # horizontal blur: horizontal detail goes first
+    assert dx(y) < 0.3 * dx(x) and dx(y) < 0.4 * dy(y)
 
 
 def test_rain_streaks():
@@ -177,12 +183,16 @@ def test_batches_specs_and_errors():
     x = torch.stack([texture(seed=0), texture(seed=1)])
     y = build_degradation("gaussian_noise:sigma=50,convention=float")(x, seed=0)
     assert y.shape == x.shape and ((y - x) * 255).std().item() == pytest.approx(50, rel=0.03)
-    assert parse_degradation("haze:beta_min=1,beta_max=2") == {"type": "haze", "beta_min": 1, "beta_max": 2}
+    assert (parse_degradation("haze:beta_min=1,beta_max=2")
+            == {"type": "haze", "beta_min": 1, "beta_max": 2})
     c = Compose(["haze", {"type": "gaussian_noise", "sigma": 15}])
     assert c(texture(), seed=0).shape == (3, 64, 64)
-    for bad, msg in [(lambda: GaussianNoise(-1), "sigma"), (lambda: Haze(beta_min=2, beta_max=1), "haze beta"),
-                     (lambda: CDD11("fog"), "combo must be one of"), (lambda: JPEG(0, 10), "jpeg quality"),
-                     (lambda: GaussianNoise(25)(torch.zeros(3, 8, 8, dtype=torch.uint8)), "expected a float image"),
+    for bad, msg in [(lambda: GaussianNoise(-1), "sigma"),
+                     (lambda: Haze(beta_min=2, beta_max=1), "haze beta"),
+                     (lambda: CDD11("fog"), "combo must be one of"),
+                     (lambda: JPEG(0, 10), "jpeg quality"),
+                     (lambda: GaussianNoise(25)(torch.zeros(3, 8, 8, dtype=torch.uint8)),
+                      "expected a float image"),
                      (lambda: build_degradation("gausian_noise"), "Did you mean")]:
         with pytest.raises(Exception, match=msg):
             bad()

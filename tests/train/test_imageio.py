@@ -94,4 +94,5 @@ def test_16bit_colour_png_warns_that_it_is_read_at_8_bits(tmp_path):
     with pytest.warns(UserWarning, match=r"deep\.png: a 16-bit colour PNG is read at 8 bits"):
         x = read_image(p)
     assert x.shape == (3, h, w)
-    torch.testing.assert_close(x, torch.from_numpy((a >> 8).astype(np.float32) / 255).permute(2, 0, 1))
+    torch.testing.assert_close(x,
+                               torch.from_numpy((a >> 8).astype(np.float32) / 255).permute(2, 0, 1))

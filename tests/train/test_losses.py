@@ -79,7 +79,8 @@ def test_ms_ssim_single_scale_is_gaussian_ssim():
     # with one scale, MS-SSIM is the Gaussian SSIM (population covariance, valid window)
     from irblocks.train.metrics import batch_ssim
     p, t = _pair((1, 3, 16, 16))
-    assert ms_ssim(p.double(), t.double()).item() == pytest.approx(batch_ssim(p, t, mode="gaussian").item(), abs=1e-6)
+    assert (ms_ssim(p.double(), t.double()).item()
+            == pytest.approx(batch_ssim(p, t, mode="gaussian").item(), abs=1e-6))
 
 
 def test_icrm_compares_weak_and_strong_views():
@@ -150,8 +151,8 @@ def test_composite_repeated_types_and_default():
 
 def test_loss_section_errors():
     assert validate_loss_section([{"type": "l1"}, {"type": "fft", "weight": 0.1}]) == []
-    errs = validate_loss_section([{"type": "l11"}, {"type": "charbonnier", "epsilon": 1}, {"type": "l1", "weight": -1},
-                                  {"weight": 1}])
+    errs = validate_loss_section([{"type": "l11"}, {"type": "charbonnier", "epsilon": 1},
+                                  {"type": "l1", "weight": -1}, {"weight": 1}])
     assert len(errs) == 4
     assert "Did you mean" in errs[0] and "'l1'" in errs[0]
     assert "loss[1].epsilon" in errs[1]

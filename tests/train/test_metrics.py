@@ -33,7 +33,8 @@ def test_psnr_matches_skimage(pair):
 
 def test_ssim_default_is_skimage_default(pair):
     a, b, ta, tb = pair
-    ref = structural_similarity(b, a, data_range=1, channel_axis=2)   # 7x7 uniform, sample covariance
+    # 7x7 uniform, sample covariance
+    ref = structural_similarity(b, a, data_range=1, channel_axis=2)
     assert ssim(tb, ta) == pytest.approx(ref, abs=1e-9)
     assert ref == pytest.approx(REF["ssim"], abs=1e-9)
     # the all-in-one code calls it on float32 images
@@ -44,8 +45,8 @@ def test_ssim_gaussian_is_basicsr(pair):
     a, b, ta, tb = pair
     # BasicSR's SSIM (11x11 Gaussian, sigma 1.5, population covariance, valid region) ==
     # skimage with gaussian_weights and without the sample-covariance correction
-    ref = structural_similarity(b * 255, a * 255, data_range=255, channel_axis=2, gaussian_weights=True,
-                                sigma=1.5, use_sample_covariance=False)
+    ref = structural_similarity(b * 255, a * 255, data_range=255, channel_axis=2,
+                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     assert ssim(tb, ta, mode="gaussian") == pytest.approx(ref, abs=1e-9)
     assert ref == pytest.approx(REF["ssim_gauss"], abs=1e-9)
     # the two conventions differ by several hundredths
@@ -57,8 +58,8 @@ def test_y_channel_matches_skimage_ycbcr(pair):
     ya, yb = rgb2ycbcr(a)[..., 0] / 255, rgb2ycbcr(b)[..., 0] / 255
     assert torch.allclose(rgb_to_y(ta[None])[0, 0], torch.from_numpy(ya), atol=1e-12)
     ref_p = peak_signal_noise_ratio(ya, yb, data_range=1)
-    ref_s = structural_similarity(yb * 255, ya * 255, data_range=255, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False)
+    ref_s = structural_similarity(yb * 255, ya * 255, data_range=255, gaussian_weights=True,
+                                  sigma=1.5, use_sample_covariance=False)
     assert psnr(tb, ta, y_channel=True) == pytest.approx(ref_p, abs=1e-9)
     assert ssim(tb, ta, mode="gaussian", y_channel=True) == pytest.approx(ref_s, abs=1e-9)
     assert ref_p == pytest.approx(REF["psnr_y"], abs=1e-9)

@@ -1,4 +1,5 @@
-"""Tiled inference: blending weights, coverage, equality with whole-image inference for local models."""
+"""Tiled inference: blending weights, coverage, equality with whole-image inference for local
+models."""
 import pytest
 import torch
 from torch import nn

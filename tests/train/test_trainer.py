@@ -1,4 +1,5 @@
-"""Trainer: bit-identical resume, checkpoints, schedules, config sections, refusing other recipes."""
+"""Trainer: bit-identical resume, checkpoints, schedules, config sections, refusing other
+recipes."""
 import json
 import math
 
@@ -24,8 +25,10 @@ def data():
 
 def _recipe():
     # ICRM draws random numbers every step: the resumed run must restore the RNG to match
-    return tiny_recipe(loss=[{"type": "l1"}, {"type": "fft", "weight": 0.1}, {"type": "icrm", "weight": 0.0125}],
-                       train={"batch_size": 2, "patch_size": 32, "ema": 0.9, "grad_clip": 0.5, "seed": 3})
+    return tiny_recipe(loss=[{"type": "l1"}, {"type": "fft", "weight": 0.1},
+                             {"type": "icrm", "weight": 0.0125}],
+                       train={"batch_size": 2, "patch_size": 32, "ema": 0.9, "grad_clip": 0.5,
+                              "seed": 3})
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -38,8 +41,10 @@ def test_resume_is_bit_identical(tmp_path, data):
     part = Trainer(_recipe(), data, out_dir=tmp_path / "part", steps=6, progress=False)
     s = part.fit(stop_after=3)
     assert s["steps"] == 3 and s["stopped_early"]
-    assert {p.name for p in (tmp_path / "part").iterdir()} == {LAST, STATE_JSON, STATE_TENSORS, LOG_NAME}
-    resumed = Trainer(_recipe(), data, out_dir=tmp_path / "part", resume=tmp_path / "part", progress=False)
+    assert ({p.name for p in (tmp_path / "part").iterdir()}
+            == {LAST, STATE_JSON, STATE_TENSORS, LOG_NAME})
+    resumed = Trainer(_recipe(), data, out_dir=tmp_path / "part", resume=tmp_path / "part",
+                      progress=False)
     assert resumed.step == 3 and resumed.total_steps == 6
     resumed.fit()
     assert resumed.step == 6
@@ -47,7 +52,8 @@ def test_resume_is_bit_identical(tmp_path, data):
     assert _same(full.ema_model.state_dict(), resumed.ema_model.state_dict())
     assert not _same(full.model.state_dict(), full.ema_model.state_dict())
     # the written files agree as well
-    a, b = load_file(tmp_path / "full" / STATE_TENSORS), load_file(tmp_path / "part" / STATE_TENSORS)
+    a = load_file(tmp_path / "full" / STATE_TENSORS)
+    b = load_file(tmp_path / "part" / STATE_TENSORS)
     assert _same(a, b)
 
 
@@ -106,8 +112,10 @@ def test_optimizer_and_schedule_from_recipe(data):
 
 def test_lr_factor():
     s = ScheduleConfig(type="warmup_cosine", warmup_epochs=15, epochs=150)
-    assert lr_factor(s, 0) == 0 and lr_factor(s, 7.5) == pytest.approx(0.5) and lr_factor(s, 15) == pytest.approx(1)
-    assert lr_factor(s, 82.5) == pytest.approx(0.5) and lr_factor(s, 150) == pytest.approx(0, abs=1e-12)
+    assert (lr_factor(s, 0) == 0 and lr_factor(s, 7.5) == pytest.approx(0.5)
+            and lr_factor(s, 15) == pytest.approx(1))
+    assert (lr_factor(s, 82.5) == pytest.approx(0.5)
+            and lr_factor(s, 150) == pytest.approx(0, abs=1e-12))
     h = ScheduleConfig(type="halve_at_mid", epochs=150)
     assert lr_factor(h, 74.9) == 1 and lr_factor(h, 75) == 0.5
     assert lr_factor(ScheduleConfig(), 1e9) == 1
@@ -115,7 +123,8 @@ def test_lr_factor():
 
 def test_validate_sections():
     assert validate_sections(irblocks.resolve_recipe("anyir").data) == []
-    errs = validate_sections({"optimizer": {"type": "sgd", "lr": -1}, "schedule": {"type": "warmup_cosine"},
+    errs = validate_sections({"optimizer": {"type": "sgd", "lr": -1},
+                              "schedule": {"type": "warmup_cosine"},
                               "train": {"batch_size": 0, "patchsize": 64}})
     text = "\n".join(errs)
     assert "optimizer.type" in text and "optimizer.lr" in text
@@ -167,8 +176,9 @@ def test_has_routing_detects_routed_blocks():
 
 
 def test_time_budget_runs_the_schedule_over_the_budget(data, tmp_path):
-    t = Trainer(tiny_recipe(schedule={"type": "warmup_cosine", "warmup_epochs": 0, "epochs": 1}), data,
-                out_dir=tmp_path, steps=10 ** 6, time_budget=0.5, schedule_by_time=True, progress=False)
+    t = Trainer(tiny_recipe(schedule={"type": "warmup_cosine", "warmup_epochs": 0, "epochs": 1}),
+                data, out_dir=tmp_path, steps=10 ** 6, time_budget=0.5, schedule_by_time=True,
+                progress=False)
     s = t.fit()
     assert s["stopped_early"] and 1 <= s["steps"] < 10 ** 6
     assert t.lr_at(t.step) < 0.1 * t.opt_cfg.lr            # the cosine has (nearly) finished
