@@ -42,7 +42,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         # one graph for every size >= multiple (the exporter's minimum, where eager reflects
         # too): reflect padding as a gather, so neither the pad amount nor "pad < size" is a
         # size guard; padded sizes written as multiples so the 2x downsamplings need none
-        hp, wp = (h + multiple - 1) // multiple * multiple, (w + multiple - 1) // multiple * multiple
+        hp = (h + multiple - 1) // multiple * multiple
+        wp = (w + multiple - 1) // multiple * multiple
         rows, cols = _reflect_index(h, hp, x.device), _reflect_index(w, wp, x.device)
         return x.index_select(-2, rows).index_select(-1, cols), (h, w)
     ph, pw = (-h) % multiple, (-w) % multiple
