@@ -4,7 +4,10 @@
 path execute like the papers' released code (NCHW memory format, permute-and-
 reshape LayerNorm, unfused gating, FFT fusion...), with the same weights. It
 exists for the speed benchmarks and for parity debugging; outputs agree to
-float tolerance. ``"fast"`` (default) restores our defaults.
+float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and on CPU
+1x1 convolutions as matrix products and custom backward passes (depthwise convolutions,
+skip-split, AnyIR's fusion; ``irblocks/conv.py``) with the same gradients
+(tests/test_training_parity.py).
 """
 from __future__ import annotations
 
