@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
