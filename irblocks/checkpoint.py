@@ -99,14 +99,15 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for k, v in model.state_dict().items():
         t = v.detach().cpu().contiguous()
         key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.numel() else None
-        if key is not None and key in seen:      # shared tensors: safetensors wants distinct storage
+        if key is not None and key in seen:  # shared tensors: safetensors wants distinct storage
             t = t.clone()
         seen[key] = k
         out[k] = t
     return out
 
 
-def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, extra: dict | None = None) -> Path:
+def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None,
+         extra: dict | None = None) -> Path:
     """Write ``model``'s weights + its resolved recipe (atomic: temp file, then rename)."""
     from safetensors.torch import save_file
 
@@ -116,7 +117,9 @@ def save(model: nn.Module, path: str | os.PathLike, recipe: dict | None = None, 
     meta = {"irblocks.recipe": json.dumps(rec), "irblocks.version": irblocks.__version__,
             "format": "pt"}
     if extra:
-        meta.update({f"irblocks.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
+        meta.update(
+            {f"irblocks.{k}": (v if isinstance(v, str) else json.dumps(v))
+             for k, v in extra.items()})
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(_tensors(model), str(tmp), metadata=meta)
@@ -134,8 +137,8 @@ def read_recipe(path: str | os.PathLike) -> dict:
     path = as_path(path, "read_recipe")
     meta = _metadata(path)
     if RECIPE_KEY not in meta:
-        raise CheckpointError(f"{path}: safetensors file without an irblocks recipe in its metadata "
-                              "(convert official checkpoints with `irblocks convert`)")
+        raise CheckpointError(f"{path}: safetensors file without an irblocks recipe in its "
+                              "metadata (convert official checkpoints with `irblocks convert`)")
     bad = f"{path}: metadata {RECIPE_KEY!r}"
     from irblocks.registry.recipe import MAX_RECIPE_BYTES
     if len(meta[RECIPE_KEY]) > MAX_RECIPE_BYTES:

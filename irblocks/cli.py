@@ -45,21 +45,26 @@ class Command:
 # imports nothing heavy at module level (CONTRIBUTING.md, "Command line").
 COMMANDS: dict[str, Command] = {
     "list": Command("list registered entries and recipes", "irblocks.cli:setup_list"),
-    "info": Command("signature, schema, source and docstring of an entry", "irblocks.cli:setup_info"),
+    "info": Command("signature, schema, source and docstring of an entry",
+                    "irblocks.cli:setup_info"),
     "summary": Command("parameters, GMACs/FLOPs and per-stage table of a recipe",
                        "irblocks.cli:setup_summary"),
     "check": Command("validate a recipe and report every problem", "irblocks.cli:setup_check"),
-    "schema": Command("JSON Schema of recipe files and registered entries", "irblocks.cli:setup_schema"),
+    "schema": Command("JSON Schema of recipe files and registered entries",
+                      "irblocks.cli:setup_schema"),
     "convert": Command("convert an official checkpoint to an irblocks safetensors file",
                        "irblocks.cli:setup_convert"),
-    "bench": Command("run the pytest-benchmark suite and write a JSON result file (irblocks bench -h)",
+    "bench": Command("run the pytest-benchmark suite and write a JSON result file (irblocks bench "
+                     "-h)",
                      "irblocks.bench:main", raw=True),
     "train": Command("train a recipe's model (single process, or multi-GPU/-node under torchrun)",
                      "irblocks.train.cli:setup_train"),
-    "eval": Command("per-task PSNR/SSIM of a checkpoint (table + JSON)", "irblocks.train.cli:setup_eval"),
+    "eval": Command("per-task PSNR/SSIM of a checkpoint (table + JSON)",
+                    "irblocks.train.cli:setup_eval"),
     "restore": Command("restore image files or folders with a checkpoint",
                        "irblocks.train.cli:setup_restore"),
-    "demo": Command("train anyir-tiny on noisy natural images for ~2 minutes and restore a held-out one",
+    "demo": Command("train anyir-tiny on noisy natural images for ~2 minutes and restore a "
+                    "held-out one",
                     "irblocks.train.cli:setup_demo"),
     "export": Command("export a recipe or trained run to ONNX (dynamic batch, height, width)",
                       "irblocks.export:setup_export"),
@@ -89,7 +94,8 @@ def positive_int(text: str) -> int:
 # --------------------------------------------------------------------------- list
 def setup_list(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", nargs="?", default=None,
-                   help="block|model|kernel|loss|prior|degradation|recipe|all, or a wildcard pattern")
+                   help="block|model|kernel|loss|prior|degradation|recipe|all, or a wildcard "
+                        "pattern")
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. '*norm*'")
     p.set_defaults(func=cmd_list)
 
@@ -109,7 +115,8 @@ def cmd_list(args) -> int:
         else:
             import difflib
             hint = difflib.get_close_matches(kind, choices, n=1, cutoff=0.5)
-            raise ValueError(f"unknown kind {kind!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            raise ValueError("unknown kind "
+                             f"{kind!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                              + f" (kinds: {', '.join(registry.KINDS)}, recipe, all; "
                              f"or a wildcard pattern such as '*{kind}*')")
     if kind in ("recipe", "recipes"):
@@ -135,7 +142,8 @@ def cmd_list(args) -> int:
 # --------------------------------------------------------------------------- info
 def setup_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print everything (with the JSON schema) as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print everything (with the JSON schema) as JSON")
     p.set_defaults(func=cmd_info)
 
 
@@ -195,7 +203,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- summary / check / schema
+# ------------------------------------------------------------------------- summary / check / schema
 def setup_summary(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe name (irblocks list recipe) or YAML path")
     p.add_argument("--size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"))
@@ -237,7 +245,8 @@ def cmd_check(args) -> int:
 
             import irblocks
             bar.set_postfix_str("building the model on meta")
-            with torch.device("meta"):      # constructor-level checks (divisibility, wiring) without allocating
+            # constructor-level checks (divisibility, wiring) without allocating
+            with torch.device("meta"):
                 irblocks.create_model(args.recipe)
             bar.update(1)
     if problems:
@@ -270,9 +279,12 @@ def cmd_schema(args) -> int:
 # --------------------------------------------------------------------------- convert
 def setup_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="restormer | promptir | anyir")
-    p.add_argument("src", help="official checkpoint (.pth/.ckpt loaded with weights_only=True, or .safetensors)")
+    p.add_argument("src",
+                   help="official checkpoint (.pth/.ckpt loaded with weights_only=True, or "
+                        ".safetensors)")
     p.add_argument("dst", help="output .safetensors")
-    p.add_argument("--config", default=None, help="official constructor kwargs as JSON or a JSON file")
+    p.add_argument("--config", default=None,
+                   help="official constructor kwargs as JSON or a JSON file")
     p.set_defaults(func=cmd_convert)
 
 
@@ -292,7 +304,8 @@ def cmd_convert(args) -> int:
         model = convert_file(args.arch, args.src, args.dst, config)
         bar.update(1)
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.dst} ({args.arch}, {n:,} parameters); load it with irblocks.load({args.dst!r})")
+    print(f"wrote {args.dst} ({args.arch}, {n:,} parameters); load it with "
+          f"irblocks.load({args.dst!r})")
     return 0
 
 
@@ -300,7 +313,8 @@ def cmd_convert(args) -> int:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s arguments are set up (its module imported)."""
     import irblocks
-    p = argparse.ArgumentParser(prog="irblocks", description="irblocks: blocks, recipes and kernels for "
+    p = argparse.ArgumentParser(prog="irblocks",
+                                description="irblocks: blocks, recipes and kernels for "
                                 "all-in-one image restoration")
     p.add_argument("--version", action="version", version=f"irblocks {irblocks.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

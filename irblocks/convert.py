@@ -25,8 +25,9 @@ from torch import nn
 
 from irblocks.checkpoint import CheckpointError, as_path, check_state_dict, read_tensors
 
-__all__ = ["register_converter", "from_official", "converters", "map_unet_key", "load_official_checkpoint",
-           "convert_file", "ConversionError", "load_mapped", "official_config"]
+__all__ = ["register_converter", "from_official", "converters", "map_unet_key",
+           "load_official_checkpoint", "convert_file", "ConversionError", "load_mapped",
+           "official_config"]
 
 
 class ConversionError(CheckpointError):
@@ -37,10 +38,12 @@ _CONVERTERS: dict[str, Callable[[dict, dict | None], nn.Module]] = {}
 
 
 def register_converter(arch: str):
-    """Decorator: ``fn(state_dict, config) -> nn.Module`` converting official weights of ``arch``."""
+    """Decorator: ``fn(state_dict, config) -> nn.Module`` converting official weights of
+    ``arch``."""
     def deco(fn):
         if arch in _CONVERTERS and _CONVERTERS[arch] is not fn:
-            raise ValueError(f"a converter for {arch!r} is already registered ({_CONVERTERS[arch].__module__})")
+            raise ValueError(f"a converter for {arch!r} is already registered "
+                             f"({_CONVERTERS[arch].__module__})")
         _CONVERTERS[arch] = fn
         return fn
     return deco
@@ -76,7 +79,8 @@ def from_official(arch: str, state_dict: Mapping[str, torch.Tensor],
         raise ConversionError(f"from_official: config must be a mapping of official constructor "
                               f"arguments or None, got {type(config).__name__}")
     convert = _converter(arch)
-    sd = {k: v for k, v in state_dict.items() if not k.startswith("__")}  # parity files carry __input__
+    # parity files carry __input__
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("__")}
     return convert(sd, dict(config) if config else None)
 
 
@@ -86,7 +90,8 @@ def _converter(arch: str) -> Callable:
     if arch not in _CONVERTERS:
         import difflib
         hint = difflib.get_close_matches(arch, names, n=2)
-        raise ConversionError(f"no converter for {arch!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        raise ConversionError("no converter for "
+                              f"{arch!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                               + f" (available: {', '.join(names)})")
     return _CONVERTERS[arch]
 
@@ -97,9 +102,11 @@ _LEVEL_RULES = [
     (r"^latent\.(\d+)\.", lambda m: f"latent.blocks.{m[1]}."),
     (r"^decoder_level([123])\.(\d+)\.", lambda m: f"decoders.{3 - int(m[1])}.blocks.{m[2]}."),
     (r"^refinement\.(\d+)\.", lambda m: f"refinement.blocks.{m[1]}."),
-    (r"^down1_2\.", lambda m: "downs.0."), (r"^down2_3\.", lambda m: "downs.1."), (r"^down3_4\.", lambda m: "downs.2."),
-    (r"^up4_3\.", lambda m: "ups.0."), (r"^up3_2\.", lambda m: "ups.1."), (r"^up2_1\.", lambda m: "ups.2."),
-    (r"^reduce_chan_level3\.", lambda m: "reduces.0."), (r"^reduce_chan_level2\.", lambda m: "reduces.1."),
+    (r"^down1_2\.", lambda m: "downs.0."), (r"^down2_3\.", lambda m: "downs.1."),
+    (r"^down3_4\.", lambda m: "downs.2."), (r"^up4_3\.", lambda m: "ups.0."),
+    (r"^up3_2\.", lambda m: "ups.1."), (r"^up2_1\.", lambda m: "ups.2."),
+    (r"^reduce_chan_level3\.", lambda m: "reduces.0."),
+    (r"^reduce_chan_level2\.", lambda m: "reduces.1."),
     (r"^patch_embed\.", lambda m: "patch_embed."), (r"^output\.", lambda m: "output."),
 ]
 _IN_BLOCK = re.compile(r"\.(norm[12])\.body\.")
@@ -124,7 +131,8 @@ def map_unet_key(key: str, block_rename: Callable[[str], str] | None = None) -> 
     return None
 
 
-def load_mapped(model: nn.Module, mapped: dict[str, torch.Tensor], arch: str, unmapped: list[str]) -> nn.Module:
+def load_mapped(model: nn.Module, mapped: dict[str, torch.Tensor], arch: str,
+                unmapped: list[str]) -> nn.Module:
     """Strictly load ``mapped`` into ``model``; one clear line for any mismatch."""
     if unmapped:
         raise ConversionError(f"{arch}: {len(unmapped)} official keys have no place in our model "
@@ -136,10 +144,11 @@ def load_mapped(model: nn.Module, mapped: dict[str, torch.Tensor], arch: str, un
 
 
 # ----------------------------------------------------------------------------- Restormer / PromptIR
-_RESTORMER_DEFAULTS = dict(inp_channels=3, out_channels=3, dim=48, num_blocks=[4, 6, 6, 8], num_refinement_blocks=4,
-                           heads=[1, 2, 4, 8], ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias",
-                           dual_pixel_task=False)
-_PROMPTIR_DEFAULTS = {**{k: v for k, v in _RESTORMER_DEFAULTS.items() if k != "dual_pixel_task"}, "decoder": True}
+_RESTORMER_DEFAULTS = dict(inp_channels=3, out_channels=3, dim=48, num_blocks=[4, 6, 6, 8],
+                           num_refinement_blocks=4, heads=[1, 2, 4, 8], ffn_expansion_factor=2.66,
+                           bias=False, LayerNorm_type="WithBias", dual_pixel_task=False)
+_PROMPTIR_DEFAULTS = {**{k: v for k, v in _RESTORMER_DEFAULTS.items() if k != "dual_pixel_task"},
+                      "decoder": True}
 
 
 def official_config(arch: str, config: dict | None, defaults: dict) -> dict:
@@ -151,22 +160,27 @@ def official_config(arch: str, config: dict | None, defaults: dict) -> dict:
                                   f"(expected some of {', '.join(defaults)})")
         cfg[k] = v
     if cfg["LayerNorm_type"] not in ("WithBias", "BiasFree"):
-        raise ConversionError(f"{arch}: LayerNorm_type must be 'WithBias' or 'BiasFree', got {cfg['LayerNorm_type']!r}")
+        raise ConversionError(f"{arch}: LayerNorm_type must be 'WithBias' or 'BiasFree', got "
+                              f"{cfg['LayerNorm_type']!r}")
     return cfg
 
 
 def restormer_block_spec(cfg: dict, mixer: dict | None = None) -> dict:
     bias = bool(cfg["bias"])
     return {"type": "transformer_block",
-            "norm": {"type": "layernorm", "variant": "bias_free" if cfg["LayerNorm_type"] == "BiasFree" else "with_bias"},
+            "norm": {"type": "layernorm",
+                     "variant": "bias_free" if cfg["LayerNorm_type"] == "BiasFree"
+                     else "with_bias"},
             "mixer": mixer or {"type": "mdta", "bias": bias},
             "ffn": {"type": "gdfn", "expansion": float(cfg["ffn_expansion_factor"]), "bias": bias}}
 
 
 def restormer_model_spec(cfg: dict) -> dict:
-    return {"type": "unet_restorer", "in_channels": cfg["inp_channels"], "out_channels": cfg["out_channels"],
-            "width": cfg["dim"], "blocks": list(cfg["num_blocks"]), "refinement": cfg["num_refinement_blocks"],
-            "heads": list(cfg["heads"]), "bias": bool(cfg["bias"]), "block": restormer_block_spec(cfg)}
+    return {"type": "unet_restorer", "in_channels": cfg["inp_channels"],
+            "out_channels": cfg["out_channels"], "width": cfg["dim"],
+            "blocks": list(cfg["num_blocks"]), "refinement": cfg["num_refinement_blocks"],
+            "heads": list(cfg["heads"]), "bias": bool(cfg["bias"]),
+            "block": restormer_block_spec(cfg)}
 
 
 @register_converter("restormer")
@@ -174,7 +188,8 @@ def _restormer(state_dict: dict, config: dict | None) -> nn.Module:
     from irblocks.registry import build
     cfg = official_config("restormer", config, _RESTORMER_DEFAULTS)
     if cfg["dual_pixel_task"]:
-        raise ConversionError("restormer: dual_pixel_task=True (defocus deblurring with a skip conv) is not supported")
+        raise ConversionError("restormer: dual_pixel_task=True (defocus deblurring with a skip "
+                              "conv) is not supported")
     model = build(restormer_model_spec(cfg), "model")
     mapped, unmapped = {}, []
     for k, v in state_dict.items():
@@ -196,17 +211,21 @@ def promptir_model_spec(cfg: dict) -> dict:
     h = cfg["heads"][2]
 
     def prompt(pd, size):
-        return {"type": "prompt_interaction", "prompt_dim": pd, "length": 5, "size": size, "heads": h,
-                "block": inner, "bias": bool(cfg["bias"])}
+        return {"type": "prompt_interaction", "prompt_dim": pd, "length": 5, "size": size,
+                "heads": h, "block": inner, "bias": bool(cfg["bias"])}
 
-    spec.update(latent_reduce=True, latent_end=prompt(320, 16), decoder_end=[None, prompt(64, 64), prompt(128, 32)])
+    spec.update(latent_reduce=True, latent_end=prompt(320, 16),
+                decoder_end=[None, prompt(64, 64), prompt(128, 32)])
     return spec
 
 
 _PROMPT_RULES = [
-    (r"^prompt3\.", "latent_end.gen."), (r"^noise_level3\.", "latent_end.block."), (r"^reduce_noise_level3\.", "latent_end.reduce."),
-    (r"^prompt2\.", "decoder_ends.0.gen."), (r"^noise_level2\.", "decoder_ends.0.block."), (r"^reduce_noise_level2\.", "decoder_ends.0.reduce."),
-    (r"^prompt1\.", "decoder_ends.1.gen."), (r"^noise_level1\.", "decoder_ends.1.block."), (r"^reduce_noise_level1\.", "decoder_ends.1.reduce."),
+    (r"^prompt3\.", "latent_end.gen."), (r"^noise_level3\.", "latent_end.block."),
+    (r"^reduce_noise_level3\.", "latent_end.reduce."),
+    (r"^prompt2\.", "decoder_ends.0.gen."), (r"^noise_level2\.", "decoder_ends.0.block."),
+    (r"^reduce_noise_level2\.", "decoder_ends.0.reduce."),
+    (r"^prompt1\.", "decoder_ends.1.gen."), (r"^noise_level1\.", "decoder_ends.1.block."),
+    (r"^reduce_noise_level1\.", "decoder_ends.1.reduce."),
 ]
 
 
@@ -216,7 +235,8 @@ def _promptir_key(k: str, v: torch.Tensor):
         if m:
             rest = k[m.end():]
             rest = {"prompt_param": "prompt", "linear_layer.weight": "linear.weight",
-                    "linear_layer.bias": "linear.bias", "conv3x3.weight": "conv.weight"}.get(rest, rest)
+                    "linear_layer.bias": "linear.bias",
+                    "conv3x3.weight": "conv.weight"}.get(rest, rest)
             rest = _IN_BLOCK.sub(r".\1.", "." + rest)[1:]
             if rest == "prompt":
                 v = v.reshape(v.shape[1:])        # (1, N, C, S, S) -> (N, C, S, S)
@@ -229,10 +249,11 @@ def _promptir(state_dict: dict, config: dict | None) -> nn.Module:
     from irblocks.registry import build
     cfg = official_config("promptir", config, _PROMPTIR_DEFAULTS)
     if not cfg["decoder"]:
-        raise ConversionError("promptir: decoder=False does not run in the official code (its up4_3 expects 4d); "
-                              "only decoder=True checkpoints exist")
+        raise ConversionError("promptir: decoder=False does not run in the official code (its "
+                              "up4_3 expects 4d); only decoder=True checkpoints exist")
     if cfg["dim"] != 48:
-        raise ConversionError(f"promptir: the official prompt blocks are hard-coded for dim=48, got dim={cfg['dim']}")
+        raise ConversionError("promptir: the official prompt blocks are hard-coded for dim=48, "
+                              f"got dim={cfg['dim']}")
     model = build(promptir_model_spec(cfg), "model")
     mapped, unmapped = {}, []
     for k, v in state_dict.items():
@@ -280,7 +301,8 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{path}: refused: not loadable with "
                                   "torch.load(weights_only=True) "
-                                  f"(irblocks never unpickles arbitrary objects): {first[:200]}") from None
+                                  "(irblocks never unpickles arbitrary objects): "
+                                  f"{first[:200]}") from None
         for key in ("state_dict", "params_ema", "params", "model"):
             if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
@@ -294,7 +316,8 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def convert_file(arch: str, src: str | Path, dst: str | Path, config: dict | None = None) -> nn.Module:
+def convert_file(arch: str, src: str | Path, dst: str | Path,
+                 config: dict | None = None) -> nn.Module:
     """Convert an official checkpoint file to an irblocks safetensors file (recipe in its metadata).
 
     Everything is read and checked before ``dst`` is written (atomically), so a failed

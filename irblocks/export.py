@@ -53,10 +53,12 @@ def _blocker(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if isinstance(m, ClusterMoE):
             return (f"ClusIR routing ({name}: per-image top-k experts run through vmap over their "
-                    "gathered weights) traces only for a fixed batch and image size; no dynamic export")
+                    "gathered weights) traces only for a fixed batch and image size; no dynamic "
+                    "export")
         if isinstance(m, SemanticCrossAttention) and m.mode == "pattern":
-            return (f"ClearAIR pattern tokens ({name}: torch.unique over the region masks) are as many "
-                    "as the image's distinct mask patterns: tensor shapes depend on the content")
+            return (f"ClearAIR pattern tokens ({name}: torch.unique over the region masks) are as "
+                    "many as the image's distinct mask patterns: tensor shapes depend on the "
+                    "content")
     return None
 
 
@@ -140,7 +142,8 @@ def setup_export(p) -> None:
                    help="a recipe name or YAML (random weights, seeded by --seed), a .safetensors "
                         "checkpoint or a training folder")
     p.add_argument("-o", "--out", required=True, help="ONNX file to write (e.g. model.onnx)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights of a recipe (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights of a recipe (default 0)")
     p.set_defaults(func=cmd_export)
 
 

@@ -36,7 +36,8 @@ class GDFN(nn.Module):
         super().__init__()
         hidden = int(dim * expansion)
         if hidden < 1:
-            raise ValueError(f"gdfn: int(dim * expansion) = int({dim} * {expansion}) leaves no hidden channels")
+            raise ValueError(f"gdfn: int(dim * expansion) = int({dim} * {expansion}) leaves no "
+                             "hidden channels")
         self.hidden = hidden
         self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)

@@ -27,7 +27,8 @@ class MDTA(nn.Module):
 
     execution = "fast"
 
-    def __init__(self, dim: Context[int], heads: Context[int] = 1, bias: bool = False, project: bool = True):
+    def __init__(self, dim: Context[int], heads: Context[int] = 1, bias: bool = False,
+                 project: bool = True):
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"mdta: heads={heads} must divide dim={dim}")

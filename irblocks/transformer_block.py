@@ -31,7 +31,8 @@ class TransformerBlock(nn.Module):
         self.attn = build(mixer, "block", **ctx)
         self.norm2 = build(norm, "block", **ctx)
         self.ffn = build(ffn, "block", **ctx)
-        self.guided = bool(getattr(self.attn, "guided", False) or getattr(self.ffn, "guided", False))
+        self.guided = bool(getattr(self.attn, "guided", False)
+                           or getattr(self.ffn, "guided", False))
 
     def forward(self, x: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         x = x + call(self.attn, self.norm1(x), guidance)

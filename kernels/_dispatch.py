@@ -13,7 +13,8 @@ import os
 
 import torch
 
-__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty", "out_format", "OUTPUT_FILL"]
+__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty",
+           "out_format", "OUTPUT_FILL"]
 
 ENV = "IRBLOCKS_KERNELS"
 IMPLS = ("auto", "triton", "reference")
@@ -65,9 +66,11 @@ def block_size(gpu: int, interpreter: int) -> int:
 OUTPUT_FILL: list = [None]
 
 
-def empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None, memory_format=torch.contiguous_format):
+def empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None,
+          memory_format=torch.contiguous_format):
     """Output allocation for Triton kernels (``torch.empty``; NaN-filled under tests)."""
-    out = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype, memory_format=memory_format)
+    out = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype,
+                      memory_format=memory_format)
     if OUTPUT_FILL[0] is not None:
         out.fill_(OUTPUT_FILL[0])
     return out

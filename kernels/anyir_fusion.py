@@ -3,7 +3,7 @@
 Inputs ``a`` (attention path) and ``g`` (gated path), both (B, C', H, W), and a
 scalar ``lam``. Output (B, 2C', H, W), in the released code's channel layout::
 
-    F_s = concat(a + sigmoid(g), g + sigmoid(a))          # channel k < C': a/g[k]; k >= C': g/a[k - C']
+    F_s = concat(a + sigmoid(g), g + sigmoid(a))  # channel k < C': a/g[k]; k >= C': g/a[k - C']
     F_f = irfft2(rfft2(a) + rfft2(g)) repeated (c0, c0, c1, c1, ...)   ==  (a + g)[k // 2]
     out = lam * F_s + (1 - lam) * F_f
 
@@ -92,7 +92,8 @@ def anyir_fusion_reference(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) 
     b, c, h, w = a.shape
     cl = a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
     if cl:   # B H W C' views (dense for channels_last inputs)
-        x, y, dim, pairs, axis = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1), -1, (b, h, w, c, 2), -1
+        x, y = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+        dim, pairs, axis = -1, (b, h, w, c, 2), -1
     else:
         x, y, dim, pairs, axis = a, g, 1, (b, c, 2, h, w), 2
     lam = lam.to(a.dtype)
@@ -160,11 +161,13 @@ if _HAVE_TRITON:
         hh = offs // W
         ww = offs % W
         b64 = b.to(tl.int64)
-        a = tl.load(a_ptr + b64 * sab + j * sac + hh * sah + ww * saw, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + b64 * sgb + j * sgc + hh * sgh + ww * sgw, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + b64 * sab + j * sac + hh * sah + ww * saw, mask=mask,
+                    other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + b64 * sgb + j * sgc + hh * sgh + ww * sgw, mask=mask,
+                    other=0.0).to(tl.float32)
         pgo = go_ptr + b64 * s_gob + hh * s_goh + ww * s_gow
         go_ag = tl.load(pgo + j * s_goc, mask=mask, other=0.0).to(tl.float32)            # out[j]
-        go_ga = tl.load(pgo + (j + CH) * s_goc, mask=mask, other=0.0).to(tl.float32)     # out[j + C']
+        go_ga = tl.load(pgo + (j + CH) * s_goc, mask=mask, other=0.0).to(tl.float32)  # out[j + C']
         go_f = (tl.load(pgo + (2 * j) * s_goc, mask=mask, other=0.0).to(tl.float32)
                 + tl.load(pgo + (2 * j + 1) * s_goc, mask=mask, other=0.0).to(tl.float32))
         lam = tl.load(lam_ptr).to(tl.float32)
@@ -220,8 +223,8 @@ def _fusion_fake(a, g, lam):
 
 
 def _fusion_bwd_fake(grad, a, g, lam):
-    return (torch.empty_like(a, memory_format=_out_format(a)), torch.empty_like(g, memory_format=_out_format(g)),
-            torch.empty_like(lam))
+    return (torch.empty_like(a, memory_format=_out_format(a)),
+            torch.empty_like(g, memory_format=_out_format(g)), torch.empty_like(lam))
 
 
 @kernel_op("anyir_fusion_backward", fake=_fusion_bwd_fake)
@@ -260,7 +263,8 @@ def bytes_moved(shape_a, itemsize: int = 4) -> dict:
 
 
 @register("kernel", "anyir_fusion")
-def anyir_fusion(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+def anyir_fusion(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
+                 impl: str | None = None) -> torch.Tensor:
     """lam * concat(a + sigmoid(g), g + sigmoid(a)) + (1 - lam) * repeat_interleave(a + g, 2).
 
     a, g: (B, C', H, W), same shape, any strides (NCHW or channels_last); lam: 0-dim tensor.

@@ -49,7 +49,8 @@ def _reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
         return x
     if p < h and p < w:
         return F.pad(x, (p, p, p, p), mode="reflect")
-    return x.index_select(2, reflect_index(h, p, x.device)).index_select(3, reflect_index(w, p, x.device))
+    x = x.index_select(2, reflect_index(h, p, x.device))
+    return x.index_select(3, reflect_index(w, p, x.device))
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, k: int) -> int:
@@ -126,7 +127,8 @@ if _HAVE_TRITON:
             sx = _mirror(xx + (t % K - K // 2), W)
             v = tl.load(xb + sy * sxh + sx * sxw, mask=mask, other=0.0).to(tl.float32)
             acc += wt * v
-        tl.store(y_ptr + b * syb + c * syc + yy * syh + xx * syw, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + b * syb + c * syc + yy * syh + xx * syw, acc.to(y_ptr.dtype.element_ty),
+                 mask=mask)
 
     @triton.jit
     def _fsb_bwd_kernel(x_ptr, w_ptr, go_ptr, gx_ptr, gw_ptr, C, H, W, CPG,
@@ -144,7 +146,8 @@ if _HAVE_TRITON:
         mask = offs < H * W
         yy = offs // W
         xx = offs % W
-        go = tl.load(go_ptr + b * sgb + c * sgc + yy * sgh + xx * sgw, mask=mask, other=0.0).to(tl.float32)
+        go = tl.load(go_ptr + b * sgb + c * sgc + yy * sgh + xx * sgw, mask=mask,
+                     other=0.0).to(tl.float32)
         xb = x_ptr + b * sxb + c * sxc
         wb = w_ptr + b * swb + g * swg
         gxb = gx_ptr + b * sdb + c * sdc
@@ -182,7 +185,8 @@ def _fsb_bwd_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
     g = weight.shape[1]
-    gx = torch.empty(b, c, h, w, device=x.device, dtype=torch.float32, memory_format=_fmt(x)).zero_()
+    gx = torch.empty(b, c, h, w, device=x.device, dtype=torch.float32,
+                     memory_format=_fmt(x)).zero_()
     gw = torch.zeros(b, g, kernel_size * kernel_size, device=x.device, dtype=torch.float32)
     if x.numel():
         blk = _block()
@@ -218,8 +222,11 @@ def _fsb_op(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Te
 
 
 @register("kernel", "fsb_filter")
-def fsb_filter(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, impl: str | None = None) -> torch.Tensor:
-    """Dynamic k x k filter with reflect borders. x (B, C, H, W); weight (B, G, k*k) -> (B, C, H, W)."""
+def fsb_filter(x: torch.Tensor, weight: torch.Tensor, kernel_size: int,
+               impl: str | None = None) -> torch.Tensor:
+    """Dynamic k x k filter with reflect borders.
+
+    x (B, C, H, W); weight (B, G, k*k) -> (B, C, H, W)."""
     _check(x, weight, kernel_size)
     if select(impl, x, weight) == "triton" and _HAVE_TRITON:
         return _fsb_op(x, weight, kernel_size)

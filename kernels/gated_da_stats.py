@@ -82,7 +82,8 @@ if _HAVE_TRITON:
         for start in range(0, n, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             m = offs < n
-            acc += tl.load(pf + (offs // W) * sfh + (offs % W) * sfw, mask=m, other=0.0).to(tl.float32)
+            acc += tl.load(pf + (offs // W) * sfh + (offs % W) * sfw, mask=m,
+                           other=0.0).to(tl.float32)
         mu = tl.sum(acc, axis=0) / n
         acc2 = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, n, BLOCK):
@@ -136,7 +137,8 @@ if _HAVE_TRITON:
                 x = tl.load(pa + hh * sah + ww * saw, mask=m, other=0.0).to(tl.float32)
                 gr = tl.load(pg + hh * sgh + ww * sgw, mask=m, other=0.0).to(tl.float32)
                 r += gr * x
-                tl.store(pd + hh * sdah + ww * sdaw, (gr * scale).to(da_ptr.dtype.element_ty), mask=m)
+                tl.store(pd + hh * sdah + ww * sdaw, (gr * scale).to(da_ptr.dtype.element_ty),
+                         mask=m)
         d_tadj = tl.sum(r, axis=0)
         tl.store(dtau_ptr + pid, d_tadj * delta)
         dz = d_tadj * tau * delta * (1.0 - delta)
@@ -150,7 +152,8 @@ if _HAVE_TRITON:
             hh = offs // W
             ww = offs % W
             x = tl.load(pf + hh * sfh + ww * sfw, mask=m, other=0.0).to(tl.float32)
-            tl.store(pdf + hh * sdfh + ww * sdfw, (k0 + k1 * (x - mu)).to(df_ptr.dtype.element_ty), mask=m)
+            tl.store(pdf + hh * sdfh + ww * sdfw, (k0 + k1 * (x - mu)).to(df_ptr.dtype.element_ty),
+                     mask=m)
 
 
 
@@ -184,9 +187,9 @@ def _bwd_triton(grad, f, alpha, tau, stats):
     dtau = empty(b, c, like=f, dtype=torch.float32)
     if f.numel() == 0:
         return df.zero_(), dal.zero_(), torch.zeros_like(tau)
-    _gda_bwd_kernel[(b * c,)](f, alpha, tau.reshape(c), stats, grad, df, dal, dtau, c, a, h, w, b * c,
-                              *f.stride(), *alpha.stride(), *grad.stride(), *df.stride(), *dal.stride(),
-                              BLOCK=_block())
+    _gda_bwd_kernel[(b * c,)](f, alpha, tau.reshape(c), stats, grad, df, dal, dtau, c, a, h, w,
+                              b * c, *f.stride(), *alpha.stride(), *grad.stride(), *df.stride(),
+                              *dal.stride(), BLOCK=_block())
     return df, dal, dtau.sum(0).to(tau.dtype).reshape(tau.shape)
 
 
@@ -198,8 +201,8 @@ def _gda_fake(f, alpha, tau, eps):
 
 
 def _gda_bwd_fake(grad, f, alpha, tau, stats):
-    return (torch.empty_like(f, memory_format=_fmt(f)), torch.empty_like(alpha, memory_format=_fmt(alpha)),
-            torch.empty_like(tau))
+    return (torch.empty_like(f, memory_format=_fmt(f)),
+            torch.empty_like(alpha, memory_format=_fmt(alpha)), torch.empty_like(tau))
 
 
 # statistics and scaling are element-wise / reductions: 0 FLOPs
@@ -248,11 +251,13 @@ def gated_da_modulate(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor, e
     cut to A, as released); tau: C values (e.g. (1, C, 1, 1)). Any strides. Returns
     (B, A, H, W); grads for f, alpha and tau.
     """
-    if f.dim() != 4 or alpha.dim() != 4 or f.shape[0] != alpha.shape[0] or f.shape[2:] != alpha.shape[2:]:
-        raise ValueError(f"gated_da_modulate: f (B x C x H x W) and alpha (B x A x H x W) must share B, H, W, "
-                         f"got {tuple(f.shape)} and {tuple(alpha.shape)}")
+    if (f.dim() != 4 or alpha.dim() != 4 or f.shape[0] != alpha.shape[0]
+            or f.shape[2:] != alpha.shape[2:]):
+        raise ValueError("gated_da_modulate: f (B x C x H x W) and alpha (B x A x H x W) must "
+                         f"share B, H, W, got {tuple(f.shape)} and {tuple(alpha.shape)}")
     if tau.numel() != f.shape[1]:
-        raise ValueError(f"gated_da_modulate: tau must hold C={f.shape[1]} values, got {tau.numel()}")
+        raise ValueError(f"gated_da_modulate: tau must hold C={f.shape[1]} values, got "
+                         f"{tau.numel()}")
     if select(impl, f, alpha, tau) == "triton":
         return _gda_op(f, alpha, tau, float(eps))[0]
     return gated_da_modulate_reference(f, alpha, tau, eps)

@@ -4,16 +4,15 @@ Implementations
 - reference: ``chunk`` (two views) + ``F.gelu`` + multiply; plain torch ops. For a
   channels_last input the x1 half is copied dense first (ATen's CPU GELU is ~10x slower on
   a strided channel slice than the copy + GELU on dense memory); the multiply stays strided.
-- triton: one program handles ``BLOCK_P`` pixels (of one image) x ``BLOCK_C`` channels of the output,
-  reading x1 and x2 straight from the input through its strides (no chunk/contiguous
-  copy, no gelu(x1) temporary): reads 2C, writes C per pixel. The backward reads x and
-  dy once and writes dx (2C) in one pass, recomputing gelu from x.
-  GELU uses ``tl.math.erf`` (an intrinsic the interpreter evaluates with ``math.erf``
-  and the CUDA backend lowers to a float32 polynomial; no libdevice call), so the same
-  code runs in the interpreter and on sm_90. Tolerance vs torch's erf GELU: float32
-  within 1e-6 relative in the interpreter; on GPU the erf approximation is accurate to
-  a few float32 ulp.
-  Exposed as custom ops ``irblocks::gelu_gate`` / ``irblocks::gelu_gate_backward``
+- triton: one program handles ``BLOCK_P`` pixels (of one image) x ``BLOCK_C`` channels of the
+  output, reading x1 and x2 straight from the input through its strides (no chunk/contiguous copy,
+  no gelu(x1) temporary): reads 2C, writes C per pixel. The backward reads x and dy once and writes
+  dx (2C) in one pass, recomputing gelu from x. GELU uses ``tl.math.erf`` (an intrinsic the
+  interpreter evaluates with ``math.erf`` and the CUDA backend lowers to a float32 polynomial; no
+  libdevice call), so the same code runs in the interpreter and on sm_90. Tolerance vs torch's erf
+  GELU: float32 within 1e-6 relative in the interpreter; on GPU the erf approximation is accurate to
+  a few float32 ulp. Exposed as custom ops ``irblocks::gelu_gate`` /
+  ``irblocks::gelu_gate_backward``
   (fake impls, autograd, FLOP formula 0).
 """
 from __future__ import annotations
@@ -66,7 +65,8 @@ if triton_available():
 
     @triton.jit
     def _gate_bwd_kernel(DY, X, DX, C, HW, Wd, sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw,
-                         sgb, sgc, sgh, sgw, FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                         sgb, sgc, sgh, sgw, FLAT: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
         b, hw, c, mask = _tile(C, HW, BLOCK_P, BLOCK_C)
         xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
         do = b * sdb + _pix(hw, Wd, sdh, sdw, FLAT)[:, None] + (c * sdc)[None, :]
@@ -106,7 +106,8 @@ if triton_available():
             block_p, block_c = _blocks(c, 2048)
             grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
             _gate_bwd_kernel[grid](dy, x, dx, c, h * w, w, *dy.stride(), *x.stride(), *dx.stride(),
-                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c,
+                                   num_warps=4)
         return dx
 
 
@@ -147,7 +148,8 @@ def _gate_op(x: torch.Tensor) -> torch.Tensor:
 def gelu_gate(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """x: (B, 2C, H, W) -> (B, C, H, W) = gelu(x[:, :C]) * x[:, C:] (exact erf GELU)."""
     if x.dim() != 4 or x.shape[1] % 2:
-        raise ValueError(f"gelu_gate: expected (B, 2C, H, W) with an even channel count, got {tuple(x.shape)}")
+        raise ValueError("gelu_gate: expected (B, 2C, H, W) with an even channel count, got "
+                         f"{tuple(x.shape)}")
     if select(impl, x) == "triton":
         return _gate_op(x)
     return gelu_gate_reference(x)

@@ -38,13 +38,16 @@ __all__ = ["haar_dwt", "haar_idwt", "haar_dwt_reference", "haar_idwt_reference"]
 # ----------------------------------------------------------------------------- reference
 def _check_even(x: torch.Tensor, where: str) -> None:
     if x.dim() != 4:
-        raise ValueError(f"{where}: expected a 4-D tensor B x C x H x W, got shape {tuple(x.shape)}")
+        raise ValueError(f"{where}: expected a 4-D tensor B x C x H x W, got shape "
+                         f"{tuple(x.shape)}")
     if x.shape[-2] % 2 or x.shape[-1] % 2:
-        raise ValueError(f"{where}: H and W must be even (pad first), got {x.shape[-2]} x {x.shape[-1]}")
+        raise ValueError(f"{where}: H and W must be even (pad first), got {x.shape[-2]} x "
+                         f"{x.shape[-1]}")
 
 
 def _fmt(x: torch.Tensor):
-    return torch.channels_last if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if (x.dim() == 4
+                                   and x.is_contiguous(memory_format=torch.channels_last)
                                    and not x.is_contiguous()) else torch.contiguous_format
 
 
@@ -158,7 +161,8 @@ def _dwt_triton(x: torch.Tensor) -> torch.Tensor:
     total = b * c * h * w
     if total:
         blk = _block()
-        _haar_dwt_kernel[(triton.cdiv(total, blk),)](x, y, c, h, w, total, *x.stride(), *y.stride(), BLOCK=blk)
+        _haar_dwt_kernel[(triton.cdiv(total, blk),)](x, y, c, h, w, total, *x.stride(), *y.stride(),
+                                                     BLOCK=blk)
     return y
 
 
@@ -169,7 +173,8 @@ def _idwt_triton(y: torch.Tensor) -> torch.Tensor:
     total = b * c * h * w
     if total:
         blk = _block()
-        _haar_idwt_kernel[(triton.cdiv(total, blk),)](y, x, c, h, w, total, *y.stride(), *x.stride(), BLOCK=blk)
+        _haar_idwt_kernel[(triton.cdiv(total, blk),)](y, x, c, h, w, total, *y.stride(),
+                                                      *x.stride(), BLOCK=blk)
     return x
 
 
@@ -216,7 +221,8 @@ def haar_dwt(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
 def haar_idwt(y: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """Inverse Haar DWT: (B, 4C, h, w) [LL|LH|HL|HH] -> (B, C, 2h, 2w)."""
     if y.dim() != 4 or y.shape[1] % 4:
-        raise ValueError(f"haar_idwt: expected B x 4C x h x w (channels a multiple of 4), got {tuple(y.shape)}")
+        raise ValueError("haar_idwt: expected B x 4C x h x w (channels a multiple of 4), got "
+                         f"{tuple(y.shape)}")
     if select(impl, y) == "triton" and _HAVE_TRITON:
         return _haar_idwt_op(y)
     return haar_idwt_reference(y)

@@ -144,8 +144,8 @@ if triton_available():
         block_p, block_c, nw = _blocks(c, 4096)
         grid = (triton.cdiv(h * w, block_p), b)
         _ln_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h * w, w,
-                             *x.stride(), *y.stride(), eps, HAS_BIAS=bias is not None, FLAT=_flat(x, y),
-                             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+                             *x.stride(), *y.stride(), eps, HAS_BIAS=bias is not None,
+                             FLAT=_flat(x, y), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
         return y
 
     def _bwd_triton(dy, x, weight, has_bias, eps):
@@ -158,7 +158,8 @@ if triton_available():
         if b * n > 0 and c > 0:
             _ln_bwd_kernel[(n, b)](dy, x, weight, dx, dwp, dbp, c, h * w, w,
                                    *dy.stride(), *x.stride(), *dx.stride(), eps, HAS_BIAS=has_bias,
-                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c,
+                                   num_warps=nw)
         return dx, dwp.sum(0).to(weight.dtype), dbp.sum(0).to(weight.dtype)
 
 
@@ -193,7 +194,8 @@ def _ln_backward(ctx, dy):
 
 
 @kernel_op("channel_layer_norm", fake=_ln_fake, backward=_ln_backward, setup_context=_ln_setup)
-def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+           eps: float) -> torch.Tensor:
     return _fwd_triton(x, weight, bias, eps)
 
 

@@ -67,9 +67,11 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     b, c, h, w = q.shape
     d, n = c // heads, h * w
     t = temperature.reshape(1, heads, 1, 1)
-    pixel_major = not all(x.is_contiguous() for x in (q, k, v)) and all(x.stride(1) == 1 for x in (q, k, v))
+    pixel_major = (not all(x.is_contiguous() for x in (q, k, v))
+                   and all(x.stride(1) == 1 for x in (q, k, v)))
     if pixel_major:
-        qp, kp, vp = (x.permute(0, 2, 3, 1).reshape(b, n, heads, d).transpose(1, 2) for x in (q, k, v))
+        qp, kp, vp = (x.permute(0, 2, 3, 1).reshape(b, n, heads, d).transpose(1, 2)
+                      for x in (q, k, v))
         g = qp.transpose(-2, -1) @ kp                                 # B, heads, d, d
         nq, nk = _row_norms(qp, -2), _row_norms(kp, -2)
     else:
@@ -98,7 +100,8 @@ if triton_available():
                      sxb, sxc, sxh, sxw, syb, syc, syh, syw,
                      NORMS: tl.constexpr, FLAT: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_N: tl.constexpr, PREC: tl.constexpr):
-        """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row sum-squares."""
+        """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row
+        sum-squares."""
         bh = tl.program_id(0)
         sp = tl.program_id(1)
         b = bh // heads
@@ -115,15 +118,18 @@ if triton_available():
             n = n0 + s + tl.arange(0, BLOCK_N)
             nm = n < N
             m = im[:, None] & nm[None, :]
-            x = tl.load(xrow[:, None] + _pix(n, Wd, sxh, sxw, FLAT)[None, :], mask=m, other=0.0).to(tl.float32)
-            y = tl.load(yrow[:, None] + _pix(n, Wd, syh, syw, FLAT)[None, :], mask=m, other=0.0).to(tl.float32)
+            x = tl.load(xrow[:, None] + _pix(n, Wd, sxh, sxw, FLAT)[None, :], mask=m,
+                        other=0.0).to(tl.float32)
+            y = tl.load(yrow[:, None] + _pix(n, Wd, syh, syw, FLAT)[None, :], mask=m,
+                        other=0.0).to(tl.float32)
             acc += tl.dot(x, tl.trans(y), input_precision=PREC)
             if NORMS:
                 sqx += tl.sum(x * x, axis=1)
                 sqy += tl.sum(y * y, axis=1)
         j = tl.arange(0, BLOCK_D)
         base = bh * n_split + sp
-        tl.store(G + base * d * d + i[:, None] * d + j[None, :], acc, mask=im[:, None] & (j < d)[None, :])
+        tl.store(G + base * d * d + i[:, None] * d + j[None, :], acc,
+                 mask=im[:, None] & (j < d)[None, :])
         if NORMS:
             tl.store(SX + base * d + i, sqx, mask=im)
             tl.store(SY + base * d + i, sqy, mask=im)
@@ -136,7 +142,8 @@ if triton_available():
 
     @triton.jit
     def _apply_kernel(A, V, O, d, heads, N, Wd, svb, svc, svh, svw, sob, soc, soh, sow,
-                      FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                      FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                      PREC: tl.constexpr):
         """O[:, tile] = A @ V[:, tile] for one (batch, head) and one tile of N."""
         bh = tl.program_id(0)
         b = bh // heads
@@ -145,7 +152,8 @@ if triton_available():
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = (i < d)[:, None] & (n < N)[None, :]
         a = _load_dd(A, bh, d, BLOCK_D)
-        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None] + _pix(n, Wd, svh, svw, FLAT)[None, :],
+        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None]
+                    + _pix(n, Wd, svh, svw, FLAT)[None, :],
                     mask=m, other=0.0).to(tl.float32)
         o = tl.dot(a, v, input_precision=PREC)
         tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + _pix(n, Wd, soh, sow, FLAT)[None, :],
@@ -166,8 +174,10 @@ if triton_available():
         ch = hd * d + i
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = im[:, None] & (n < N)[None, :]
-        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + _pix(n, Wd, sqh, sqw, FLAT)[None, :], mask=m, other=0.0)
-        k = tl.load(K + b * skb + (ch * skc)[:, None] + _pix(n, Wd, skh, skw, FLAT)[None, :], mask=m, other=0.0)
+        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + _pix(n, Wd, sqh, sqw, FLAT)[None, :],
+                    mask=m, other=0.0)
+        k = tl.load(K + b * skb + (ch * skc)[:, None] + _pix(n, Wd, skh, skw, FLAT)[None, :],
+                    mask=m, other=0.0)
         q = q.to(tl.float32)
         k = k.to(tl.float32)
         aq = tl.load(AQ + bh * d + i, mask=im, other=0.0)
@@ -189,8 +199,9 @@ if triton_available():
     def _cfg(d: int):
         block_d = max(16, triton.next_power_of_2(d))
         gram_n, apply_n, bwd_n, warps = _GPU_TILES[block_d]
-        return (block_d, block_size(gpu=gram_n, interpreter=16), block_size(gpu=apply_n, interpreter=16),
-                block_size(gpu=bwd_n, interpreter=16), warps)
+        return (block_d, block_size(gpu=gram_n, interpreter=16),
+                block_size(gpu=apply_n, interpreter=16), block_size(gpu=bwd_n, interpreter=16),
+                warps)
 
     def _flat(*ts) -> bool:
         return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in ts)
@@ -200,7 +211,8 @@ if triton_available():
         if interpreting() or not x.is_cuda:
             want = 2
         else:
-            want = max(1, (4 * torch.cuda.get_device_properties(x.device).multi_processor_count) // max(bh, 1))
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            want = max(1, (4 * sms) // max(bh, 1))
         per = triton.cdiv(tiles, max(1, min(want, tiles)))
         return triton.cdiv(tiles, per), per * block_n
 
@@ -212,9 +224,9 @@ if triton_available():
         g = empty(bh, n_split, d, d, like=x, dtype=torch.float32)
         sx = empty(bh, n_split, d, like=x, dtype=torch.float32)
         sy = empty(bh, n_split, d, like=x, dtype=torch.float32)
-        _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(), *y.stride(),
-                                    NORMS=norms, FLAT=_flat(x, y), BLOCK_D=block_d, BLOCK_N=gram_n, PREC=_GPU_PREC,
-                                    num_warps=warps)
+        _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(),
+                                    *y.stride(), NORMS=norms, FLAT=_flat(x, y), BLOCK_D=block_d,
+                                    BLOCK_N=gram_n, PREC=_GPU_PREC, num_warps=warps)
         g = g.sum(1).view(b, heads, d, d)
         if not norms:
             return g
@@ -230,9 +242,10 @@ if triton_available():
         gn = g / nq[..., :, None] / nk[..., None, :]
         attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
         block_d, _, apply_n, _, warps = _cfg(d)
-        _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(), *out.stride(),
-                                                     FLAT=_flat(v, out), BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
-                                                     num_warps=warps)
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(),
+                                                     *out.stride(), FLAT=_flat(v, out),
+                                                     BLOCK_D=block_d, BLOCK_N=apply_n,
+                                                     PREC=_GPU_PREC, num_warps=warps)
         return out, gn, nq, nk
 
     def _bwd_triton(dout, q, k, v, t, gn, nq, nk, heads):
@@ -254,11 +267,13 @@ if triton_available():
         dq, dk, dv = _like(q), _like(k), _like(v)
         block_d, _, apply_n, bwd_n, warps = _cfg(d)
         _bwd_apply_kernel[(bh, triton.cdiv(n, bwd_n))](
-            q, k, mq, aq, mk, ak, dq, dk, d, heads, n, w, *q.stride(), *k.stride(), *dq.stride(), *dk.stride(),
-            FLAT=_flat(q, k, dq, dk), BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC, num_warps=warps)
-        _apply_kernel[(bh, triton.cdiv(n, apply_n))](at, dout, dv, d, heads, n, w, *dout.stride(), *dv.stride(),
-                                                     FLAT=_flat(dout, dv), BLOCK_D=block_d, BLOCK_N=apply_n, PREC=_GPU_PREC,
-                                                     num_warps=warps)
+            q, k, mq, aq, mk, ak, dq, dk, d, heads, n, w, *q.stride(), *k.stride(), *dq.stride(),
+            *dk.stride(), FLAT=_flat(q, k, dq, dk), BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC,
+            num_warps=warps)
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](at, dout, dv, d, heads, n, w, *dout.stride(),
+                                                     *dv.stride(), FLAT=_flat(dout, dv),
+                                                     BLOCK_D=block_d, BLOCK_N=apply_n,
+                                                     PREC=_GPU_PREC, num_warps=warps)
         return dq, dk, dv, dt
 
 
@@ -268,7 +283,8 @@ def _attn_fake(q, k, v, temperature, heads):
     b, c = q.shape[:2]
     d = c // heads
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device, memory_format=_out_format(q))
-    return (out, q.new_empty(b, heads, d, d, dtype=torch.float32), q.new_empty(b, heads, d, dtype=torch.float32),
+    return (out, q.new_empty(b, heads, d, d, dtype=torch.float32),
+            q.new_empty(b, heads, d, dtype=torch.float32),
             q.new_empty(b, heads, d, dtype=torch.float32))
 
 
@@ -293,8 +309,8 @@ def _attn_bwd_flops(dout_shape, q_shape, *args, out_shape=None, **kwargs) -> int
 
 
 @kernel_op("channel_attention_backward", fake=_attn_bwd_fake, flops=_attn_bwd_flops)
-def _attn_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
-                 gn: torch.Tensor, nq: torch.Tensor, nk: torch.Tensor,
+def _attn_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 temperature: torch.Tensor, gn: torch.Tensor, nq: torch.Tensor, nk: torch.Tensor,
                  heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_triton(dout, q, k, v, temperature, gn, nq, nk, heads)
 
@@ -317,7 +333,8 @@ def _attn_backward(ctx, dout, _dgn, _dnq, _dnk):
            flops=_attn_flops)
 def _attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor,
              heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (out, normalised gram Gn, |q| rows, |k| rows); the last three are saved for backward."""
+    """Returns (out, normalised gram Gn, |q| rows, |k| rows); the last three are saved for
+    backward."""
     return _fwd_triton(q, k, v, temperature, heads)
 
 
@@ -333,6 +350,7 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
         raise ValueError(f"channel_attention: heads={heads} must divide C={q.shape[1]} and match "
                          f"temperature.numel()={temperature.numel()}")
     t = temperature.reshape(-1)
-    if select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM and q.numel() > 0:
+    if (select(impl, q, k, v) == "triton" and q.shape[1] // heads <= MAX_TRITON_HEAD_DIM
+            and q.numel() > 0):
         return _attn_op(q, k, v, t, int(heads))[0]
     return channel_attention_reference(q, k, v, t, heads)

@@ -34,7 +34,8 @@ Three pieces live here:
   ``tl.dot`` runs with ``input_precision="tf32x3"`` on the GPU (float32-level
   accuracy on tensor cores). GPU tiles per padded head dim are ``_GPU_TILES``
   (BLOCK_N 64, BLOCK_P 16, 8 warps, 1 stage) -- the same entries the sm_90 compile
-  table (tests/kernels/compile_specs.py) lists (generic strides and the SCA block's unit head-dim strides), all with zero
+  table (tests/kernels/compile_specs.py) lists (generic strides and the SCA block's unit head-dim
+  strides), all with zero
   register spills on sm_90. Head dims above ``MAX_TRITON_HEAD_DIM`` = 128 fall
   back to the reference path (ClearAIR's widest SCA: 384 channels / 4 heads = 96).
 
@@ -66,7 +67,8 @@ def membership_codes_reference(masks: torch.Tensor) -> torch.Tensor:
     """(B, K, H, W) binary (bool or {0,1}) -> (B, H*W) int64 codes, K <= 62."""
     b, k = masks.shape[:2]
     if k > MAX_CODE_BITS:
-        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
+        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got "
+                         f"{k}")
     m = masks.reshape(b, k, masks.shape[2] * masks.shape[3]).to(torch.int64)
     shifts = torch.arange(k, device=masks.device, dtype=torch.int64).view(1, k, 1)
     return (m << shifts).sum(1)
@@ -111,9 +113,11 @@ if triton_available():
         vn = offs_n < N
         vc = offs_c < C
         m2 = vn[:, None] & vc[None, :]
-        x = tl.load(x_ptr + b * s_xb + offs_n[:, None] * s_xn + offs_c[None, :] * s_xc, mask=m2, other=0.0)
+        x = tl.load(x_ptr + b * s_xb + offs_n[:, None] * s_xn + offs_c[None, :] * s_xc, mask=m2,
+                    other=0.0)
         p = tl.load(idx_ptr + b * N + offs_n, mask=vn, other=0)
-        tl.atomic_add(out_ptr + (b * P + p[:, None]) * C + offs_c[None, :], x.to(tl.float32), mask=m2)
+        tl.atomic_add(out_ptr + (b * P + p[:, None]) * C + offs_c[None, :], x.to(tl.float32),
+                      mask=m2)
 
     # The three attention kernels reduce over the head dim in chunks of BLOCK_DC columns
     # (q k^T and do v^T are sums of BLOCK_DC-wide tl.dot's, operands re-read per chunk
@@ -153,7 +157,8 @@ if triton_available():
                 kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd,
                              mask=vp[None, :] & vc[:, None], other=0.0)                    # (DC, P)
                 s += tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision=PREC)
-            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
+                           other=-float("inf")).to(tl.float32)
             s = s * scale + bias[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # rows whose every logit so far is -inf keep m = -inf; guard the exp
@@ -161,8 +166,9 @@ if triton_available():
             alpha = tl.exp(m_i - m_safe)
             pexp = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(pexp, 1)
-            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp + offs_d[None, :] * s_vd,
-                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)          # (P, D)
+            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp
+                         + offs_d[None, :] * s_vd,
+                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)  # (P, D)
             acc = acc * alpha[:, None] + tl.dot(pexp, vv, input_precision=PREC)
             m_i = m_new
         out = acc / l_i[:, None]
@@ -203,12 +209,15 @@ if triton_available():
                 mnc = vn[:, None] & vc[None, :]
                 mcp = vc[:, None] & vp[None, :]
                 q = tl.load(q_base + dc[None, :] * s_qd, mask=mnc, other=0.0).to(tl.float32)
-                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd, mask=mcp, other=0.0)
+                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd, mask=mcp,
+                             other=0.0)
                 s += tl.dot(q, kt.to(tl.float32), input_precision=PREC)
                 do = tl.load(do_base + dc[None, :], mask=mnc, other=0.0)
-                vt = tl.load(v_base + offs_p[None, :] * s_vp + dc[:, None] * s_vd, mask=mcp, other=0.0)
+                vt = tl.load(v_base + offs_p[None, :] * s_vp + dc[:, None] * s_vd, mask=mcp,
+                             other=0.0)
                 dp += tl.dot(do, vt.to(tl.float32), input_precision=PREC)
-            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
+                           other=-float("inf")).to(tl.float32)
             p = tl.exp(s * scale + bias[None, :] - lse[:, None])
             ds = p * (dp - delta[:, None])
             kk = tl.load(k_base + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
@@ -242,7 +251,8 @@ if triton_available():
         k_base = k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp
         v_base = v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp
         q_base = q_ptr + b * s_qb + h * s_qh
-        bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp, other=-float("inf")).to(tl.float32)
+        bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
+                       other=-float("inf")).to(tl.float32)
         dk = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
         dv = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
         n_start = ch * CHUNK
@@ -256,11 +266,14 @@ if triton_available():
                 vc = dc < D
                 mpc = vp[:, None] & vc[None, :]
                 mcn = vc[:, None] & vn[None, :]
-                kk = tl.load(k_base + dc[None, :] * s_kd, mask=mpc, other=0.0).to(tl.float32)   # (P, DC)
-                qt = tl.load(q_base + offs_n[None, :] * s_qn + dc[:, None] * s_qd, mask=mcn, other=0.0)
-                st += tl.dot(kk, qt.to(tl.float32), input_precision=PREC)                     # (P, N)
+                # (P, DC)
+                kk = tl.load(k_base + dc[None, :] * s_kd, mask=mpc, other=0.0).to(tl.float32)
+                qt = tl.load(q_base + offs_n[None, :] * s_qn + dc[:, None] * s_qd, mask=mcn,
+                             other=0.0)
+                st += tl.dot(kk, qt.to(tl.float32), input_precision=PREC)  # (P, N)
                 vv = tl.load(v_base + dc[None, :] * s_vd, mask=mpc, other=0.0).to(tl.float32)
-                dot_ = tl.load(do_ptr + (bh * N + offs_n[None, :]) * D + dc[:, None], mask=mcn, other=0.0)
+                dot_ = tl.load(do_ptr + (bh * N + offs_n[None, :]) * D + dc[:, None], mask=mcn,
+                               other=0.0)
                 dpt += tl.dot(vv, dot_, input_precision=PREC)
             lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=float("inf"))
             delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
@@ -268,9 +281,11 @@ if triton_available():
             pt = tl.where(vn[None, :], pt, 0.0)
             dst = pt * (dpt - delta[None, :])
             mno = vn[:, None] & vo[None, :]
-            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_o[None, :], mask=mno, other=0.0)
+            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_o[None, :], mask=mno,
+                         other=0.0)
             dv += tl.dot(pt, do, input_precision=PREC)
-            q = tl.load(q_base + offs_n[:, None] * s_qn + offs_o[None, :] * s_qd, mask=mno, other=0.0)
+            q = tl.load(q_base + offs_n[:, None] * s_qn + offs_o[None, :] * s_qd, mask=mno,
+                        other=0.0)
             dk += tl.dot(dst, q.to(tl.float32), input_precision=PREC)
         # partial buffers are (n_chunks, B * heads, P, D)
         out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_o[None, :]
@@ -286,7 +301,8 @@ if triton_available():
 # tests/kernels/test_compile_sm90.py (``python -m irblocks.kernels.report --module pattern_sca``
 # prints registers/spills). One pipeline stage: the token loop is short (P = number of mask
 # patterns) and deeper software pipelining of the streamed pixel tiles is what spilled.
-_GPU_TILES = {16: (64, 16, 16, 8, 1), 32: (64, 16, 32, 8, 1), 64: (64, 16, 32, 8, 1), 128: (64, 16, 32, 8, 1)}
+_GPU_TILES = {16: (64, 16, 16, 8, 1), 32: (64, 16, 32, 8, 1), 64: (64, 16, 32, 8, 1),
+              128: (64, 16, 32, 8, 1)}
 # interpreter: tiny tiles, and 16-wide head-dim chunks so tests with d > 16 exercise the chunk loop
 _INTERP_TILES = (16, 16, 16, 4, 1)
 # tf32x3 = tensor cores with a split-float correction (float32-level accuracy); the interpreter
@@ -296,10 +312,12 @@ MAX_TRITON_HEAD_DIM = max(_GPU_TILES)
 
 
 def _blocks(d: int):
-    """(BLOCK_N, BLOCK_P, BLOCK_D, BLOCK_DC, launch options) for head dim d <= MAX_TRITON_HEAD_DIM."""
+    """(BLOCK_N, BLOCK_P, BLOCK_D, BLOCK_DC, launch options) for head dim d <=
+    MAX_TRITON_HEAD_DIM."""
     bd = max(16, triton.next_power_of_2(d))
     gpu = _GPU_TILES[bd]
-    bn, bp, dc, warps, stages = (block_size(gpu=g, interpreter=i) for g, i in zip(gpu, _INTERP_TILES))
+    bn, bp, dc, warps, stages = (block_size(gpu=g, interpreter=i)
+                                 for g, i in zip(gpu, _INTERP_TILES))
     return bn, bp, bd, min(dc, bd), {"num_warps": warps, "num_stages": stages}
 
 
@@ -333,8 +351,8 @@ def _attn_bwd_triton(q, k, v, bias, scale, o, lse, do):
     dv_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
     # axis 1: token blocks x output head-dim chunks (BLOCK_D // BLOCK_DC per token block)
     _attn_bwd_dkdv_kernel[(bsz * heads, triton.cdiv(p, bp) * (bd // dc), n_chunks)](
-        q, k, v, bias, do, lse, delta, dk_part, dv_part, n, p, heads, d, float(scale), chunk, *strides,
-        **consts)
+        q, k, v, bias, do, lse, delta, dk_part, dv_part, n, p, heads, d, float(scale), chunk,
+        *strides, **consts)
     dk = dk_part.sum(0).view(bsz, heads, p, d)
     dv = dv_part.sum(0).view(bsz, heads, p, d)
     return dq, dk, dv
@@ -365,8 +383,8 @@ def _codes_op(masks: torch.Tensor) -> torch.Tensor:
     bn = block_size(gpu=1024, interpreter=64)
     # (B, K, H, W) with any strides: index pixels through a (B, K, H*W) view when possible
     m = masks if masks.stride(2) == w * masks.stride(3) else masks.contiguous()
-    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1), m.stride(3),
-                                               BLOCK_N=bn)
+    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1),
+                                               m.stride(3), BLOCK_N=bn)
     return out
 
 
@@ -401,7 +419,8 @@ def _segment_sum_op(src: torch.Tensor, inverse: torch.Tensor, num_patterns: int)
     sums = torch.zeros(b, num_patterns, c, device=src.device, dtype=torch.float32)
     bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
     _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
-        flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn, BLOCK_C=bc)
+        flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn,
+        BLOCK_C=bc)
     return sums.to(src.dtype)
 
 
@@ -435,7 +454,8 @@ def _backward(ctx, do, dlse):
     return dq, dk, dv, None, None
 
 
-@kernel_op("pattern_attention", fake=_attention_fake, backward=_backward, setup_context=_setup_context,
+@kernel_op("pattern_attention", fake=_attention_fake, backward=_backward,
+           setup_context=_setup_context,
            flops=lambda q_shape, k_shape, *args, **kwargs: _flops_attention(q_shape, k_shape))
 def _pattern_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,7 +469,8 @@ def membership_codes(masks: torch.Tensor, impl: str | None = None) -> torch.Tens
     """(B, K, H, W) binary masks -> (B, H*W) int64 membership codes (bit k = mask k), K <= 62."""
     b, k, h, w = masks.shape
     if k > MAX_CODE_BITS:
-        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got {k}")
+        raise ValueError(f"membership_codes: at most {MAX_CODE_BITS} masks fit a 64-bit code, got "
+                         f"{k}")
     if select(impl, masks) == "reference" or k == 0 or h * w == 0:
         return membership_codes_reference(masks)
     m = masks.to(torch.uint8) if masks.dtype == torch.bool else masks
@@ -494,8 +515,8 @@ def pattern_tokens(masks: torch.Tensor, src: torch.Tensor, impl: str | None = No
     c = src.shape[1]
     n = h * w
     if src.shape[0] != b or tuple(src.shape[-2:]) != (h, w):
-        raise ValueError(f"pattern_tokens: masks {tuple(masks.shape)} and feature {tuple(src.shape)} "
-                         "must share B, H and W")
+        raise ValueError(f"pattern_tokens: masks {tuple(masks.shape)} and feature "
+                         f"{tuple(src.shape)} must share B, H and W")
     if src.device.type == "meta" or masks.device.type == "meta":
         p = min(n, k + 1)
         return (src.new_zeros(b, p, c), src.new_zeros(b, p),
@@ -537,10 +558,11 @@ def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     Head dims d > ``MAX_TRITON_HEAD_DIM`` (128) always take the reference path (even with
     ``impl="triton"``): the GPU configs cover padded head dims 16..128 only.
     """
-    if q.dim() != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1] \
-            or tuple(bias.shape) != (k.shape[0], k.shape[2]):
-        raise ValueError(f"pattern_attention: expected q (B,h,N,d), k = v (B,h,P,d), bias (B,P); got "
-                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, bias {tuple(bias.shape)}")
+    if q.dim() != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] \
+            or k.shape[-1] != q.shape[-1] or tuple(bias.shape) != (k.shape[0], k.shape[2]):
+        raise ValueError("pattern_attention: expected q (B,h,N,d), k = v (B,h,P,d), bias (B,P); "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, bias "
+                         f"{tuple(bias.shape)}")
     if select(impl, q, k, v) == "reference" or q.shape[-1] > MAX_TRITON_HEAD_DIM:
         # head dims above MAX_TRITON_HEAD_DIM (128) have no spill-free GPU config: reference path
         return pattern_attention_reference(q, k, v, bias, scale)

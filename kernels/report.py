@@ -58,8 +58,8 @@ def discover(specs_path: str | None = None) -> dict[str, list]:
     checkout's ``tests/kernels/compile_specs.py``)."""
     path = specs_path or DEFAULT_SPECS
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"compile table {path} not found: run from a source checkout or pass "
-                                "--specs path/to/compile_specs.py")
+        raise FileNotFoundError(f"compile table {path} not found: run from a source checkout or "
+                                "pass --specs path/to/compile_specs.py")
     spec = importlib.util.spec_from_file_location("_irblocks_compile_specs", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -118,7 +118,8 @@ def _ptxas_usage_uncached(ptx: str) -> dict:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        res = subprocess.run([_ptxas(cap), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.o")],
+        res = subprocess.run(
+            [_ptxas(cap), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.o")],
                              capture_output=True, text=True)
     log = res.stdout + res.stderr
     if res.returncode:
@@ -128,8 +129,10 @@ def _ptxas_usage_uncached(ptx: str) -> dict:
         vals = [int(x) for x in re.findall(pat, log)]
         return max(vals) if vals else 0
 
-    return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
-            "spill_loads": num(r"(\d+) bytes spill loads"), "stack": num(r"(\d+) bytes stack frame")}
+    return {"registers": num(r"Used (\d+) registers"),
+            "spill_stores": num(r"(\d+) bytes spill stores"),
+            "spill_loads": num(r"(\d+) bytes spill loads"),
+            "stack": num(r"(\d+) bytes stack frame")}
 
 
 def compile_spec(spec, arch: int = 90):
@@ -143,14 +146,15 @@ def compile_spec(spec, arch: int = 90):
 
 
 def _jsonable(d: dict) -> dict:
-    return {k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)) for k, v in d.items()}
+    return {k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v))
+            for k, v in d.items()}
 
 
 def run_all(arch: int = 90, only: str | None = None, specs_path: str | None = None) -> list[Record]:
     from irblocks.kernels._dispatch import interpreting
     if interpreting():
-        raise RuntimeError("run_all needs TRITON_INTERPRET unset (interpreted kernels cannot be compiled); "
-                           "use run_all_subprocess()")
+        raise RuntimeError("run_all needs TRITON_INTERPRET unset (interpreted kernels cannot be "
+                           "compiled); use run_all_subprocess()")
     records = []
     for mod, specs in discover(specs_path).items():
         if only and mod != only:
@@ -169,20 +173,22 @@ def run_all(arch: int = 90, only: str | None = None, specs_path: str | None = No
                 if not rec.ok:
                     rec.error = "no cubin produced"
             except Exception as e:  # report every failure, keep going
-                rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                rec.error = (f"{type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             records.append(rec)
     return records
 
 
 def run_all_subprocess(arch: int = 90, only: str | None = None, timeout: float = 900,
                        specs_path: str | None = None) -> list[Record]:
-    """run_all in a fresh interpreter with TRITON_INTERPRET=0 (usable from interpreter-mode tests)."""
+    """run_all in a fresh interpreter with TRITON_INTERPRET=0 (usable from interpreter-mode
+    tests)."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
-        cmd = [sys.executable, "-m", "irblocks.kernels.report", "--arch", str(arch), "--json", out, "--quiet",
-               "--specs", specs_path or DEFAULT_SPECS]
+        cmd = [sys.executable, "-m", "irblocks.kernels.report", "--arch", str(arch), "--json", out,
+               "--quiet", "--specs", specs_path or DEFAULT_SPECS]
         if only:
             cmd += ["--module", only]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -197,16 +203,19 @@ def _table(records: list[Record]) -> str:
     rows = [("module", "kernel", "constexprs", "warps", "regs", "spill st/ld", "smem", "status")]
     for r in records:
         cex = ",".join(f"{k}={v}" for k, v in r.constexprs.items())
-        rows.append((r.module, r.kernel, cex, str(r.num_warps or ""), str(r.registers if r.ok else ""),
-                     f"{r.spill_stores}/{r.spill_loads}" if r.ok else "", str(r.shared if r.ok else ""),
-                     "ok" if r.ok and not r.spill_stores else (r.error or "SPILLS")))
+        rows.append(
+            (r.module, r.kernel, cex, str(r.num_warps or ""), str(r.registers if r.ok else ""),
+             f"{r.spill_stores}/{r.spill_loads}" if r.ok else "", str(r.shared if r.ok else ""),
+             "ok" if r.ok and not r.spill_stores else (r.error or "SPILLS")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m irblocks.kernels.report", description=__doc__.split("\n")[0])
-    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability (default 90 = H100)")
+    p = argparse.ArgumentParser(prog="python -m irblocks.kernels.report",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--arch", type=int, default=90,
+                   help="CUDA compute capability (default 90 = H100)")
     p.add_argument("--module", default=None, help="only this kernel module (e.g. layernorm)")
     p.add_argument("--specs", default=None, help=f"compile table file (default {DEFAULT_SPECS})")
     p.add_argument("--json", default=None, help="also write the records as JSON to this path")

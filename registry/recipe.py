@@ -4,7 +4,8 @@ A recipe is validated completely before anything is built; every problem is
 reported at once, each on one line with ``file:line``, the path as the user
 wrote it (``model.block.ffn.expansion``) and a suggestion::
 
-    recipes/mine.yaml:7: model.block.ffn.expanson: unknown parameter of gdfn; did you mean 'expansion'?
+  recipes/mine.yaml:7: model.block.ffn.expanson: unknown parameter of gdfn; did you mean
+  'expansion'?
 
 Top-level keys: ``recipe`` (format version, 1), ``description``, ``extends``
 (another recipe's name or a path relative to this file; maps merge, lists
@@ -112,7 +113,8 @@ def find(name_or_path: str | Path, relative_to: Path | None = None, path: str = 
     hint = difflib.get_close_matches(s, names(), n=3, cutoff=0.5)
     file, line = origin or ("<recipe>", None)
     msg = f"unknown recipe {s!r}"
-    msg += f"; did you mean {', '.join(map(repr, hint))}?" if hint else f"; shipped recipes: {', '.join(names())}"
+    msg += (f"; did you mean {', '.join(map(repr, hint))}?" if hint
+            else f"; shipped recipes: {', '.join(names())}")
     raise RecipeError([Problem(file, line, path, msg)])
 
 
@@ -251,7 +253,8 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[str, int]]]:
     walk(node, "")
     if not isinstance(data, dict):
         raise RecipeError([Problem(file, node.start_mark.line + 1, "",
-                                   f"a recipe must be a YAML mapping (with a 'model' key), got a {type(data).__name__}")])
+                                   "a recipe must be a YAML mapping (with a 'model' key), got a "
+                                   f"{type(data).__name__}")])
     return data, lines
 
 
@@ -305,8 +308,9 @@ def load(name_or_path: str | Path | dict, _seen: tuple = ()) -> Recipe:
         parent_ref = data.pop("extends")
         origin = lines.get("extends", (file, None))
         if not isinstance(parent_ref, str):
-            raise RecipeError([Problem(*origin, "extends", f"expected a recipe name or path (string), "
-                                       f"got {type(parent_ref).__name__}")])
+            raise RecipeError(
+                [Problem(*origin, "extends", f"expected a recipe name or path (string), "
+                         f"got {type(parent_ref).__name__}")])
         rel = Path(file).parent if file != "<dict>" else None
         parent_path = find(parent_ref, rel, "extends", origin)
         if str(Path(parent_path).resolve()) in _seen:
@@ -340,8 +344,8 @@ def _check_value(entry: Entry, key: str, value, path: str, out: list[tuple[str, 
             return
 
 
-def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allow_list: bool = False,
-                    ignore: tuple[str, ...] = ()) -> None:
+def check_component(spec, kind: str, path: str, out: list[tuple[str, str]],
+                    allow_list: bool = False, ignore: tuple[str, ...] = ()) -> None:
     """Collect (path, message) problems of a component spec, recursively."""
     if spec is None:
         return
@@ -355,9 +359,13 @@ def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allo
         if "type" not in spec:
             out.append((path, f"a {kind} mapping needs a 'type' key naming a registered {kind}"))
             return
-        name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type" and k not in ignore}
+        name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"
+                                      and k not in ignore}
     else:
-        out.append((path, f"expected a {kind} name or a mapping with 'type', got {type(spec).__name__} {spec!r}"))
+        out.append(
+            (path,
+             f"expected a {kind} name or a mapping with 'type', got {type(spec).__name__} "
+             f"{spec!r}"))
         return
     try:
         entry = lookup(kind, name)
@@ -371,17 +379,22 @@ def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allo
             allowed = [n for n, p in params.items() if not p.context]
             hint = difflib.get_close_matches(k, allowed, n=1, cutoff=0.5)
             msg = f"unknown parameter of {entry.name}"
-            msg += f"; did you mean {hint[0]!r}?" if hint else f"; parameters: {', '.join(allowed) or '(none)'}"
+            msg += (f"; did you mean {hint[0]!r}?" if hint
+                    else f"; parameters: {', '.join(allowed) or '(none)'}")
             out.append((kp, msg))
             continue
         p = params[k]
         if p.context:
-            out.append((kp, f"{k!r} is supplied by the container (context) and must not be set in a recipe"))
+            out.append(
+                (kp,
+                 f"{k!r} is supplied by the container (context) and must not be set in a recipe"))
         elif p.mapping:
             if v is None:
                 continue
             if not isinstance(v, dict):
-                out.append((kp, f"expected a mapping of names to {p.component} specs, got {type(v).__name__}"))
+                out.append(
+                    (kp,
+                     f"expected a mapping of names to {p.component} specs, got {type(v).__name__}"))
                 continue
             for name2, s in v.items():
                 check_component(s, p.component, f"{kp}.{name2}", out)
@@ -391,7 +404,10 @@ def check_component(spec, kind: str, path: str, out: list[tuple[str, str]], allo
             _check_value(entry, k, v, kp, out)
     for n, p in params.items():
         if p.required and not p.context and n not in kwargs:
-            out.append((path, f"missing required parameter {n!r} of {entry.name} (expected {_type_name(p.annotation)})"))
+            out.append(
+                (path,
+                 f"missing required parameter {n!r} of {entry.name} (expected "
+                 f"{_type_name(p.annotation)})"))
 
 
 def validate(recipe: Recipe) -> list[Problem]:
@@ -408,7 +424,9 @@ def validate(recipe: Recipe) -> list[Problem]:
                                                          f"; allowed: {', '.join(allowed)}")))
     version = data.get("recipe", RECIPE_VERSION)
     if version != RECIPE_VERSION:
-        found.append(("recipe", f"unsupported recipe format {version!r}; this irblocks reads format {RECIPE_VERSION}"))
+        found.append(
+            ("recipe",
+             f"unsupported recipe format {version!r}; this irblocks reads format {RECIPE_VERSION}"))
     if "model" not in data:
         found.append(("", "missing required key 'model' (a {type: <model>, ...} mapping)"))
     else:

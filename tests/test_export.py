@@ -102,7 +102,8 @@ def test_command_builds_the_seeded_recipe_and_writes_the_file(tmp_path, capsys, 
         path.write_bytes(b"onnx")
         return path
 
-    monkeypatch.setattr(ex, "export_onnx", lambda model, path, what: fake_export(model, Path(path), what))
+    monkeypatch.setattr(ex, "export_onnx",
+                        lambda model, path, what: fake_export(model, Path(path), what))
     out = tmp_path / "m.onnx"
     assert main(["export", "restormer-tiny", "-o", str(out), "--seed", "3"]) == 0
     assert out.read_bytes() == b"onnx" and seen["what"] == "restormer-tiny"

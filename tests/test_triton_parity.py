@@ -85,4 +85,5 @@ def test_network_triton_path_equals_reference(recipe, launches, monkeypatch):
     scale = max(g.abs().max() for g in g_ref.values()).clamp_min(1e-30)
     for name, g in g_ref.items():
         torch.testing.assert_close(g_tri[name] / scale, g / scale, **tol,
-                                   msg=lambda m, n=name: f"{recipe} grad of {n} (/ {scale:.3g}): {m}")
+                                   msg=lambda m, n=name: f"{recipe} grad of {n} (/ {scale:.3g}): "
+                                                         f"{m}")

@@ -12,5 +12,6 @@ try:  # the converter core (irblocks.convert) may be absent in a partial checkou
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["SkipSplit", "skip_split", "skip_merge", "GatedDegradationAdaptation", "GatedDegradationAdaption",
-           "SpatialFrequencyFusion", "DegradationAdaptation", "degradation_adaptation_block"]
+__all__ = ["SkipSplit", "skip_split", "skip_merge", "GatedDegradationAdaptation",
+           "GatedDegradationAdaption", "SpatialFrequencyFusion", "DegradationAdaptation",
+           "degradation_adaptation_block"]

@@ -4,7 +4,8 @@ Official block keys ``<level>.<i>.attn.*`` land in our transformer block's
 ``attn`` (a ``degradation_adaptation`` mixer):
 
 * ``temperature``, ``qkv``, ``qkv_dwconv``  -> ``attn.attn.*`` (MDTA without projection)
-* ``gatedcnn.{tau, norm.*, W_exp, W_depth, W_gate, W_proj}`` -> ``attn.gate.{tau, norm.*, w_exp, ...}``
+* ``gatedcnn.{tau, norm.*, W_exp, W_depth, W_gate, W_proj}`` -> ``attn.gate.{tau, norm.*, w_exp,
+  ...}``
   (BatchNorm buffers included)
 * ``lam``, ``project_out`` -> ``attn.fusion.*``
 * ``reduce_dim_level3`` -> ``latent_reduce``; the rest follows the Restormer renames.
@@ -25,8 +26,9 @@ from irblocks.convert import (
 
 __all__ = ["ANYIR_DEFAULTS", "anyir_model_spec", "anyir_key"]
 
-ANYIR_DEFAULTS = dict(inp_channels=3, out_channels=3, dim=28, num_blocks=[3, 5, 5, 7], num_refinement_blocks=4,
-                      heads=[1, 2, 4, 8], ffn_expansion_factor=2, bias=False, LayerNorm_type="WithBias")
+ANYIR_DEFAULTS = dict(inp_channels=3, out_channels=3, dim=28, num_blocks=[3, 5, 5, 7],
+                      num_refinement_blocks=4, heads=[1, 2, 4, 8], ffn_expansion_factor=2,
+                      bias=False, LayerNorm_type="WithBias")
 
 _BLOCK_RULES = [
     (re.compile(r"^attn\.(temperature|qkv\.|qkv_dwconv\.)"), r"attn.attn.\1"),
@@ -53,14 +55,17 @@ def anyir_key(key: str) -> str | None:
 def anyir_model_spec(cfg: dict) -> dict:
     """Our model spec for the official constructor kwargs (defaults filled in)."""
     bias = bool(cfg["bias"])
-    return {"type": "unet_restorer", "in_channels": cfg["inp_channels"], "out_channels": cfg["out_channels"],
-            "width": cfg["dim"], "blocks": list(cfg["num_blocks"]), "refinement": cfg["num_refinement_blocks"],
+    return {"type": "unet_restorer", "in_channels": cfg["inp_channels"],
+            "out_channels": cfg["out_channels"], "width": cfg["dim"],
+            "blocks": list(cfg["num_blocks"]), "refinement": cfg["num_refinement_blocks"],
             "heads": list(cfg["heads"]), "bias": bias, "latent_reduce": True,
             "block": {"type": "transformer_block",
                       "norm": {"type": "layernorm",
-                               "variant": "bias_free" if cfg["LayerNorm_type"] == "BiasFree" else "with_bias"},
+                               "variant": "bias_free" if cfg["LayerNorm_type"] == "BiasFree"
+                               else "with_bias"},
                       "mixer": {"type": "degradation_adaptation", "bias": bias},
-                      "ffn": {"type": "gdfn", "expansion": float(cfg["ffn_expansion_factor"]), "bias": bias}}}
+                      "ffn": {"type": "gdfn", "expansion": float(cfg["ffn_expansion_factor"]),
+                              "bias": bias}}}
 
 
 @register_converter("anyir")

@@ -42,17 +42,22 @@ class DegradationAdaptation(nn.Module):
 
     def __init__(self, dim: Context[int], heads: Context[int] = 1, bias: bool = False,
                  split: Literal["interleaved", "contiguous"] = "interleaved",
-                 attention: BlockSpec = None, gate: BlockSpec = "gated_da", fusion: BlockSpec = None):
+                 attention: BlockSpec = None, gate: BlockSpec = "gated_da",
+                 fusion: BlockSpec = None):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"degradation_adaptation: dim must be even (two paths of C/2), got dim={dim}")
+            raise ValueError("degradation_adaptation: dim must be even (two paths of C/2), got "
+                             f"dim={dim}")
         half = dim // 2
         if heads < 1 or half % heads:
-            raise ValueError(f"degradation_adaptation: heads={heads} must divide C/2={half} (dim={dim})")
+            raise ValueError(f"degradation_adaptation: heads={heads} must divide C/2={half} "
+                             f"(dim={dim})")
         if split not in ("interleaved", "contiguous"):
-            raise ValueError(f"degradation_adaptation: split must be 'interleaved' or 'contiguous', got {split!r}")
+            raise ValueError("degradation_adaptation: split must be 'interleaved' or "
+                             f"'contiguous', got {split!r}")
         self.dim, self.heads, self.split = dim, heads, split
-        self.attn = build(attention if attention is not None else {"type": "mdta", "project": False, "bias": bias},
+        self.attn = build(attention if attention is not None
+                          else {"type": "mdta", "project": False, "bias": bias},
                           "block", path="degradation_adaptation.attention", dim=half, heads=heads)
         self.gate = build(gate, "block", path="degradation_adaptation.gate", dim=half, heads=heads)
         self.fusion = build(fusion if fusion is not None else {"type": "sf_fusion", "bias": bias},
@@ -73,8 +78,9 @@ class DegradationAdaptation(nn.Module):
 
 
 @register("block", "degradation_adaptation_block", aliases=("dab", "anyir_block"))
-def degradation_adaptation_block(dim: Context[int], heads: Context[int] = 1, level: Context[int] = 0,
-                                 expansion: float = 2.0, bias: bool = False,
+def degradation_adaptation_block(dim: Context[int], heads: Context[int] = 1,
+                                 level: Context[int] = 0, expansion: float = 2.0,
+                                 bias: bool = False,
                                  norm: BlockSpec = "layernorm") -> TransformerBlock:
     """AnyIR's DAB: ``transformer_block`` with the ``degradation_adaptation`` mixer and a
     ``gdfn`` of the given expansion (released: 2). (B, C, H, W) -> (B, C, H, W)."""

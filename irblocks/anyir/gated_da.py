@@ -1,4 +1,5 @@
-"""Gated Degradation Adaptation (AnyIR, Algorithm 1), with the released code's channel arithmetic."""
+"""Gated Degradation Adaptation (AnyIR, Algorithm 1), with the released code's channel
+arithmetic."""
 from __future__ import annotations
 
 from typing import Literal
@@ -22,7 +23,8 @@ def gated_da_channels(dim: int, expansion: float) -> tuple[int, int, int]:
     return dim, dim, hidden - 2 * dim
 
 
-@register("block", "gated_da", aliases=("gated_degradation_adaptation", "gated_degradation_adaption"))
+@register("block", "gated_da",
+          aliases=("gated_degradation_adaptation", "gated_degradation_adaption"))
 class GatedDegradationAdaptation(nn.Module):
     """F_hat = Norm(x); mu, sigma = spatial mean / sqrt(var + eps) of F_hat per channel;
     tau_adj = tau * sigmoid(mu + sigma); gamma, beta, alpha = split(W_exp F_hat);
@@ -58,11 +60,12 @@ class GatedDegradationAdaptation(nn.Module):
         gamma, beta, alpha = gated_da_channels(dim, expansion)
         if alpha < 1:
             raise ValueError(f"gated_da: expansion={expansion:g} with dim={dim} gives "
-                             f"round({expansion:g} * {dim}) = {gamma + beta + alpha} expanded channels, "
-                             f"leaving {alpha} alpha channels after gamma ({dim}) and beta ({dim}); "
-                             f"use expansion >= 2 + 1/{dim} (released: 8/3)")
+                             f"round({expansion:g} * {dim}) = {gamma + beta + alpha} expanded "
+                             f"channels, leaving {alpha} alpha channels after gamma ({dim}) and "
+                             f"beta ({dim}); use expansion >= 2 + 1/{dim} (released: 8/3)")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"gated_da: kernel_size must be a positive odd number, got {kernel_size}")
+            raise ValueError("gated_da: kernel_size must be a positive odd number, got "
+                             f"{kernel_size}")
         if norm == "group" and (norm_groups < 1 or dim % norm_groups):
             raise ValueError(f"gated_da: norm_groups={norm_groups} must divide dim={dim}")
         if norm not in ("batch", "layer", "group"):
@@ -76,7 +79,8 @@ class GatedDegradationAdaptation(nn.Module):
         else:
             self.norm = nn.GroupNorm(norm_groups, dim)
         self.w_exp = nn.Conv2d(dim, gamma + beta + alpha, 1, bias=bias)
-        self.w_depth = nn.Conv2d(alpha, alpha, kernel_size, padding=kernel_size // 2, groups=alpha, bias=bias)
+        self.w_depth = nn.Conv2d(alpha, alpha, kernel_size, padding=kernel_size // 2, groups=alpha,
+                                 bias=bias)
         self.w_gate = nn.Conv2d(beta + alpha, dim, 1, bias=bias)
         self.w_proj = nn.Conv2d(dim, dim, 1, bias=bias)
         self.tau = nn.Parameter(torch.ones(1, dim, 1, 1))
@@ -85,14 +89,16 @@ class GatedDegradationAdaptation(nn.Module):
         check_feature(x, self.dim, "gated_da input")
         b, _, h, w = x.shape
         if self.training and self.norm_kind == "batch" and b * h * w <= 1:
-            raise InputError(f"gated_da: BatchNorm in train mode needs more than one value per channel, "
-                             f"got B x H x W = {b} x {h} x {w} (in a U-Net the latent is H/8 x W/8: train "
-                             f"with inputs of at least 16x16, a batch > 1, or norm='layer'/'group')")
+            raise InputError("gated_da: BatchNorm in train mode needs more than one value per "
+                             f"channel, got B x H x W = {b} x {h} x {w} (in a U-Net the latent is "
+                             "H/8 x W/8: train with inputs of at least 16x16, a batch > 1, or "
+                             "norm='layer'/'group')")
         f = self.norm(x)
         if self.execution == "official":
             gamma, beta, alpha = self.w_exp(f).split(self.splits, dim=1)
             alpha = gated_da_modulate_naive(f, self.w_depth(alpha), self.tau, self.eps)
-            return self.w_proj(torch.sigmoid(gamma) * self.w_gate(torch.cat([beta, alpha], dim=1)) + x)
+            gated = self.w_gate(torch.cat([beta, alpha], dim=1))
+            return self.w_proj(torch.sigmoid(gamma) * gated + x)
         # W_exp as three 1x1 convs over row blocks of its weight: same MACs, but gamma, beta and
         # alpha come out dense (channel slices of a channels_last tensor make every later
         # element-wise op several times slower on CPU)
@@ -100,7 +106,8 @@ class GatedDegradationAdaptation(nn.Module):
         ends = (self.splits[0], self.splits[0] + self.splits[1], w.shape[0])
         gamma, beta, alpha = (pointwise_conv2d(f, w[s:e], None if bias is None else bias[s:e])
                               for s, e in zip((0,) + ends[:2], ends))
-        alpha = gated_da_modulate(f, depthwise_conv2d(alpha, self.w_depth.weight, self.w_depth.bias),
+        alpha = gated_da_modulate(f,
+                                  depthwise_conv2d(alpha, self.w_depth.weight, self.w_depth.bias),
                                   self.tau, self.eps)
         wg, wp = self.w_gate, self.w_proj
         gated = torch.addcmul(x, torch.sigmoid(gamma),

@@ -65,7 +65,8 @@ class SpatialFrequencyFusion(nn.Module):
         po = self.project_out
         return pointwise_conv2d(self.fuse(att, gate), po.weight, po.bias)
 
-    def example_inputs(self, batch: int = 1, height: int = 8, width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    def example_inputs(self, batch: int = 1, height: int = 8,
+                       width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """Random (att, gate) inputs of the right shapes (used by generic block tests)."""
         p = self.lam
         return (torch.randn(batch, self.dim // 2, height, width, device=p.device, dtype=p.dtype),

@@ -113,7 +113,8 @@ class SkipSplit(nn.Module):
     merge(a, b) -> (B, C, H, W).
     """
 
-    def __init__(self, dim: Context[int], mode: Literal["interleaved", "contiguous"] = "interleaved"):
+    def __init__(self, dim: Context[int],
+                 mode: Literal["interleaved", "contiguous"] = "interleaved"):
         super().__init__()
         _check_mode(mode, "skip_split")
         if dim % 2:

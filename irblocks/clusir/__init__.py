@@ -15,6 +15,6 @@ from irblocks.clusir.prototypes import PrototypeBank
 from irblocks.clusir.router import PCGRMRouter, Routing
 from irblocks.clusir.wavelet_block import WaveAttention, WaveFFN, WaveletBlock
 
-__all__ = ["DWT", "IDWT", "WaveAttention", "WaveFFN", "WaveletBlock", "PrototypeBank", "PCGRMRouter",
-           "Routing", "ClusterMoE", "FrequencySelfMining", "DAFMM", "PromptFusion",
+__all__ = ["DWT", "IDWT", "WaveAttention", "WaveFFN", "WaveletBlock", "PrototypeBank",
+           "PCGRMRouter", "Routing", "ClusterMoE", "FrequencySelfMining", "DAFMM", "PromptFusion",
            "routing_diagnostics", "prototype_affinity_maps"]

@@ -137,8 +137,9 @@ class DAFMM(GuidedBlock):
     def prompt(self, s: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Refined prompt R (B, P, *size) from the semantic map s."""
         if s.dim() != 4 or s.shape[1] != self.prompt_channels:
-            raise InputError(f"dafmm level {self.level}: semantic prompt {self.semantic_key!r} must be "
-                             f"B x {self.prompt_channels} x h x w (prompt_width x width), got {tuple(s.shape)}")
+            raise InputError(f"dafmm level {self.level}: semantic prompt {self.semantic_key!r} "
+                             f"must be B x {self.prompt_channels} x h x w (prompt_width x width), "
+                             f"got {tuple(s.shape)}")
         s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
         return self.pgb(s) + s
 

@@ -1,4 +1,5 @@
-"""Routing diagnostics for ClusIR: per-stage cluster posteriors, chosen experts, prototype affinity maps."""
+"""Routing diagnostics for ClusIR: per-stage cluster posteriors, chosen experts, prototype affinity
+maps."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,8 @@ def routing_diagnostics(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str
     train/eval mode (eval: deterministic)."""
     g = Guidance(diagnostics=True)
     _run(model, x, g)
-    return {k[len("routing."):]: v for k, v in (g.diagnostics or {}).items() if k.startswith("routing.")}
+    return {k[len("routing."):]: v
+            for k, v in (g.diagnostics or {}).items() if k.startswith("routing.")}
 
 
 @torch.no_grad()

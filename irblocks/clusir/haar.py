@@ -22,8 +22,9 @@ def _check_wave(wave: str, where: str) -> None:
         return
     import pywt
     if wave not in pywt.wavelist(kind="discrete"):
-        raise ValueError(f"{where}: unknown discrete wavelet {wave!r} (pywt.wavelist(kind='discrete') "
-                         f"lists the valid names, e.g. 'haar', 'db2', 'sym4')")
+        raise ValueError(f"{where}: unknown discrete wavelet {wave!r} "
+                         "(pywt.wavelist(kind='discrete') lists the valid names, e.g. 'haar', "
+                         "'db2', 'sym4')")
 
 
 @register("block", "dwt", aliases=("haar_dwt", "wavelet_dwt"))
@@ -79,7 +80,8 @@ class IDWT(nn.Module):
     def forward(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         check_feature(y, None, "idwt input")
         if y.shape[1] % 4:
-            raise ValueError(f"idwt: channels must be 4C (LL, LH, HL, HH stacked), got {y.shape[1]}")
+            raise ValueError("idwt: channels must be 4C (LL, LH, HL, HH stacked), got "
+                             f"{y.shape[1]}")
         if self._pywt is None:
             x = haar_idwt(y)
         else:

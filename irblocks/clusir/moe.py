@@ -18,7 +18,8 @@ __all__ = ["ClusterMoE"]
 
 @register("block", "clusir_moe", aliases=("pcgrm_moe", "cluster_moe"))
 class ClusterMoE(GuidedBlock):
-    """x + sum over active slots of w_a * expert_a(norm(x)), routed per sample by :class:`PCGRMRouter`.
+    """x + sum over active slots of w_a * expert_a(norm(x)), routed per sample by
+    :class:`PCGRMRouter`.
 
     w_a = p(k|x) p(e|k,x) of slot a, renormalised only over selections that keep more
     than one entry: with top_k = 1 the weight is the gate's probability itself
@@ -59,21 +60,25 @@ class ClusterMoE(GuidedBlock):
     """
 
     def __init__(self, dim: Context[int], heads: Context[int] = 1, level: Context[int] = 0,
-                 expert: BlockSpec = None, clusters: int = 3, active_clusters: int = 2, experts: int = 2,
-                 top_k: int = 1, sharing: Literal["owned", "shared"] = "owned", temperature: float = 0.1,
+                 expert: BlockSpec = None, clusters: int = 3, active_clusters: int = 2,
+                 experts: int = 2, top_k: int = 1, sharing: Literal["owned", "shared"] = "owned",
+                 temperature: float = 0.1,
                  prototype_init: Literal["orthogonal", "random"] = "orthogonal",
-                 orthogonality_weight: float = 0.01, balance_weight: float = 0.01, gate_tokens: int = 8,
-                 gate_heads: int = 1, prompt_dim: int = 0, router_dim: int = 0, renormalize: bool = True,
-                 noisy_gate: bool = True, norm: BlockSpec = "layernorm", prompt_key: str = "prompt.enc{level}"):
+                 orthogonality_weight: float = 0.01, balance_weight: float = 0.01,
+                 gate_tokens: int = 8, gate_heads: int = 1, prompt_dim: int = 0,
+                 router_dim: int = 0, renormalize: bool = True, noisy_gate: bool = True,
+                 norm: BlockSpec = "layernorm", prompt_key: str = "prompt.enc{level}"):
         super().__init__()
         if sharing not in ("owned", "shared"):
             raise ValueError(f"clusir_moe: sharing must be 'owned' or 'shared', got {sharing!r}")
         if balance_weight < 0:
             raise ValueError(f"clusir_moe: balance_weight must be >= 0, got {balance_weight}")
-        self.router = PCGRMRouter(dim, clusters=clusters, active_clusters=active_clusters, experts=experts,
-                                  top_k=top_k, temperature=temperature, prototype_init=prototype_init,
-                                  orthogonality_weight=orthogonality_weight, renormalize=renormalize,
-                                  noisy_gate=noisy_gate, gate_tokens=gate_tokens, gate_heads=gate_heads,
+        self.router = PCGRMRouter(dim, clusters=clusters, active_clusters=active_clusters,
+                                  experts=experts, top_k=top_k, temperature=temperature,
+                                  prototype_init=prototype_init,
+                                  orthogonality_weight=orthogonality_weight,
+                                  renormalize=renormalize, noisy_gate=noisy_gate,
+                                  gate_tokens=gate_tokens, gate_heads=gate_heads,
                                   router_dim=router_dim, prompt_dim=prompt_dim)
         self.dim, self.level, self.sharing = dim, level, sharing
         self.balance_weight = balance_weight
@@ -81,10 +86,12 @@ class ClusterMoE(GuidedBlock):
         pool = clusters * experts if sharing == "owned" else experts
         spec = expert if expert is not None else {"type": "gdfn", "expansion": 2.66}
         self.norm = build(norm, "block", dim=dim, heads=heads, level=level)
-        self.experts = nn.ModuleList([build(spec, "block", dim=dim, heads=heads, level=level) for _ in range(pool)])
+        self.experts = nn.ModuleList(
+            [build(spec, "block", dim=dim, heads=heads, level=level) for _ in range(pool)])
         names = [[(n, tuple(p.shape)) for n, p in e.named_parameters()] for e in self.experts]
         if any(n != names[0] for n in names):
-            raise ValueError("clusir_moe: experts must share one structure (same parameter names and shapes)")
+            raise ValueError("clusir_moe: experts must share one structure (same parameter names "
+                             "and shapes)")
         if getattr(self.experts[0], "guided", False):
             raise ValueError("clusir_moe: an expert cannot be a guided block")
         self._param_names = [n for n, _ in names[0]]
@@ -128,9 +135,11 @@ class ClusterMoE(GuidedBlock):
             p_e = self.router.expert_posterior(r, shared=self.sharing == "shared")      # B, N
             with torch.no_grad():
                 f = torch.zeros(self.pool_size, device=x.device, dtype=p_e.dtype)
-                f = f.scatter_add(0, idx.reshape(-1), torch.ones_like(idx.reshape(-1), dtype=p_e.dtype))
+                f = f.scatter_add(0, idx.reshape(-1),
+                                  torch.ones_like(idx.reshape(-1), dtype=p_e.dtype))
                 f = f / idx.numel()
-            record_aux_loss(self, "balance", self.balance_weight * self.pool_size * (f * p_e.mean(0)).sum())
+            record_aux_loss(self, "balance",
+                            self.balance_weight * self.pool_size * (f * p_e.mean(0)).sum())
         if guidance is not None:
             guidance.put(self.prompt_key, r.prompt)
             if guidance.diagnostics is not None:

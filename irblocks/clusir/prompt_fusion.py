@@ -1,4 +1,5 @@
-"""ClusIR's multi-scale prompt fusion: stage prompts x latent -> semantic prompts per decoder level."""
+"""ClusIR's multi-scale prompt fusion: stage prompts x latent -> semantic prompts per decoder
+level."""
 from __future__ import annotations
 
 from typing import List
@@ -59,13 +60,15 @@ class PromptFusion(GuidedBlock):
             raise ValueError(f"clusir_prompt_fusion: stages must be >= 1, got {stages}")
         dims = list(stage_prompt_dims) or [d * 2 ** i for i in range(stages)]
         if len(dims) != stages:
-            raise ValueError(f"clusir_prompt_fusion: stage_prompt_dims needs {stages} entries, got {dims}")
+            raise ValueError(f"clusir_prompt_fusion: stage_prompt_dims needs {stages} entries, got "
+                             f"{dims}")
         fdim = max(1, int(round(fusion_width * d)))
         if attention_heads < 1 or fdim % attention_heads:
             raise ValueError(f"clusir_prompt_fusion: attention_heads={attention_heads} must divide "
                              f"the fusion width {fdim}")
         if not semantic_width:
-            raise ValueError("clusir_prompt_fusion: semantic_width needs one entry per decoder level")
+            raise ValueError("clusir_prompt_fusion: semantic_width needs one entry per decoder "
+                             "level")
         self.dim, self.heads, self.fdim = dim, attention_heads, fdim
         self.stage = build(stage, "block", dim=dim, level=level, heads=heads, width=d) \
             if stage is not None else None
@@ -100,10 +103,11 @@ class PromptFusion(GuidedBlock):
             toks.append(proj(p))
         t = self.token_norm(torch.stack(toks, dim=1))                       # B, S, F
         hd = self.fdim // self.heads
-        q = self.q(self.latent_norm(x.permute(0, 2, 3, 1))).reshape(b, h * w, self.heads, hd).transpose(1, 2)
+        q = self.q(self.latent_norm(x.permute(0, 2, 3, 1)))
+        q = q.reshape(b, h * w, self.heads, hd).transpose(1, 2)
         k, v = self.kv(t).reshape(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         fused = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, self.fdim)
-        fused = self.out(fused).permute(0, 3, 1, 2)                         # B, F, h, w (channels_last)
+        fused = self.out(fused).permute(0, 3, 1, 2)  # B, F, h, w (channels_last)
         for key, conv in zip(self.semantic_keys, self.semantic):
             guidance.put(key, conv(fused))
         return self.reduce(x) if self.reduce is not None else x

@@ -33,17 +33,19 @@ class PrototypeBank(nn.Module):
         init, weight: penalty weight.
     """
 
-    def __init__(self, dim: Context[int], count: int = 3, init: Literal["orthogonal", "random"] = "orthogonal",
-                 weight: float = 0.01):
+    def __init__(self, dim: Context[int], count: int = 3,
+                 init: Literal["orthogonal", "random"] = "orthogonal", weight: float = 0.01):
         super().__init__()
         if count < 1:
-            raise ValueError(f"prototype_bank: count (number of prototypes) must be >= 1, got {count}")
+            raise ValueError("prototype_bank: count (number of prototypes) must be >= 1, got "
+                             f"{count}")
         if dim < 1:
             raise ValueError(f"prototype_bank: dim must be >= 1, got {dim}")
         if init not in ("orthogonal", "random"):
             raise ValueError(f"prototype_bank: init must be 'orthogonal' or 'random', got {init!r}")
         if init == "orthogonal" and count > dim:
-            raise ValueError(f"prototype_bank: orthogonal init needs count <= dim, got count={count} > dim={dim}")
+            raise ValueError("prototype_bank: orthogonal init needs count <= dim, got "
+                             f"count={count} > dim={dim}")
         if weight < 0:
             raise ValueError(f"prototype_bank: weight must be >= 0, got {weight}")
         self.count, self.dim, self.init, self.weight = count, dim, init, weight

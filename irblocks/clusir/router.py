@@ -1,4 +1,5 @@
-"""PCGRM: ClusIR's probabilistic cluster-guided routing (cluster posterior, then experts per cluster)."""
+"""PCGRM: ClusIR's probabilistic cluster-guided routing (cluster posterior, then experts per
+cluster)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,17 +96,18 @@ class PCGRMRouter(nn.Module):
     Shapes: forward (B, dim, H, W) -> :class:`Routing`.
     """
 
-    def __init__(self, dim: Context[int], clusters: int = 3, active_clusters: int = 2, experts: int = 2,
-                 top_k: int = 1, temperature: float = 0.1,
+    def __init__(self, dim: Context[int], clusters: int = 3, active_clusters: int = 2,
+                 experts: int = 2, top_k: int = 1, temperature: float = 0.1,
                  prototype_init: Literal["orthogonal", "random"] = "orthogonal",
-                 orthogonality_weight: float = 0.01, renormalize: bool = True, noisy_gate: bool = True,
-                 gate_tokens: int = 8, gate_heads: int = 1, router_dim: int = 0, prompt_dim: int = 0,
-                 gate_dim: int = 0):
+                 orthogonality_weight: float = 0.01, renormalize: bool = True,
+                 noisy_gate: bool = True, gate_tokens: int = 8, gate_heads: int = 1,
+                 router_dim: int = 0, prompt_dim: int = 0, gate_dim: int = 0):
         super().__init__()
         if clusters < 1:
             raise ValueError(f"pcgrm: clusters (number of prototypes) must be >= 1, got {clusters}")
         if not 1 <= active_clusters <= clusters:
-            raise ValueError(f"pcgrm: active_clusters must be in 1..clusters={clusters}, got {active_clusters}")
+            raise ValueError(f"pcgrm: active_clusters must be in 1..clusters={clusters}, got "
+                             f"{active_clusters}")
         if experts < 1:
             raise ValueError(f"pcgrm: experts (per cluster) must be >= 1, got {experts}")
         if not 1 <= top_k <= experts:
@@ -113,7 +115,8 @@ class PCGRMRouter(nn.Module):
         if temperature <= 0:
             raise ValueError(f"pcgrm: temperature must be > 0, got {temperature}")
         if gate_tokens < 0:
-            raise ValueError(f"pcgrm: gate_tokens must be >= 0 (0 = every pixel), got {gate_tokens}")
+            raise ValueError("pcgrm: gate_tokens must be >= 0 (0 = every pixel), got "
+                             f"{gate_tokens}")
         router_dim = router_dim or dim
         prompt_dim = prompt_dim or dim
         gate_dim = gate_dim or dim
@@ -133,7 +136,8 @@ class PCGRMRouter(nn.Module):
         self.kv = nn.Linear(dim, 2 * gate_dim)
         self.gate_w = nn.Parameter(torch.empty(clusters, experts, gate_dim))
         self.gate_b = nn.Parameter(torch.zeros(clusters, experts))
-        self.noise_w = nn.Parameter(torch.empty(clusters, experts, gate_dim)) if noisy_gate else None
+        self.noise_w = (nn.Parameter(torch.empty(clusters, experts, gate_dim)) if noisy_gate
+                        else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -188,7 +192,7 @@ class PCGRMRouter(nn.Module):
         q = self.q(e).reshape(b, ka, self.gate_heads, hd).transpose(1, 2)            # B, h, Ka, d
         k, v = self._gate_keys(x).reshape(b, -1, 2, self.gate_heads, hd).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, ka, self.gate_dim)
-        logits = torch.einsum("bkd,bked->bke", h, self.gate_w[cidx]) + self.gate_b[cidx]   # B, Ka, E
+        logits = torch.einsum("bkd,bked->bke", h, self.gate_w[cidx]) + self.gate_b[cidx]  # B, Ka, E
         if self.training and self.noise_w is not None:
             std = F.softplus(torch.einsum("bkd,bked->bke", h, self.noise_w[cidx]))
             logits = logits + torch.randn_like(logits) * std
@@ -198,7 +202,8 @@ class PCGRMRouter(nn.Module):
             ew = ew / ew.sum(-1, keepdim=True)
         weights = (cw.unsqueeze(-1) * ew).reshape(b, ka * tk)
         slot_clusters = cidx.unsqueeze(-1).expand(b, ka, tk).reshape(b, ka * tk)
-        return Routing(post, cidx, cw, p_e, eidx.reshape(b, ka * tk), slot_clusters, weights, prompt)
+        return Routing(post, cidx, cw, p_e, eidx.reshape(b, ka * tk), slot_clusters, weights,
+                       prompt)
 
     def expert_posterior(self, r: Routing, shared: bool = False) -> torch.Tensor:
         """p(e|x) = sum_k p(k|x) p(e|k,x) over the pool (B, K*E owned / E shared), dense

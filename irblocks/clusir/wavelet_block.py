@@ -59,10 +59,12 @@ class WaveAttention(nn.Module):
             raise ValueError(f"wave_attention: sr (key/value stride) must be >= 1, got {sr}")
         self.dim, self.heads, self.sr = dim, heads, sr
         self.q = nn.Linear(dim, dim, bias=bias)
-        self.reduce = nn.Sequential(nn.Conv2d(dim, dim // 4, 1), nn.BatchNorm2d(dim // 4), nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(nn.Conv2d(dim, dim // 4, 1), nn.BatchNorm2d(dim // 4),
+                                    nn.ReLU(inplace=True))
         self.dwt = DWT(wave)
         self.idwt = IDWT(wave)
-        self.filter = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        self.filter = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim),
+                                    nn.ReLU(inplace=True))
         self.kv_embed = nn.Conv2d(dim, dim, sr, stride=sr) if sr > 1 else nn.Identity()
         self.kv_norm = nn.LayerNorm(dim, eps=eps)
         self.kv = nn.Linear(dim, dim * 2, bias=bias)
@@ -72,9 +74,10 @@ class WaveAttention(nn.Module):
         check_feature(x, self.dim, "wave_attention input")
         b, c, h, w = x.shape
         if self.training and b * ((h + 1) // 2) * ((w + 1) // 2) == 1:
-            raise InputError(f"wave_attention: BatchNorm in train mode needs more than one value per channel, "
-                             f"got B x H/2 x W/2 = 1 x 1 x 1 after the DWT of a {h}x{w} map (in a U-Net the "
-                             "latent is H/8 x W/8: train with inputs of at least 32x32 or a batch > 1)")
+            raise InputError("wave_attention: BatchNorm in train mode needs more than one value "
+                             "per channel, got B x H/2 x W/2 = 1 x 1 x 1 after the DWT of a "
+                             f"{h}x{w} map (in a U-Net the latent is H/8 x W/8: train with inputs "
+                             "of at least 32x32 or a batch > 1)")
         hd = c // self.heads
         q = self.q(_tokens(x)).reshape(b, h * w, self.heads, hd).transpose(1, 2)    # B, h, N, d
         x_dwt = self.filter(self.dwt(self.reduce(x)))                                # B, C, h2, w2
@@ -109,7 +112,8 @@ class WaveFFN(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         if hidden < 1:
-            raise ValueError(f"wave_ffn: int(dim * mlp_ratio) = int({dim} * {mlp_ratio}) leaves no hidden channels")
+            raise ValueError(f"wave_ffn: int(dim * mlp_ratio) = int({dim} * {mlp_ratio}) leaves no "
+                             "hidden channels")
         self.fc1 = nn.Conv2d(dim, hidden, 1, bias=bias)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=True)
         self.fc2 = nn.Conv2d(hidden, dim, 1, bias=bias)
@@ -134,8 +138,8 @@ class WaveletBlock(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W), any H x W.
     """
 
-    def __init__(self, dim: Context[int], heads: Context[int] = 1, sr: int = 1, mlp_ratio: float = 4.0,
-                 wave: str = "haar", bias: bool = True, eps: float = 1e-6):
+    def __init__(self, dim: Context[int], heads: Context[int] = 1, sr: int = 1,
+                 mlp_ratio: float = 4.0, wave: str = "haar", bias: bool = True, eps: float = 1e-6):
         super().__init__()
         self.norm1 = ChannelLayerNorm(dim, "with_bias", eps)
         self.attn = WaveAttention(dim, heads, sr=sr, wave=wave, bias=bias, eps=eps)

@@ -48,7 +48,8 @@ def _as4d(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 3:
         return x.unsqueeze(0)
     if x.dim() != 4:
-        raise ValueError(f"metrics: expected C x H x W or B x C x H x W images, got shape {tuple(x.shape)}")
+        raise ValueError("metrics: expected C x H x W or B x C x H x W images, got shape "
+                         f"{tuple(x.shape)}")
     return x
 
 
@@ -74,7 +75,8 @@ def prepare(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, c
     _check_images(pred, "prediction")
     _check_images(target, "target")
     if pred.shape != target.shape:
-        raise ValueError(f"metrics: prediction and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        raise ValueError(f"metrics: prediction and target shapes differ: {tuple(pred.shape)} vs "
+                         f"{tuple(target.shape)}")
     p = pred.detach().double().clamp(0, 1)
     t = target.detach().double().clamp(0, 1)
     if quantize:
@@ -87,8 +89,8 @@ def prepare(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, c
     return p, t
 
 
-def batch_psnr(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False, crop_border: int = 0,
-               quantize: bool = False) -> torch.Tensor:
+def batch_psnr(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = False,
+               crop_border: int = 0, quantize: bool = False) -> torch.Tensor:
     """PSNR in dB per image, shape (B,) (data range 1; inf for identical images)."""
     p, t = prepare(pred, target, y_channel, crop_border, quantize)
     mse = (p - t).pow(2).flatten(1).mean(1)
@@ -108,11 +110,13 @@ def _window(mode: str, dtype, device) -> tuple[torch.Tensor, float]:
         return uniform_window(k, dtype, device), k * k / (k * k - 1)
     if mode == "gaussian":
         return gaussian_window(11, 1.5, dtype, device), 1.0
-    raise ValueError(f"ssim: mode must be 'uniform' (scikit-image default) or 'gaussian' (BasicSR), got {mode!r}")
+    raise ValueError("ssim: mode must be 'uniform' (scikit-image default) or 'gaussian' "
+                     f"(BasicSR), got {mode!r}")
 
 
-def batch_ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform", y_channel: bool = False,
-               crop_border: int = 0, quantize: bool = False) -> torch.Tensor:
+def batch_ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform",
+               y_channel: bool = False, crop_border: int = 0,
+               quantize: bool = False) -> torch.Tensor:
     """SSIM per image, shape (B,) (see the module docstring for the conventions)."""
     p, t = prepare(pred, target, y_channel, crop_border, quantize)
     g, cov = _window(mode, p.dtype, p.device)
@@ -124,8 +128,8 @@ def batch_ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "unifo
     return s.mean(dim=(2, 3)).mean(1)
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform", y_channel: bool = False,
-         crop_border: int = 0, quantize: bool = False) -> float:
+def ssim(pred: torch.Tensor, target: torch.Tensor, mode: SSIMMode = "uniform",
+         y_channel: bool = False, crop_border: int = 0, quantize: bool = False) -> float:
     """SSIM averaged over the images of a batch (or of one C x H x W image)."""
     return float(batch_ssim(pred, target, mode, y_channel, crop_border, quantize).mean())
 

@@ -71,11 +71,13 @@ def _outputs(files: List[Path], out: str, single_file: bool) -> List[Path]:
     if single_file and o.suffix.lower() in IMAGE_EXTS and not o.is_dir():
         return [o]
     if o.exists() and not o.is_dir():
-        raise ImageError(f"output {o} exists and is not a folder (several inputs need an output folder)")
+        raise ImageError(f"output {o} exists and is not a folder (several inputs need an output "
+                         "folder)")
     names = [f.name for f in files]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ImageError(f"two inputs share the file name {sorted(dup)[0]!r}; restore them into separate folders")
+        raise ImageError(f"two inputs share the file name {sorted(dup)[0]!r}; restore them into "
+                         "separate folders")
     return [o / f.name for f in files]
 
 

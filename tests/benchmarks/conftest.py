@@ -5,7 +5,8 @@ or without the default ``--benchmark-skip``):
   ``$IRBLOCKS_BENCH_SUMMARY``): per group, each implementation's median/mean/min seconds, its
   speed-up over the group's naive/released formulation, and the benchmark's extra_info (bytes
   read+written fused vs unfused). The full pytest-benchmark record is written by
-  ``--benchmark-json=bench-results.json`` (``irblocks bench`` / ``python -m irblocks.bench`` passes it);
+  ``--benchmark-json=bench-results.json`` (``irblocks bench`` / ``python -m irblocks.bench`` passes
+  it);
 - prints the same per-group table at the end of the terminal report.
 
 "Naive" = the implementation whose name starts with ``naive`` in the group (the papers' code
@@ -30,8 +31,8 @@ def _summary(config) -> dict:
             continue
         impl = bench.name.split("[", 1)[-1].rstrip("]") if "[" in bench.name else bench.name
         groups.setdefault(bench.group or "", {})[impl] = {
-            "median_s": stats.median, "mean_s": stats.mean, "min_s": stats.min, "rounds": stats.rounds,
-            "extra_info": dict(bench.extra_info or {}),
+            "median_s": stats.median, "mean_s": stats.mean, "min_s": stats.min,
+            "rounds": stats.rounds, "extra_info": dict(bench.extra_info or {}),
         }
     for impls in groups.values():
         naive = [v["median_s"] for k, v in impls.items() if k.split("-")[0].startswith("naive")]
@@ -61,7 +62,8 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("irblocks benchmark medians (speed-up vs naive)")
     for group in sorted(groups):
         impls = groups[group]
-        extra = next((v["extra_info"] for v in impls.values() if "bytes_fused" in v["extra_info"]), None)
+        extra = next((v["extra_info"] for v in impls.values() if "bytes_fused" in v["extra_info"]),
+                     None)
         line = f"{group}"
         if extra:
             line += (f"  [bytes read+written: fused {extra['bytes_fused'] / 1e6:.1f} MB,"

@@ -19,8 +19,10 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _inputs(grad=False):
-    a = torch.randn(SHAPE, device=DEV).contiguous(memory_format=torch.channels_last).requires_grad_(grad)
-    g = torch.randn(SHAPE, device=DEV).contiguous(memory_format=torch.channels_last).requires_grad_(grad)
+    a = torch.randn(SHAPE, device=DEV).contiguous(memory_format=torch.channels_last)
+    a.requires_grad_(grad)
+    g = torch.randn(SHAPE, device=DEV).contiguous(memory_format=torch.channels_last)
+    g.requires_grad_(grad)
     return a, g, torch.tensor(0.5, device=DEV, requires_grad=grad)
 
 
@@ -45,7 +47,8 @@ def test_forward(benchmark, name, fn):
     a, g, lam = _inputs()
     bm = bytes_moved(SHAPE)
     benchmark.extra_info.update(bm)
-    print(f"\nbytes read+written: fused {bm['fused'] / 1e6:.1f} MB, released unfused {bm['unfused'] / 1e6:.1f} MB")
+    print(f"\nbytes read+written: fused {bm['fused'] / 1e6:.1f} MB, released unfused "
+          f"{bm['unfused'] / 1e6:.1f} MB")
     with torch.no_grad():
         benchmark(fn, a, g, lam)
 

@@ -60,7 +60,8 @@ def test_bench_clearair_memory(benchmark, size, checkpoint):
     res = {}
     benchmark.pedantic(lambda: res.update(run(size, checkpoint)), rounds=1, iterations=1)
     benchmark.extra_info.update(res)
-    print(f"\n[clearair {size}x{size} checkpoint={checkpoint}] step peak {res['step_peak_bytes'] / 1e9:.2f} GB, "
-          f"process peak {res['process_peak_bytes'] / 1e9:.2f} GB, {res['seconds']:.1f} s")
+    print(f"\n[clearair {size}x{size} checkpoint={checkpoint}] step peak "
+          f"{res['step_peak_bytes'] / 1e9:.2f} GB, process peak "
+          f"{res['process_peak_bytes'] / 1e9:.2f} GB, {res['seconds']:.1f} s")
     if size == 256 and checkpoint:
         assert res["step_peak_bytes"] <= 4e9

@@ -1,4 +1,5 @@
-"""FSB dynamic 3x3 filter microbenchmarks (pytest tests/benchmarks/test_bench_fsb_filter.py --benchmark-only).
+"""FSB dynamic 3x3 filter microbenchmarks (pytest tests/benchmarks/test_bench_fsb_filter.py
+--benchmark-only).
 
 Compared: the naive formulation (reflect pad + ``F.unfold`` -> B x C*k*k x HW, multiply by the
 per-sample weights, sum over the taps -- the paper's "unfold into local patches"), our
@@ -61,4 +62,5 @@ def test_fsb_filter(benchmark, impl, fmt):
 def test_naive_and_reference_agree():
     x = torch.randn(2, 8, 9, 7)
     w = torch.softmax(torch.randn(2, 4, 9), -1)
-    torch.testing.assert_close(fsb_filter_reference(x, w, 3), unfold_naive(x, w, 3), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fsb_filter_reference(x, w, 3), unfold_naive(x, w, 3), atol=1e-5,
+                               rtol=1e-5)

@@ -20,7 +20,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _inputs(grad=False):
-    f = torch.randn(F_SHAPE, device=DEV).contiguous(memory_format=torch.channels_last).requires_grad_(grad)
+    f = torch.randn(F_SHAPE, device=DEV).contiguous(memory_format=torch.channels_last)
+    f.requires_grad_(grad)
     al = torch.randn(F_SHAPE[0], A_CH, *F_SHAPE[2:], device=DEV).contiguous(
         memory_format=torch.channels_last).requires_grad_(grad)
     return f, al, torch.ones(1, F_SHAPE[1], 1, 1, device=DEV, requires_grad=grad)
@@ -47,7 +48,8 @@ def test_forward(benchmark, name, fn):
     f, al, tau = _inputs()
     bm = bytes_moved(F_SHAPE, A_CH)
     benchmark.extra_info.update(bm)
-    print(f"\nbytes read+written: fused {bm['fused'] / 1e6:.1f} MB, released unfused {bm['unfused'] / 1e6:.1f} MB")
+    print(f"\nbytes read+written: fused {bm['fused'] / 1e6:.1f} MB, released unfused "
+          f"{bm['unfused'] / 1e6:.1f} MB")
     with torch.no_grad():
         benchmark(fn, f, al, tau)
 

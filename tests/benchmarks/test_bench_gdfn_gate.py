@@ -31,8 +31,8 @@ def bytes_moved(shape, itemsize=4):
 
 
 def _impls():
-    out = [("naive_released_nchw", naive_released), ("reference_channels_last", gelu_gate_reference),
-           ("compiled_reference", "compile")]
+    out = [("naive_released_nchw", naive_released),
+           ("reference_channels_last", gelu_gate_reference), ("compiled_reference", "compile")]
     if DEV == "cuda":
         out.append(("triton", lambda x: gelu_gate(x, impl="triton")))
     return out
@@ -72,6 +72,7 @@ def test_forward_backward(benchmark, name, fn):
     x = _input(shape, name, grad=True)
     fn = _fn(fn, x)
     go = torch.randn(shape[0], HIDDEN, shape[2], shape[3], device=DEV)
-    if not name.startswith("naive"):   # the gradient arriving from a channels_last model is channels_last
+    # the gradient arriving from a channels_last model is channels_last
+    if not name.startswith("naive"):
         go = go.contiguous(memory_format=torch.channels_last)
     benchmark(lambda: torch.autograd.grad(fn(x), (x,), go))

@@ -1,4 +1,5 @@
-"""Haar DWT / IDWT microbenchmarks (run: pytest tests/benchmarks/test_bench_haar_dwt.py --benchmark-only).
+"""Haar DWT / IDWT microbenchmarks (run: pytest tests/benchmarks/test_bench_haar_dwt.py
+--benchmark-only).
 
 Compared: the naive formulation the papers' code uses (pytorch-wavelets' strided-conv
 DWTForward / conv-transpose DWTInverse, J=1, haar, mode='zero'), our PyTorch reference,

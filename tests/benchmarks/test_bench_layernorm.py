@@ -42,7 +42,8 @@ def bytes_moved(shape, itemsize=4):
 
 
 def _impls():
-    out = [("naive_restormer_nchw", naive_restormer), ("reference_channels_last", channel_layer_norm_reference),
+    out = [("naive_restormer_nchw", naive_restormer),
+           ("reference_channels_last", channel_layer_norm_reference),
            ("compiled_reference", "compile")]
     if DEV == "cuda":
         out.append(("triton", lambda x, w, b: channel_layer_norm(x, w, b, impl="triton")))
@@ -118,7 +119,8 @@ def test_forward_backward(benchmark, name, fn):
     args = _inputs(shape, name, grad=True)
     fn = _fn(fn, args)
     go = torch.randn(shape, device=DEV)
-    if not name.startswith("naive"):   # the gradient arriving from a channels_last model is channels_last
+    # the gradient arriving from a channels_last model is channels_last
+    if not name.startswith("naive"):
         go = go.contiguous(memory_format=torch.channels_last)
     benchmark(lambda: torch.autograd.grad(fn(*args), args, go))
 

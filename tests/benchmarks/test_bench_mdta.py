@@ -39,10 +39,12 @@ def bytes_moved(shape, itemsize=4):
 
 
 def _impls():
-    out = [("naive_restormer_nchw", naive_restormer), ("reference_channels_last", channel_attention_reference),
+    out = [("naive_restormer_nchw", naive_restormer),
+           ("reference_channels_last", channel_attention_reference),
            ("compiled_reference", "compile")]
     if DEV == "cuda":
-        out.append(("triton", lambda q, k, v, t, h: channel_attention(q, k, v, t, h, impl="triton")))
+        out.append(
+            ("triton", lambda q, k, v, t, h: channel_attention(q, k, v, t, h, impl="triton")))
     return out
 
 
@@ -84,6 +86,7 @@ def test_forward_backward(benchmark, name, fn):
     qkv, args = _inputs(shape, name, grad=True)
     fn = _fn(fn, args)
     go = torch.randn(shape, device=DEV)
-    if not name.startswith("naive"):   # the gradient arriving from a channels_last model is channels_last
+    # the gradient arriving from a channels_last model is channels_last
+    if not name.startswith("naive"):
         go = go.contiguous(memory_format=torch.channels_last)
     benchmark(lambda: torch.autograd.grad(fn(*args), (qkv, args[3]), go))

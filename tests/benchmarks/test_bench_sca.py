@@ -30,7 +30,8 @@ from irblocks.registry import build
 torch.set_num_threads(1)
 mode, size = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
-blk = build({"type": "semantic_cross_attention", "mode": mode, "mask_dropout": 0.0}, "block", dim=48).train()
+blk = build({"type": "semantic_cross_attention", "mode": mode, "mask_dropout": 0.0}, "block",
+            dim=48).train()
 img = torch.rand(1, 3, size, size)
 masks = build({"type": "kmeans_regions", "k": 16}, "prior")(img)["masks"]
 x = torch.randn(1, 48, size, size, requires_grad=True).contiguous(memory_format=torch.channels_last)
@@ -54,8 +55,8 @@ print(f"RESULT {status('VmHWM') - base} {dt}")
 def peak_memory(mode: str, size: int) -> tuple[int, float]:
     """(peak RSS growth in bytes, seconds) of one forward + backward in a fresh process."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="0")
-    r = subprocess.run([sys.executable, "-c", _SCRIPT, mode, str(size)], capture_output=True, text=True,
-                       env=env, timeout=1800)
+    r = subprocess.run([sys.executable, "-c", _SCRIPT, mode, str(size)], capture_output=True,
+                       text=True, env=env, timeout=1800)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
     if r.returncode != 0 or not line:
         raise RuntimeError(r.stderr[-2000:])
@@ -88,8 +89,10 @@ def _setup(mode, size):
     from irblocks.guidance import Guidance
     from irblocks.registry import build
     torch.manual_seed(0)
-    blk = build({"type": "semantic_cross_attention", "mode": mode, "mask_dropout": 0.0}, "block", dim=C).train()
-    masks = build({"type": "kmeans_regions", "k": 16}, "prior")(torch.rand(1, 3, size, size))["masks"]
+    blk = build({"type": "semantic_cross_attention", "mode": mode, "mask_dropout": 0.0}, "block",
+                dim=C).train()
+    prior = build({"type": "kmeans_regions", "k": 16}, "prior")
+    masks = prior(torch.rand(1, 3, size, size))["masks"]
     x = torch.randn(1, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
     return blk, x, Guidance({"prior.masks": masks})
 
@@ -105,7 +108,8 @@ def test_bench_sca(benchmark, variant, size):
     big = os.environ.get("IRBLOCKS_BENCH_BIG") == "1"
     if variant == "dense" and size > 64 and not big:
         print(f"\n[sca {size}] dense: skipped (needs >= {2 * dense_bytes(size) / 1e9:.1f} GB); "
-              f"pattern logits {pattern_bytes(size) / 1e6:.1f} MB vs dense {dense_bytes(size) / 1e9:.2f} GB")
+              f"pattern logits {pattern_bytes(size) / 1e6:.1f} MB vs dense "
+              f"{dense_bytes(size) / 1e9:.2f} GB")
         pytest.skip(f"dense SCA at {size}x{size} needs >= {2 * dense_bytes(size) / 1e9:.1f} GB; "
                     "set IRBLOCKS_BENCH_BIG=1")
     if variant == "pattern_triton" and not torch.cuda.is_available():
@@ -123,10 +127,12 @@ def test_bench_sca(benchmark, variant, size):
     if variant in ("dense", "pattern"):
         peak, secs = peak_memory(mode, size)
         benchmark.extra_info.update(peak_rss_bytes=peak, subprocess_seconds=secs,
-                                    attention_bytes=dense_bytes(size) if mode == "dense" else pattern_bytes(size))
-        print(f"\n[sca {size}] {variant}: peak RSS growth {peak / 1e6:.1f} MB, one fwd+bwd {secs:.3f} s; "
-              f"attention matrices {benchmark.extra_info['attention_bytes'] / 1e6:.1f} MB")
+                                    attention_bytes=dense_bytes(size) if mode == "dense"
+                                    else pattern_bytes(size))
+        print(f"\n[sca {size}] {variant}: peak RSS growth {peak / 1e6:.1f} MB, one fwd+bwd "
+              f"{secs:.3f} s; attention matrices "
+              f"{benchmark.extra_info['attention_bytes'] / 1e6:.1f} MB")
         if mode == "pattern":
             kb = kernel_bytes(size)
-            print(f"[sca {size}] pattern attention forward bytes: fused {kb['fused'] / 1e6:.1f} MB vs "
-                  f"unfused {kb['unfused'] / 1e6:.1f} MB")
+            print(f"[sca {size}] pattern attention forward bytes: fused {kb['fused'] / 1e6:.1f} MB "
+                  f"vs unfused {kb['unfused'] / 1e6:.1f} MB")

@@ -42,14 +42,15 @@ CASES = {
     "wave_attention": (lambda: WaveAttention(8, heads=2, sr=1), 8, None),
     "wave_ffn": (lambda: WaveFFN(8, mlp_ratio=2.0), 8, None),
     "fsb": (lambda: FrequencySelfMining(8, kernel_size=3, groups=4), 8, None),
-    "clusir_moe": (lambda: ClusterMoE(8, expert={"type": "gdfn", "expansion": 1.0}, gate_tokens=2), 8,
-                   lambda b: Guidance()),
-    "dafmm": (lambda: DAFMM(8, level=1, width=8, prompt_width=1.0, prompt_size=4, prompt_length=3), 8,
-              lambda b: _sem(b, 8)),
+    "clusir_moe": (lambda: ClusterMoE(8, expert={"type": "gdfn", "expansion": 1.0}, gate_tokens=2),
+                   8, lambda b: Guidance()),
+    "dafmm": (lambda: DAFMM(8, level=1, width=8, prompt_width=1.0, prompt_size=4, prompt_length=3),
+              8, lambda b: _sem(b, 8)),
     "clusir_prompt_fusion": (lambda: PromptFusion(32, width=4, heads=2, level=3, fusion_width=2.0,
                                                   attention_heads=2, semantic_width=[1.0, 1.0, 1.0],
                                                   stage={"type": "clusir_moe", "gate_tokens": 2,
-                                                         "expert": {"type": "gdfn", "expansion": 1.0}}),
+                                                         "expert": {"type": "gdfn",
+                                                                    "expansion": 1.0}}),
                              32, lambda b: _stage_prompts(b, 4, 3)),
 }
 
@@ -100,8 +101,8 @@ def test_compile_aot_eager(name):
 
 
 def test_registered_names_build_from_specs():
-    for name in ("dwt", "idwt", "wavelet_block", "wave_attention", "wave_ffn", "prototype_bank", "pcgrm",
-                 "clusir_moe", "fsb", "dafmm", "clusir_prompt_fusion"):
+    for name in ("dwt", "idwt", "wavelet_block", "wave_attention", "wave_ffn", "prototype_bank",
+                 "pcgrm", "clusir_moe", "fsb", "dafmm", "clusir_prompt_fusion"):
         assert name in irblocks.registry.list_names("block")
     b = build({"type": "wavelet_block", "sr": [4, 2, 1, 1]}, "block", dim=8, heads=1, level=1)
     assert b.attn.sr == 2
@@ -153,6 +154,7 @@ def test_wiring_rejects_dafmm_without_fusion():
 def test_batchnorm_train_mode_needs_more_than_one_value_clear_error():
     from irblocks.errors import InputError
     m = irblocks.create_model("clusir-tiny").train()
-    with pytest.raises(InputError, match=r"wave_attention: BatchNorm in train mode needs more than one value"):
+    with pytest.raises(InputError,
+                       match=r"wave_attention: BatchNorm in train mode needs more than one value"):
         m(torch.rand(1, 3, 16, 16))
     assert m(torch.rand(2, 3, 16, 16)).shape == (2, 3, 16, 16)       # a batch > 1 is fine

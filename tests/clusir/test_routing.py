@@ -16,7 +16,8 @@ C = 8
 def varied(b=6, c=C, h=6, w=6):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(b, c, h, w, generator=g)
-    return x * torch.linspace(0.2, 3.0, b).view(b, 1, 1, 1) + torch.linspace(-2, 2, b).view(b, 1, 1, 1)
+    return (x * torch.linspace(0.2, 3.0, b).view(b, 1, 1, 1)
+            + torch.linspace(-2, 2, b).view(b, 1, 1, 1))
 
 
 def moe(**kw):
@@ -54,7 +55,8 @@ def test_single_kept_entry_keeps_its_probability_switch_style():
     torch.testing.assert_close(out.cluster_weights.sum(-1), torch.ones(6))    # 2 kept: renormalised
     assert (out.weights.sum(-1) < 1).all()
     one = PCGRMRouter(C, clusters=3, active_clusters=1, experts=3, top_k=1).eval()(varied())
-    torch.testing.assert_close(one.cluster_weights.squeeze(-1), one.cluster_posterior.max(-1).values)
+    torch.testing.assert_close(one.cluster_weights.squeeze(-1),
+                               one.cluster_posterior.max(-1).values)
 
 
 def test_moe_active_experts_exactly_k():
@@ -120,7 +122,8 @@ def test_gradients_reach_everything_under_dense_routing():
             assert torch.isfinite(p.grad).all(), n
             assert p.grad.abs().sum() > 0, f"{sharing}: zero gradient for {n}"
         names = dict(m.named_parameters())
-        assert "router.bank.prototypes" in names and "router.mu" in names and "router.log_sigma" in names
+        assert ("router.bank.prototypes" in names and "router.mu" in names
+                and "router.log_sigma" in names)
 
 
 def test_dense_routing_selects_everything():

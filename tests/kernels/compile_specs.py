@@ -33,21 +33,22 @@ def anyir_fusion_specs(m) -> list:
           "CH": _S, "H": _S, "W": _S, "NBLK": _S,
           **{n: _S for n in ("sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
                              "s_gob", "s_goc", "s_goh", "s_gow",
-                             "s_dab", "s_dac", "s_dah", "s_daw", "s_dgb", "s_dgc", "s_dgh", "s_dgw")},
+                             "s_dab", "s_dac", "s_dah", "s_daw", "s_dgb", "s_dgc", "s_dgh",
+                             "s_dgw")},
           "BLOCK": "constexpr"},
          {"BLOCK": _GPU_BLOCK}),
     ]
 
 
 def fsb_filter_specs(m) -> list:
-    _FSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "H": "i32", "W": "i32",
-             "CPG": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32",
-             "swg": "i32", "swt": "i32", "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32",
-             "K": "constexpr", "BLOCK": "constexpr"}
-    _BSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "go_ptr": "*fp32", "gx_ptr": "*fp32", "gw_ptr": "*fp32",
-             "C": "i32", "H": "i32", "W": "i32", "CPG": "i32",
-             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32", "swg": "i32", "swt": "i32",
-             "sgb": "i32", "sgc": "i32", "sgh": "i32", "sgw": "i32",
+    _FSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "H": "i32",
+             "W": "i32", "CPG": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
+             "swb": "i32", "swg": "i32", "swt": "i32", "syb": "i32", "syc": "i32", "syh": "i32",
+             "syw": "i32", "K": "constexpr", "BLOCK": "constexpr"}
+    _BSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "go_ptr": "*fp32", "gx_ptr": "*fp32",
+             "gw_ptr": "*fp32", "C": "i32", "H": "i32", "W": "i32", "CPG": "i32",
+             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32", "swg": "i32",
+             "swt": "i32", "sgb": "i32", "sgc": "i32", "sgh": "i32", "sgw": "i32",
              "sdb": "i32", "sdc": "i32", "sdh": "i32", "sdw": "i32", "G": "i32",
              "K": "constexpr", "BLOCK": "constexpr"}
     return [(m._fsb_fwd_kernel, _FSIG, {"K": 3, "BLOCK": 512}),
@@ -58,17 +59,20 @@ def gated_da_stats_specs(m) -> list:
     _S = "i32"
     return [
         (m._gda_fwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "out_ptr": "*fp32", "stats_ptr": "*fp32",
-          "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S, "eps": "fp32",
-          **{s: _S for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sob", "soc", "soh", "sow")},
+         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "out_ptr": "*fp32",
+          "stats_ptr": "*fp32", "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S, "eps": "fp32",
+          **{s: _S
+             for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sob", "soc", "soh",
+                       "sow")},
           "BLOCK": "constexpr"},
          {"BLOCK": 1024}),
         (m._gda_bwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "stats_ptr": "*fp32", "go_ptr": "*fp32",
-          "df_ptr": "*fp32", "da_ptr": "*fp32", "dtau_ptr": "*fp32",
+         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "stats_ptr": "*fp32",
+          "go_ptr": "*fp32", "df_ptr": "*fp32", "da_ptr": "*fp32", "dtau_ptr": "*fp32",
           "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S,
-          **{s: _S for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "sdfb", "sdfc", "sdfh", "sdfw", "sdab", "sdac", "sdah", "sdaw")},
+          **{s: _S
+             for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sgb", "sgc", "sgh",
+                       "sgw", "sdfb", "sdfc", "sdfh", "sdfw", "sdab", "sdac", "sdah", "sdaw")},
           "BLOCK": "constexpr"},
          {"BLOCK": 1024}),
     ]
@@ -93,27 +97,35 @@ def layernorm_specs(m) -> list:
         for c, bc in ((48, 64), (384, 512)):
             for unit in ("w", "c"):   # which stride is 1: NCHW -> w, channels_last -> c
                 fwd = {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32",
-                       "HW": "i32", "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                       "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
+                       "HW": "i32", "Wd": "i32",
+                       **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "eps": "fp32",
+                       "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
                        "BLOCK_C": "constexpr"}
                 ones = {f"s{t}{unit}": 1 for t in "xy"}
                 fwd.update({k: "constexpr" for k in ones})
-                specs.append((m._ln_fwd_kernel, fwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 4096 // bc)),
-                                                    "BLOCK_C": bc, **ones}))
+                specs.append(
+                    (m._ln_fwd_kernel, fwd,
+                     {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 4096 // bc)),
+                      "BLOCK_C": bc, **ones}))
                 bwd = {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
                        "DBP": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
                        **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
-                       "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
+                       "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
+                       "BLOCK_C": "constexpr"}
                 ones = {f"s{t}{unit}": 1 for t in "dxg"}
                 bwd.update({k: "constexpr" for k in ones})
-                specs.append((m._ln_bwd_kernel, bwd, {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
-                                                    "BLOCK_C": bc, **ones}))
+                specs.append(
+                    (m._ln_bwd_kernel, bwd,
+                     {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
+                      "BLOCK_C": bc, **ones}))
     # the non-flat fallback (H and W strides do not merge, e.g. a W-crop view), generic strides
-    specs.append((m._ln_fwd_kernel, {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32",
-                                   "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                                   "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr",
-                                   "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                  {"HAS_BIAS": True, "FLAT": False, "BLOCK_P": 64, "BLOCK_C": 64}))
+    specs.append(
+        (m._ln_fwd_kernel,
+         {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32",
+          "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+          "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr",
+          "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+         {"HAS_BIAS": True, "FLAT": False, "BLOCK_P": 64, "BLOCK_C": 64}))
     return specs
 
 
@@ -128,17 +140,20 @@ def gdfn_gate_specs(m) -> list:
                    "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
             ones = {f"s{t}{unit}": 1 for t in "xy"}
             fwd.update({k: "constexpr" for k in ones})
-            specs.append((m._gate_fwd_kernel, fwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
-            bwd = {"DY": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
-                   **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"},
+            specs.append(
+                (m._gate_fwd_kernel, fwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+            bwd = {"DY": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "C": "i32", "HW": "i32",
+                   "Wd": "i32", **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"},
                    "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
             ones = {f"s{t}{unit}": 1 for t in "dxg"}
             bwd.update({k: "constexpr" for k in ones})
-            specs.append((m._gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
-    specs.append((m._gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
-                                     **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                                     "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-                  {"FLAT": False, "BLOCK_P": 32, "BLOCK_C": 64}))   # non-flat fallback, generic strides
+            specs.append(
+                (m._gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+    specs.append(
+        (m._gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
+                              **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
+                              "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
+         {"FLAT": False, "BLOCK_P": 32, "BLOCK_C": 64}))   # non-flat fallback, generic strides
     return specs
 
 
@@ -157,31 +172,41 @@ def mdta_specs(m) -> list:
         gram_n, apply_n, bwd_n, warps = m._GPU_TILES[block_d]
         opts = {"num_warps": warps}
         for unit in ("w", "c"):
-            common = {"BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr", "FLAT": "constexpr"}
+            common = {"BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr",
+                      "FLAT": "constexpr"}
             for norms in (True, False):
                 sig, ones = strides("xy", unit)
-                specs.append((m._gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32",
-                                             "SY": "*fp32", "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32",
-                                             "N_PER_SPLIT": "i32", "n_split": "i32", **sig, "NORMS": "constexpr",
-                                             **common},
-                              {"NORMS": norms, "FLAT": True, "BLOCK_D": block_d, "BLOCK_N": gram_n,
+                specs.append(
+                    (m._gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32",
+                                      "SY": "*fp32", "d": "i32", "heads": "i32", "N": "i32",
+                                      "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32", **sig,
+                                      "NORMS": "constexpr", **common},
+                     {"NORMS": norms, "FLAT": True, "BLOCK_D": block_d, "BLOCK_N": gram_n,
                                "PREC": m._GPU_PREC, **ones}, opts))
             sig, ones = strides("vo", unit)
-            specs.append((m._apply_kernel, {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
-                                          "N": "i32", "Wd": "i32", **sig, **common},
-                          {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": m._GPU_PREC, **ones}, opts))
+            specs.append(
+                (m._apply_kernel,
+                 {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
+                  "N": "i32", "Wd": "i32", **sig, **common},
+                 {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": m._GPU_PREC,
+                  **ones}, opts))
             sig, ones = strides("qk12", unit)
-            specs.append((m._bwd_apply_kernel, {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
-                                              "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
-                          {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": m._GPU_PREC, **ones}, opts))
+            specs.append(
+                (m._bwd_apply_kernel,
+                 {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
+                  "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
+                 {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": m._GPU_PREC, **ones},
+                 opts))
     gram_n, _, _, warps = m._GPU_TILES[64]   # non-flat fallback (W-crop views), generic strides
-    specs.append((m._gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32", "d": "i32",
-                                 "heads": "i32", "N": "i32", "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32",
-                                 **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "NORMS": "constexpr",
-                                 "FLAT": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
-                                 "PREC": "constexpr"},
-                  {"NORMS": True, "FLAT": False, "BLOCK_D": 64, "BLOCK_N": gram_n, "PREC": m._GPU_PREC},
-                  {"num_warps": warps}))
+    specs.append(
+        (m._gram_kernel,
+         {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32", "d": "i32",
+          "heads": "i32", "N": "i32", "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32",
+          **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "NORMS": "constexpr",
+          "FLAT": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
+          "PREC": "constexpr"},
+         {"NORMS": True, "FLAT": False, "BLOCK_D": 64, "BLOCK_N": gram_n, "PREC": m._GPU_PREC},
+         {"num_warps": warps}))
     return specs
 
 
@@ -191,16 +216,19 @@ def pattern_sca_specs(m) -> list:
         (m._codes_kernel, {"m_ptr": "*u8", "out_ptr": "*i64", "K": "i32", "N": "i32",
                          "s_mb": "i32", "s_mk": "i32", "s_mn": "i32", "BLOCK_N": "constexpr"},
          {"BLOCK_N": 1024}),
-        (m._segment_sum_kernel, {"x_ptr": _F, "idx_ptr": "*i64", "out_ptr": _F, "N": "i32", "C": "i32",
-                               "P": "i32", "s_xb": "i32", "s_xn": "i32", "s_xc": "i32",
-                               "BLOCK_N": "constexpr", "BLOCK_C": "constexpr"},
+        (m._segment_sum_kernel,
+         {"x_ptr": _F, "idx_ptr": "*i64", "out_ptr": _F, "N": "i32", "C": "i32",
+          "P": "i32", "s_xb": "i32", "s_xn": "i32", "s_xc": "i32",
+          "BLOCK_N": "constexpr", "BLOCK_C": "constexpr"},
          {"BLOCK_N": 128, "BLOCK_C": 32}),
     ]
     _attn_sig = {"N": "i32", "P": "i32", "HEADS": "i32", "D": "i32", "scale": "fp32",
-                 **{f"s_{t}{a}": "i32" for t in "qkv" for a in ("b", "h", "n" if t == "q" else "p", "d")},
+                 **{f"s_{t}{a}": "i32" for t in "qkv"
+                    for a in ("b", "h", "n" if t == "q" else "p", "d")},
                  "s_bb": "i32", "s_bp": "i32", "BLOCK_N": "constexpr", "BLOCK_P": "constexpr",
                  "BLOCK_D": "constexpr", "BLOCK_DC": "constexpr", "PREC": "constexpr"}
-    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "o_ptr": _F, "lse_ptr": _F, **_attn_sig}
+    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "o_ptr": _F, "lse_ptr": _F,
+            **_attn_sig}
     _dq = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
            "delta_ptr": _F, "dq_ptr": _F, **_attn_sig}
     _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
@@ -213,21 +241,25 @@ def pattern_sca_specs(m) -> list:
 
     def _attn_specs():
         specs = []
-        for bd, (bn, bp, dc, warps, stages) in m._GPU_TILES.items():   # head dims 12/24/48/96 of ClearAIR
-            const = {"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd, "BLOCK_DC": min(dc, bd), "PREC": m._GPU_PREC}
+        # head dims 12/24/48/96 of ClearAIR
+        for bd, (bn, bp, dc, warps, stages) in m._GPU_TILES.items():
+            const = {"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd, "BLOCK_DC": min(dc, bd),
+                     "PREC": m._GPU_PREC}
             opts = {"num_warps": warps, "num_stages": stages}
-            for fn, sig in ((m._attn_fwd_kernel, _fwd), (m._attn_bwd_dq_kernel, _dq), (m._attn_bwd_dkdv_kernel, _dkdv)):
-                specs.append((fn, dict(sig), dict(const), dict(opts)))                    # generic strides
+            for fn, sig in ((m._attn_fwd_kernel, _fwd), (m._attn_bwd_dq_kernel, _dq),
+                            (m._attn_bwd_dkdv_kernel, _dkdv)):
+                specs.append((fn, dict(sig), dict(const), dict(opts)))  # generic strides
                 specs.append((fn, {k: ("constexpr" if k in _UNIT else t) for k, t in sig.items()},
-                              {**const, **{k: 1 for k in _UNIT}}, dict(opts)))             # unit strides
+                              {**const, **{k: 1 for k in _UNIT}}, dict(opts)))  # unit strides
         return specs
 
     return specs + _attn_specs()
 
 
 SPECS = {"anyir_fusion": anyir_fusion_specs, "fsb_filter": fsb_filter_specs,
-         "gated_da_stats": gated_da_stats_specs, "gdfn_gate": gdfn_gate_specs, "haar_dwt": haar_dwt_specs,
-         "layernorm": layernorm_specs, "mdta": mdta_specs, "pattern_sca": pattern_sca_specs}
+         "gated_da_stats": gated_da_stats_specs, "gdfn_gate": gdfn_gate_specs,
+         "haar_dwt": haar_dwt_specs, "layernorm": layernorm_specs, "mdta": mdta_specs,
+         "pattern_sca": pattern_sca_specs}
 
 
 def compile_specs() -> dict[str, list]:
@@ -235,4 +267,5 @@ def compile_specs() -> dict[str, list]:
     from irblocks.kernels import _dispatch
     if not _dispatch.triton_available():
         return {}
-    return {name: fn(importlib.import_module(f"irblocks.kernels.{name}")) for name, fn in SPECS.items()}
+    return {name: fn(importlib.import_module(f"irblocks.kernels.{name}"))
+            for name, fn in SPECS.items()}

@@ -1,6 +1,7 @@
 """Shared helpers for kernel tests (tests/kernels/test_<kernel>.py). Reuse them:
 
-    from tests.kernels.kutil import SHAPES, LAYOUTS, cases, make, make_like, grads, assert_close, tol
+    from tests.kernels.kutil import SHAPES, LAYOUTS, cases, make, make_like, grads, assert_close,
+    tol
 
 (``tests`` is a package; a plain ``import kutil`` also works because
 ``tests/kernels/conftest.py`` puts this folder on ``sys.path``, but prefer the package path.)
@@ -31,8 +32,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol", "make", "make_like", "grads", "both_paths",
-           "assert_close", "case_id", "cases"]
+__all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol",
+           "make", "make_like", "grads", "both_paths", "assert_close", "case_id", "cases"]
 
 # (B, H, W): channel count is chosen by each test (kernels have constraints such as C % heads).
 SHAPES: list[tuple[int, int, int]] = [
@@ -114,7 +115,9 @@ def both_paths(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], 
         if module is not None:
             module.zero_grad()
         out, gs = grads(fn, inputs)
-        res[impl] = [out, *gs] + ([p.grad.clone() for p in module.parameters()] if module is not None else [])
+        res[impl] = ([out, *gs]
+                     + ([p.grad.clone() for p in module.parameters()] if module is not None
+                        else []))
     return res
 
 
@@ -138,7 +141,8 @@ def grads(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
     out = fn(*leaves)
     if grad_out is None:
         g = torch.Generator(device="cpu").manual_seed(seed)
-        grad_out = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.dtype).to(out.device)
+        grad_out = torch.randn(out.shape, generator=g,
+                               dtype=torch.float32).to(out.dtype).to(out.device)
     out.backward(grad_out)
     gs = [t.grad for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
     return out.detach(), gs
@@ -156,7 +160,8 @@ def assert_close(actual, expected, dtype: torch.dtype | None = None, grad: bool 
     opts = tol(dtype, grad)
     opts.update(kw)
     assert not torch.isnan(actual).any(), f"{msg}: NaN in result (unwritten output element?)"
-    torch.testing.assert_close(actual.float(), expected.float(), msg=lambda m: f"{msg}: {m}", **opts)
+    torch.testing.assert_close(actual.float(), expected.float(), msg=lambda m: f"{msg}: {m}",
+                               **opts)
 
 
 def case_id(shape, layout) -> str:

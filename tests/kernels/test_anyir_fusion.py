@@ -81,7 +81,7 @@ def test_released_channel_layout():
     out = anyir_fusion_reference(a, g, torch.tensor(1.0)).flatten()
     exp = torch.cat([a + torch.sigmoid(g), g + torch.sigmoid(a)], 1).flatten()
     torch.testing.assert_close(out, exp)
-    out = anyir_fusion_reference(a, g, torch.tensor(0.0)).flatten()   # (a+g) repeated c0, c0, c1, c1
+    out = anyir_fusion_reference(a, g, torch.tensor(0.0)).flatten()  # (a+g) repeated c0, c0, c1, c1
     torch.testing.assert_close(out, torch.tensor([10.0, 10.0, 12.0, 12.0]))
 
 
@@ -96,7 +96,8 @@ def test_custom_op_registrations(triton_interp):
     a, g = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
     lam = torch.tensor(0.5, requires_grad=True)
     torch.library.opcheck(torch.ops.irblocks.anyir_fusion.default, (a.requires_grad_(), g, lam),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flop_formula_zero(triton_interp):
@@ -128,7 +129,8 @@ def test_bytes_moved():
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "sliced"])
 def test_reference_inference_branch(layout):
-    """Without grad the reference updates its own intermediates in place: same values, inputs untouched."""
+    """Without grad the reference updates its own intermediates in place: same values, inputs
+    untouched."""
     a, g = make(2, C_HALF, 5, 7, layout), make(2, C_HALF, 5, 7, layout)
     a0, g0 = a.clone(), g.clone()
     lam = torch.tensor(0.35)

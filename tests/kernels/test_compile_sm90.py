@@ -31,7 +31,8 @@ def _spec_ids():
 
 @pytest.fixture(scope="module")
 def records():
-    return {(r.module, r.index): r for r in report.run_all_subprocess(arch=90, specs_path=compile_specs.__file__)}
+    return {(r.module, r.index): r
+            for r in report.run_all_subprocess(arch=90, specs_path=compile_specs.__file__)}
 
 
 @pytest.mark.parametrize("module,index", _spec_ids())
@@ -40,8 +41,8 @@ def test_compiles_for_sm90_without_spills(records, module, index):
     where = f"{module}.{r.kernel} {r.constexprs} {r.options}"
     assert r.ok, f"{where} does not compile for sm_90: {r.error}"
     assert r.spill_stores == 0 and r.spill_loads == 0, \
-        f"{where} spills registers on sm_90 ({r.registers} regs, {r.spill_stores} B spill stores, " \
-        f"{r.spill_loads} B spill loads): use smaller blocks or more warps"
+        f"{where} spills registers on sm_90 ({r.registers} regs, {r.spill_stores} B spill " \
+        f"stores, {r.spill_loads} B spill loads): use smaller blocks or more warps"
 
 
 def test_every_kernel_module_has_compile_specs():
@@ -53,8 +54,11 @@ def test_every_kernel_module_has_compile_specs():
         if info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"{kpkg.__name__}.{info.name}")
-        jit = {k for k, v in vars(mod).items() if type(v).__name__ in ("JITFunction", "InterpretedFunction")}
-        listed = {getattr(s[0], "__name__", None) or s[0].fn.__name__ for s in table.get(info.name, [])}
+        jit = {k
+               for k, v in vars(mod).items()
+               if type(v).__name__ in ("JITFunction", "InterpretedFunction")}
+        listed = {getattr(s[0], "__name__", None) or s[0].fn.__name__
+                  for s in table.get(info.name, [])}
         missing = {k for k in jit if k.endswith("_kernel")} - listed
         if jit and not listed or missing:
             problems.append(f"{info.name}: {sorted(missing) or 'no entry'}")

@@ -37,7 +37,8 @@ def weights(b, g, k, layout="contiguous"):
 def test_reflect_index_matches_torch_pad():
     for n, p in ((5, 1), (5, 2), (2, 1), (3, 2)):
         x = torch.arange(float(n)).view(1, 1, 1, n)
-        torch.testing.assert_close(F.pad(x, (p, p, 0, 0), mode="reflect").flatten().long(), reflect_index(n, p))
+        torch.testing.assert_close(F.pad(x, (p, p, 0, 0), mode="reflect").flatten().long(),
+                                   reflect_index(n, p))
     assert reflect_index(1, 2).tolist() == [0] * 5
     assert reflect_index(2, 3).tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
 
@@ -51,7 +52,8 @@ def test_reference_matches_unfold_oracle(shape, k):
     torch.testing.assert_close(fsb_filter_reference(x, wt, k), unfold_oracle(x, wt, k))
 
 
-@pytest.mark.parametrize("shape,layout,k", [pytest.param(*c.values, 3, id=f"{c.id}-k3") for c in cases()] +
+@pytest.mark.parametrize("shape,layout,k",
+                         [pytest.param(*c.values, 3, id=f"{c.id}-k3") for c in cases()] +
                          [pytest.param((1, 5, 7), "channels_last", 5, id="1x5x7-channels_last-k5"),
                           pytest.param((1, 2, 1), "nchw", 5, id="1x2x1-nchw-k5")])
 def test_triton_matches_reference(triton_interp, shape, layout, k):
@@ -86,7 +88,8 @@ def test_float16(triton_interp):
 
 
 def test_gradcheck_reference_float64():
-    x = torch.randn(2, 4, 3, 5, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 4, 3, 5,
+                    dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
     wt = torch.softmax(torch.randn(2, 2, 9, dtype=torch.float64), -1).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, w: fsb_filter_reference(x, w, 3), (x, wt))
     x1 = torch.randn(1, 2, 1, 2, dtype=torch.float64, requires_grad=True)   # reflection bounces
@@ -105,7 +108,8 @@ def test_custom_op_registration(triton_interp):
     x = make(1, 4, 3, 2, "channels_last", requires_grad=True)
     wt = weights(1, 2, 3)
     torch.library.opcheck(torch.ops.irblocks.fsb_filter.default, (x, wt, 3),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flops_zero_meta_errors_and_specs(triton_interp):
@@ -113,7 +117,8 @@ def test_flops_zero_meta_errors_and_specs(triton_interp):
         fsb_filter(make(1, 4, 3, 3), weights(1, 2, 3).detach(), 3, impl="triton")
     assert fc.get_total_flops() == 0
     m = torch.empty(1, 4, 3, 3, device="meta")
-    assert fsb_filter(m, torch.empty(1, 2, 9, device="meta"), 3, impl="triton").shape == (1, 4, 3, 3)
+    assert fsb_filter(m, torch.empty(1, 2, 9, device="meta"), 3,
+                      impl="triton").shape == (1, 4, 3, 3)
     with pytest.raises(ValueError, match="divide"):
         fsb_filter(torch.randn(1, 5, 3, 3), torch.rand(1, 2, 9), 3)
     with pytest.raises(ValueError, match="odd"):

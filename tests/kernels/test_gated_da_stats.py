@@ -1,8 +1,8 @@
 """GatedDA temperature statistics + gate kernel: Triton (interpreter) vs reference vs released.
 
 Tolerances: float32 kutil 1e-4 (per-plane sums in float32: observed ~5e-7 forward, ~2e-6 on
-the tau gradient, which sums over batch and planes). float16: kutil 2e-3 forward, 1e-2 grads (statistics
-accumulate in float32).
+the tau gradient, which sums over batch and planes). float16: kutil 2e-3 forward, 1e-2 grads
+(statistics accumulate in float32).
 """
 import pytest
 import torch
@@ -77,13 +77,15 @@ def test_custom_op_registrations(triton_interp):
     f, al = torch.randn(1, 3, 4, 5, requires_grad=True), torch.randn(1, 2, 4, 5)
     tau = torch.ones(1, 3, 1, 1, requires_grad=True)
     torch.library.opcheck(torch.ops.irblocks.gated_da_modulate.default, (f, al, tau, 1e-6),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flop_formula_zero(triton_interp):
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc:
-        gated_da_modulate(torch.randn(1, 3, 4, 5), torch.randn(1, 2, 4, 5), torch.ones(3), impl="triton")
+        gated_da_modulate(torch.randn(1, 3, 4, 5), torch.randn(1, 2, 4, 5), torch.ones(3),
+                          impl="triton")
     assert fc.get_total_flops() == 0
 
 
@@ -112,7 +114,8 @@ def test_float16_grads(triton_interp):
     al = make(2, 3, 3, 5, "channels_last", dtype=torch.float16, requires_grad=True)
     tau = torch.ones(1, 4, 1, 1, requires_grad=True)
     go = torch.randn(2, 3, 3, 5, generator=torch.Generator().manual_seed(1))
-    _, gt = grads(lambda x, y, t: gated_da_modulate(x, y, t, impl="triton"), [f, al, tau], grad_out=go.half())
+    _, gt = grads(lambda x, y, t: gated_da_modulate(x, y, t, impl="triton"), [f, al, tau],
+                  grad_out=go.half())
     f32 = f.detach().float().requires_grad_()
     al32 = al.detach().float().requires_grad_()
     _, gr = grads(gated_da_modulate_reference, [f32, al32, tau], grad_out=go)

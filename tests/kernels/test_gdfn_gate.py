@@ -41,14 +41,16 @@ def test_float16(triton_interp):
     x = make(3, 8, 3, 5, "channels_last", dtype=torch.float16, requires_grad=True, scale=2.0)
     go = torch.randn(3, 4, 3, 5).half()
     out_t, (g_t,) = grads(lambda x: gelu_gate(x, impl="triton"), [x], grad_out=go)
-    out_r, (g_r,) = grads(gelu_gate_reference, [x.detach().float().requires_grad_()], grad_out=go.float())
+    out_r, (g_r,) = grads(gelu_gate_reference, [x.detach().float().requires_grad_()],
+                          grad_out=go.float())
     assert out_t.dtype == torch.float16
     assert_close(out_t, out_r.half(), torch.float16)
     assert_close(g_t.float(), g_r, torch.float16, grad=True)
 
 
 def test_gradcheck_reference_float64():
-    x = torch.randn(2, 6, 2, 3, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 6, 2, 3,
+                    dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(gelu_gate_reference, (x,))
 
 
@@ -62,7 +64,8 @@ def test_block_same_through_both_paths(triton_interp, monkeypatch):
 def test_custom_op_registration(triton_interp):
     x = make(1, 6, 2, 3, "channels_last", requires_grad=True)
     torch.library.opcheck(torch.ops.irblocks.gelu_gate.default, (x,),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flops_zero_meta_and_errors(triton_interp):

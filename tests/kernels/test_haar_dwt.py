@@ -85,7 +85,8 @@ def test_float16(triton_interp):
 
 
 def test_gradcheck_reference_float64():
-    x = torch.randn(2, 2, 4, 6, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 2, 4, 6,
+                    dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(haar_dwt_reference, (x,))
     y = torch.randn(1, 8, 3, 1, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(haar_idwt_reference, (y,))

@@ -44,7 +44,8 @@ def test_triton_matches_reference(triton_interp, shape, layout, variant):
 def test_output_follows_input_layout(triton_interp, layout):
     x = make(1, 48, 3, 5, layout)
     y = channel_layer_norm(x, torch.ones(48), torch.zeros(48), impl="triton")
-    assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                           else torch.contiguous_format)
     assert_close(y, channel_layer_norm_reference(x, torch.ones(48), torch.zeros(48)))
 
 
@@ -53,10 +54,12 @@ def test_float16(triton_interp, variant):
     x = make(3, 5, 3, 4, "channels_last", dtype=torch.float16, requires_grad=True)
     wt, bs = _params(5, variant == "with_bias", torch.float16)
     inputs = [x, wt] + ([bs] if bs is not None else [])
-    out_t, g_t = grads(lambda x, w, *b: channel_layer_norm(x, w, b[0] if b else None, impl="triton"), inputs)
+    out_t, g_t = grads(
+        lambda x, w, *b: channel_layer_norm(x, w, b[0] if b else None, impl="triton"), inputs)
     x32 = [t.detach().float().requires_grad_() for t in inputs]
-    out_r, g_r = grads(lambda x, w, *b: channel_layer_norm_reference(x, w, b[0] if b else None), x32,
-                       grad_out=torch.randn(out_t.shape, generator=torch.Generator().manual_seed(1)).half().float())
+    gen = torch.Generator().manual_seed(1)
+    out_r, g_r = grads(lambda x, w, *b: channel_layer_norm_reference(x, w, b[0] if b else None),
+                       x32, grad_out=torch.randn(out_t.shape, generator=gen).half().float())
     assert out_t.dtype == torch.float16
     assert_close(out_t, out_r.half(), torch.float16, msg="forward fp16")
     assert_close([g.float() for g in g_t], g_r, torch.float16, grad=True, msg="grads fp16")
@@ -64,11 +67,13 @@ def test_float16(triton_interp, variant):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_reference_float64(bias):
-    x = torch.randn(2, 3, 2, 3, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
     args = (x, w, b) if bias else (x, w)
-    assert torch.autograd.gradcheck(lambda x, w, *b: channel_layer_norm_reference(x, w, b[0] if b else None), args)
+    assert torch.autograd.gradcheck(
+        lambda x, w, *b: channel_layer_norm_reference(x, w, b[0] if b else None), args)
 
 
 def test_bias_free_is_restormer_formula():
@@ -102,9 +107,11 @@ def test_custom_op_registration(triton_interp):
     x = make(1, 4, 2, 3, "channels_last", requires_grad=True)
     w, b = torch.rand(4, requires_grad=True), torch.randn(4, requires_grad=True)
     torch.library.opcheck(torch.ops.irblocks.channel_layer_norm.default, (x, w, b, 1e-5),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
     torch.library.opcheck(torch.ops.irblocks.channel_layer_norm.default, (x, w, None, 1e-5),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flops_zero_and_meta(triton_interp):
@@ -113,7 +120,8 @@ def test_flops_zero_and_meta(triton_interp):
         channel_layer_norm(x, torch.ones(4), torch.zeros(4), impl="triton")
     assert fc.get_total_flops() == 0
     xm = torch.empty(1, 4, 2, 3, device="meta")
-    assert channel_layer_norm(xm, torch.ones(4, device="meta"), None, impl="triton").shape == xm.shape
+    assert channel_layer_norm(xm, torch.ones(4, device="meta"), None,
+                              impl="triton").shape == xm.shape
 
 
 def test_bad_impl_is_one_line_error():

@@ -1,4 +1,5 @@
-"""MDTA channel attention: Triton (interpreter) vs reference, forward and grads of q, k, v, temperature.
+"""MDTA channel attention: Triton (interpreter) vs reference, forward and grads of q, k, v,
+temperature.
 
 Tolerances: float32 atol=rtol=1e-4 (tl.dot runs in IEEE float32; sums over H*W are split
 across programs, so summation order differs from torch; observed ~1e-7). float16 inputs:
@@ -61,7 +62,8 @@ def test_single_head_and_zero_row(triton_interp):
 
 
 def test_float16(triton_interp):
-    q, k, v = (make(1, 8, 3, 5, "channels_last", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    q, k, v = (make(1, 8, 3, 5, "channels_last", dtype=torch.float16, requires_grad=True)
+               for _ in range(3))
     t = torch.tensor([1.0, 2.0], requires_grad=True)
     go = torch.randn(1, 8, 3, 5).half()
     out_t, g_t = grads(_run("triton", 2), [q, k, v, t], grad_out=go)
@@ -76,7 +78,8 @@ def test_gradcheck_reference_float64():
     q, k, v = (torch.randn(1, 4, 2, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
                .requires_grad_() for _ in range(3))
     t = torch.tensor([1.2, 0.7], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, v, t: channel_attention_reference(q, k, v, t, 2), (q, k, v, t))
+    assert torch.autograd.gradcheck(lambda q, k, v, t: channel_attention_reference(q, k, v, t, 2),
+                                    (q, k, v, t))
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -93,7 +96,8 @@ def test_custom_op_registration(triton_interp):
     q, k, v = (make(1, 4, 2, 3, "channels_last", requires_grad=True) for _ in range(3))
     t = torch.ones(2, requires_grad=True)
     torch.library.opcheck(torch.ops.irblocks.channel_attention.default, (q, k, v, t, 2),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flop_formula_counts_the_matmuls(triton_interp):

@@ -23,7 +23,8 @@ from irblocks.kernels import pattern_sca as ps
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 # (B, heads, N, P, d)
-ATTN_SHAPES = [(1, 2, 35, 5, 12), (3, 1, 9, 1, 8), (1, 4, 1, 3, 6), (3, 2, 13, 17, 24), (1, 1, 70, 40, 16)]
+ATTN_SHAPES = [(1, 2, 35, 5, 12), (3, 1, 9, 1, 8), (1, 4, 1, 3, 6), (3, 2, 13, 17, 24),
+               (1, 1, 70, 40, 16)]
 
 
 def _attn_inputs(shape, q_layout="contiguous", seed=0):
@@ -48,7 +49,8 @@ def test_attention_triton_matches_reference(shape, q_layout, triton_interp):
     scale = shape[-1] ** -0.5
     res = {}
     for impl in ("reference", "triton"):
-        fn = lambda q_, k_, v_: ps.pattern_attention(q_, k_, v_, bias, scale, impl=impl)  # noqa: E731
+        def fn(q_, k_, v_):
+            return ps.pattern_attention(q_, k_, v_, bias, scale, impl=impl)
         res[impl] = kutil.grads(fn, [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()])
     out_r, g_r = res["reference"]
     out_t, g_t = res["triton"]
@@ -60,7 +62,8 @@ def test_attention_triton_matches_reference(shape, q_layout, triton_interp):
 def test_attention_reference_gradcheck():
     q, k, v, bias = _attn_inputs((1, 2, 6, 3, 4))
     args = [t.double().requires_grad_() for t in (q, k, v)]
-    assert torch.autograd.gradcheck(lambda a, b_, c: ps.pattern_attention_reference(a, b_, c, bias.double(), 0.5),
+    assert torch.autograd.gradcheck(
+        lambda a, b_, c: ps.pattern_attention_reference(a, b_, c, bias.double(), 0.5),
                                     args)
 
 
@@ -124,11 +127,13 @@ def test_opcheck(triton_interp):
     q, k, v, bias = _attn_inputs((1, 2, 9, 3, 8))
     torch.library.opcheck(torch.ops.irblocks.pattern_attention.default,
                           (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), bias, 0.35),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
     src = torch.randn(2, 3, 4, 5, requires_grad=True)
     inv = torch.randint(0, 3, (2, 20))
     torch.library.opcheck(torch.ops.irblocks.pattern_segment_sum.default, (src, inv, 3),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
 
 
 def test_flop_formula(triton_interp):
@@ -167,8 +172,8 @@ def test_compile_sm90():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     from tests.kernels import compile_specs
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, compile_specs.__file__], env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, compile_specs.__file__], env=env,
+                       capture_output=True, text=True, timeout=600)
     if r.returncode != 0 and "ptxas" in r.stderr.lower():
         pytest.skip("sm_90 toolchain (ptxas) unavailable")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
@@ -185,7 +190,9 @@ def test_gpu_launch_configs_are_the_compiled_specs(monkeypatch):
                  tuple(sorted(s[3].items()))) for s in pattern_sca_specs(ps)[2:]}
     for d in range(1, ps.MAX_TRITON_HEAD_DIM + 1):
         bn, bp, bd, dc, opts = ps._blocks(d)
-        const = tuple(sorted(dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=ps._GPU_PREC).items()))
+        const = tuple(
+            sorted(
+                dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=ps._GPU_PREC).items()))
         assert bd % dc == 0, (d, bd, dc)
         for name in ("_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"):
             assert (name, const, tuple(sorted(opts.items()))) in compiled, (d, name, const, opts)
@@ -198,8 +205,10 @@ def test_attention_large_head_dims(d, triton_interp):
     output-chunk programs per token block."""
     q, k, v, bias = _attn_inputs((2, 1, 19, 5, d), "transposed")
     scale = d ** -0.5
-    res = {impl: kutil.grads(lambda a, b_, c, impl=impl: ps.pattern_attention(a, b_, c, bias, scale, impl=impl),
-                             [t.detach().requires_grad_() for t in (q, k, v)])
+    res = {
+        impl: kutil.grads(
+            lambda a, b_, c, impl=impl: ps.pattern_attention(a, b_, c, bias, scale, impl=impl),
+                          [t.detach().requires_grad_() for t in (q, k, v)])
            for impl in ("reference", "triton")}
     kutil.assert_close(res["triton"][0], res["reference"][0], msg="out", **TOL)
     for name, a, b in zip(("dq", "dk", "dv"), res["triton"][1], res["reference"][1]):
@@ -222,10 +231,12 @@ def test_attention_float16(triton_interp):
     """float16 inputs: the kernels load and compute in float32 and cast the result; the
     reference runs the float16 matmuls on the CPU -> compare against a float32 reference."""
     q, k, v, bias = _attn_inputs((1, 2, 21, 6, 16))
-    ref_out, ref_g = kutil.grads(lambda a, b_, c: ps.pattern_attention(a, b_, c, bias, 0.25, impl="reference"),
+    ref_out, ref_g = kutil.grads(
+        lambda a, b_, c: ps.pattern_attention(a, b_, c, bias, 0.25, impl="reference"),
                                  [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()])
     h = [t.detach().half().requires_grad_() for t in (q, k, v)]
-    out, g = kutil.grads(lambda a, b_, c: ps.pattern_attention(a, b_, c, bias, 0.25, impl="triton"), h)
+    out, g = kutil.grads(lambda a, b_, c: ps.pattern_attention(a, b_, c, bias, 0.25, impl="triton"),
+                         h)
     assert out.dtype == torch.float16 and all(t.dtype == torch.float16 for t in g)
     kutil.assert_close(out, ref_out, dtype=torch.float16, msg="out")
     for name, a, b in zip(("dq", "dk", "dv"), g, ref_g):
