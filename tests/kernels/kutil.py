@@ -1,7 +1,7 @@
 """Shared helpers for kernel tests (tests/kernels/test_<kernel>.py). Reuse them:
 
-    from tests.kernels.kutil import SHAPES, LAYOUTS, cases, make, make_like, grads, assert_close,
-    tol
+    from tests.kernels.kutil import (SHAPES, LAYOUTS, cases, make, make_like, grads,
+                                     assert_close, tol)
 
 (``tests`` is a package; a plain ``import kutil`` also works because
 ``tests/kernels/conftest.py`` puts this folder on ``sys.path``, but prefer the package path.)
