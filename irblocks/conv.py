@@ -16,7 +16,8 @@ the weight gradient with ATen's ``convolution_backward``. Forward, saved tensors
 weight) and values are those of ``F.conv2d``; gradients agree to float rounding.
 
 Both are used by the ``"fast"`` execution of GDFN, MDTA, GatedDA and the AnyIR fusion on
-CPU tensors; other devices, memory formats and convolution shapes call ``F.conv2d``.
+CPU tensors; other devices, memory formats and convolution shapes, and the depthwise
+convolution under autocast (its backward would mix dtypes), call ``F.conv2d``.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     p = k // 2 if padding is None else padding
     fast = (x.device.type == "cpu" and torch.is_grad_enabled() and weight.shape[1] == 1
             and weight.shape[-2] == k and k % 2 == 1 and p == k // 2
-            and x.shape[1] == weight.shape[0])
+            and x.shape[1] == weight.shape[0]
+            and not torch.is_autocast_enabled(x.device.type))   # backward would mix dtypes
     if not fast:
         return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
     return _DepthwiseConv.apply(x, weight, bias, p)
