@@ -1,9 +1,10 @@
 """ClusIR's MoE block driven by PCGRM: per-sample routing, only the active experts run."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 from torch.func import functional_call
 
@@ -60,19 +61,18 @@ class ClusterMoE(GuidedBlock):
     """
 
     def __init__(self, dim: Context[int], heads: Context[int] = 1, level: Context[int] = 0,
-                 expert: BlockSpec = None, clusters: int = 3, active_clusters: int = 2,
-                 experts: int = 2, top_k: int = 1, sharing: Literal["owned", "shared"] = "owned",
-                 temperature: float = 0.1,
+                 expert: BlockSpec = None, clusters: Annotated[int, Ge(1)] = 3,
+                 active_clusters: Annotated[int, Ge(1)] = 2, experts: Annotated[int, Ge(1)] = 2,
+                 top_k: Annotated[int, Ge(1)] = 1, sharing: Literal["owned", "shared"] = "owned",
+                 temperature: Annotated[float, Gt(0)] = 0.1,
                  prototype_init: Literal["orthogonal", "random"] = "orthogonal",
-                 orthogonality_weight: float = 0.01, balance_weight: float = 0.01,
-                 gate_tokens: int = 8, gate_heads: int = 1, prompt_dim: int = 0,
+                 orthogonality_weight: Annotated[float, Ge(0)] = 0.01,
+                 balance_weight: Annotated[float, Ge(0)] = 0.01,
+                 gate_tokens: Annotated[int, Ge(0)] = 8, gate_heads: Annotated[int, Ge(1)] = 1,
+                 prompt_dim: int = 0,
                  router_dim: int = 0, renormalize: bool = True, noisy_gate: bool = True,
                  norm: BlockSpec = "layernorm", prompt_key: str = "prompt.enc{level}"):
         super().__init__()
-        if sharing not in ("owned", "shared"):
-            raise ValueError(f"clusir_moe: sharing must be 'owned' or 'shared', got {sharing!r}")
-        if balance_weight < 0:
-            raise ValueError(f"clusir_moe: balance_weight must be >= 0, got {balance_weight}")
         self.router = PCGRMRouter(dim, clusters=clusters, active_clusters=active_clusters,
                                   experts=experts, top_k=top_k, temperature=temperature,
                                   prototype_init=prototype_init,

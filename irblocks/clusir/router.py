@@ -3,10 +3,11 @@ cluster)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 from torch import nn
 
 from irblocks.clusir.prototypes import PrototypeBank
@@ -96,31 +97,26 @@ class PCGRMRouter(nn.Module):
     Shapes: forward (B, dim, H, W) -> :class:`Routing`.
     """
 
-    def __init__(self, dim: Context[int], clusters: int = 3, active_clusters: int = 2,
-                 experts: int = 2, top_k: int = 1, temperature: float = 0.1,
+    def __init__(self, dim: Context[int], clusters: Annotated[int, Ge(1)] = 3,
+                 active_clusters: Annotated[int, Ge(1)] = 2,
+                 experts: Annotated[int, Ge(1)] = 2, top_k: Annotated[int, Ge(1)] = 1,
+                 temperature: Annotated[float, Gt(0)] = 0.1,
                  prototype_init: Literal["orthogonal", "random"] = "orthogonal",
-                 orthogonality_weight: float = 0.01, renormalize: bool = True,
-                 noisy_gate: bool = True, gate_tokens: int = 8, gate_heads: int = 1,
+                 orthogonality_weight: Annotated[float, Ge(0)] = 0.01,
+                 renormalize: bool = True, noisy_gate: bool = True,
+                 gate_tokens: Annotated[int, Ge(0)] = 8, gate_heads: Annotated[int, Ge(1)] = 1,
                  router_dim: int = 0, prompt_dim: int = 0, gate_dim: int = 0):
         super().__init__()
-        if clusters < 1:
-            raise ValueError(f"pcgrm: clusters (number of prototypes) must be >= 1, got {clusters}")
+        # single-value ranges are the annotations above (the one validator checks them)
         if not 1 <= active_clusters <= clusters:
             raise ValueError(f"pcgrm: active_clusters must be in 1..clusters={clusters}, got "
                              f"{active_clusters}")
-        if experts < 1:
-            raise ValueError(f"pcgrm: experts (per cluster) must be >= 1, got {experts}")
         if not 1 <= top_k <= experts:
             raise ValueError(f"pcgrm: top_k must be in 1..experts={experts}, got {top_k}")
-        if temperature <= 0:
-            raise ValueError(f"pcgrm: temperature must be > 0, got {temperature}")
-        if gate_tokens < 0:
-            raise ValueError("pcgrm: gate_tokens must be >= 0 (0 = every pixel), got "
-                             f"{gate_tokens}")
         router_dim = router_dim or dim
         prompt_dim = prompt_dim or dim
         gate_dim = gate_dim or dim
-        if gate_heads < 1 or gate_dim % gate_heads:
+        if gate_dim % gate_heads:
             raise ValueError(f"pcgrm: gate_heads={gate_heads} must divide gate_dim={gate_dim}")
         self.dim, self.clusters, self.active_clusters = dim, clusters, active_clusters
         self.experts, self.top_k, self.temperature = experts, top_k, temperature

@@ -214,3 +214,16 @@ def test_bad_configs_through_a_recipe():
         PrototypeBank(8, 0)
     with pytest.raises(ValueError, match="count <= dim"):
         PrototypeBank(2, 3, "orthogonal")
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"clusters": 0}, "pcgrm.clusters"), ({"temperature": 0.0}, "pcgrm.temperature"),
+    ({"gate_tokens": -1}, "pcgrm.gate_tokens"), ({"gate_heads": 0}, "pcgrm.gate_heads"),
+])
+def test_router_ranges_come_from_the_one_validator(kw, field):
+    """Single-value ranges are annotations checked by the registry's validator (one line,
+    a ValueError), not hand-written checks; cross-argument rules stay in the block."""
+    from irblocks.clusir.router import PCGRMRouter
+    with pytest.raises(ValueError, match=rf"^{field}: expected .*, got ") as e:
+        PCGRMRouter(8, **kw)
+    assert "\n" not in str(e.value)
