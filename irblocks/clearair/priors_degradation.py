@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 
 from irblocks.registry import register
 
@@ -167,10 +169,8 @@ class ClassicalDegradationPrior(GuidancePrior):
     OUTPUTS = {"degradation": (DEGRADATION_DIM,), "content": (CONTENT_DIM,)}
     name = "classical_degradation"
 
-    def __init__(self, seed: int = 2027, scales: int = 3):
+    def __init__(self, seed: int = 2027, scales: Annotated[int, Ge(1)] = 3):
         super().__init__()
-        if scales < 1:
-            raise ValueError(f"classical_degradation: scales must be >= 1, got {scales}")
         self.seed, self.scales = seed, scales
 
     def compute(self, img: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,8 +1,11 @@
 """Built-in quality prior: a natural-scene-statistics embedding (BRISQUE-style)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 
 from irblocks.registry import register
 
@@ -86,10 +89,8 @@ class NSSQualityPrior(GuidancePrior):
     OUTPUTS = {"quality": (QUALITY_DIM,)}
     name = "nss_quality"
 
-    def __init__(self, scales: int = 3, seed: int = 2026):
+    def __init__(self, scales: Annotated[int, Ge(1)] = 3, seed: int = 2026):
         super().__init__()
-        if scales < 1:
-            raise ValueError(f"nss_quality: scales must be >= 1, got {scales}")
         self.scales, self.seed = scales, seed
 
     def compute(self, img: torch.Tensor) -> dict[str, torch.Tensor]:

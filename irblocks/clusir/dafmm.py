@@ -1,10 +1,11 @@
 """ClusIR's Degradation-Aware Frequency Modulation Module (DAFMM), with its PGB-refined prompt."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 from torch import nn
 
 from irblocks.clusir.fsb import FrequencySelfMining
@@ -103,17 +104,13 @@ class DAFMM(GuidedBlock):
     """
 
     def __init__(self, dim: Context[int], level: Context[int] = 0, width: Context[int] = 0,
-                 prompt_width: float = 1.0, prompt_length: int = 5, prompt_size: int = 16,
+                 prompt_width: Annotated[float, Gt(0)] = 1.0, prompt_length: int = 5,
+                 prompt_size: int = 16,
                  kernel_size: int = 3, groups: int = 4, wave: str = "haar", bias: bool = False,
                  fft_norm: Literal["ortho", "backward", "forward"] = "ortho",
                  amplitude: Literal["normalized", "raw"] = "normalized",
                  semantic_key: str = "prompt.sem{level}"):
         super().__init__()
-        if prompt_width <= 0:
-            raise ValueError(f"dafmm: prompt_width must be > 0, got {prompt_width}")
-        if fft_norm not in ("ortho", "backward", "forward"):
-            raise ValueError(f"dafmm: fft_norm must be 'ortho', 'backward' or 'forward', "
-                             f"got {fft_norm!r}")
         if amplitude not in ("normalized", "raw"):
             raise ValueError(f"dafmm: amplitude must be 'normalized' or 'raw', got {amplitude!r}")
         self.fft_norm, self.amplitude = fft_norm, amplitude

@@ -2,10 +2,11 @@
 level."""
 from __future__ import annotations
 
-from typing import List
+from typing import Annotated, List
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from irblocks.clusir.dafmm import semantic_channels
@@ -48,7 +49,8 @@ class PromptFusion(GuidedBlock):
 
     def __init__(self, dim: Context[int], width: Context[int] = 0, out_dim: Context[int] = 0,
                  heads: Context[int] = 1, level: Context[int] = 3,
-                 stage: BlockSpec = None, stages: int = 4, stage_prompt_dims: List[int] = (),
+                 stage: BlockSpec = None, stages: Annotated[int, Ge(1)] = 4,
+                 stage_prompt_dims: List[int] = (),
                  fusion_width: float = 8.0, attention_heads: int = 8,
                  semantic_width: List[float] = (4 / 3, 8 / 3, 20 / 3),
                  prompt_key: str = "prompt.enc{level}", semantic_key: str = "prompt.sem{level}",
@@ -56,8 +58,6 @@ class PromptFusion(GuidedBlock):
         super().__init__()
         d = width or dim // 8
         out_dim = out_dim or dim
-        if stages < 1:
-            raise ValueError(f"clusir_prompt_fusion: stages must be >= 1, got {stages}")
         dims = list(stage_prompt_dims) or [d * 2 ** i for i in range(stages)]
         if len(dims) != stages:
             raise ValueError(f"clusir_prompt_fusion: stage_prompt_dims needs {stages} entries, got "

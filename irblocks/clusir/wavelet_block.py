@@ -1,8 +1,11 @@
 """Wave-ViT's wavelet attention, its convolutional FFN, and the Wavelet Transformer Block (WTB)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from irblocks.clusir.haar import DWT, IDWT
@@ -47,7 +50,8 @@ class WaveAttention(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W). Attention cost: H*W x H*W / (4 sr^2).
     """
 
-    def __init__(self, dim: Context[int], heads: Context[int] = 1, sr: int = 1, wave: str = "haar",
+    def __init__(self, dim: Context[int], heads: Context[int] = 1, sr: Annotated[int, Ge(1)] = 1,
+                 wave: str = "haar",
                  bias: bool = True, eps: float = 1e-6):
         super().__init__()
         if dim % 4:
@@ -55,8 +59,6 @@ class WaveAttention(nn.Module):
                              f"transformed), got {dim}")
         if heads < 1 or dim % heads:
             raise ValueError(f"wave_attention: heads={heads} must divide dim={dim}")
-        if sr < 1:
-            raise ValueError(f"wave_attention: sr (key/value stride) must be >= 1, got {sr}")
         self.dim, self.heads, self.sr = dim, heads, sr
         self.q = nn.Linear(dim, dim, bias=bias)
         self.reduce = nn.Sequential(nn.Conv2d(dim, dim // 4, 1), nn.BatchNorm2d(dim // 4),
