@@ -1,8 +1,11 @@
 """PromptIR's prompt generation block (PGB) and prompt interaction."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from irblocks.registry import BlockSpec, Context, build, register
@@ -23,11 +26,9 @@ class PromptGenBlock(nn.Module):
     Shapes: (B, dim, H, W) -> (B, prompt_dim, H, W).
     """
 
-    def __init__(self, dim: Context[int], prompt_dim: int = 64, length: int = 5, size: int = 64):
+    def __init__(self, dim: Context[int], prompt_dim: Annotated[int, Ge(1)] = 64,
+                 length: Annotated[int, Ge(1)] = 5, size: Annotated[int, Ge(1)] = 64):
         super().__init__()
-        for n, v in (("prompt_dim", prompt_dim), ("length", length), ("size", size)):
-            if v < 1:
-                raise ValueError(f"prompt_gen: {n} must be >= 1, got {v}")
         self.prompt = nn.Parameter(torch.rand(length, prompt_dim, size, size))
         self.linear = nn.Linear(dim, length)
         self.conv = nn.Conv2d(prompt_dim, prompt_dim, 3, padding=1, bias=False)

@@ -179,3 +179,17 @@ def test_single_value_ranges_are_annotations(module, name, args, kw, field):
     with pytest.raises(ValueError, match=rf"^{field}: expected ") as e:
         cls(*args, **kw)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("module, name, kw, field", [
+    ("irblocks.clusir.prototypes", "PrototypeBank", {"count": 0}, "prototype_bank.count"),
+    ("irblocks.clusir.prototypes", "PrototypeBank", {"weight": -1.0}, "prototype_bank.weight"),
+    ("irblocks.clusir.prototypes", "PrototypeBank", {"init": "ortho"}, "prototype_bank.init"),
+    ("irblocks.prompt", "PromptGenBlock", {"length": 0}, "prompt_gen.length"),
+    ("irblocks.prompt", "PromptGenBlock", {"size": 0}, "prompt_gen.size"),
+])
+def test_bank_and_prompt_ranges_are_annotations(module, name, kw, field):
+    import importlib
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match=rf"^{field}: expected "):
+        cls(16, **kw)

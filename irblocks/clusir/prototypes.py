@@ -1,10 +1,11 @@
 """ClusIR's prototype bank: K cluster prototypes on the unit sphere, near-orthogonal."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from irblocks.aux_loss import record_aux_loss
@@ -33,21 +34,14 @@ class PrototypeBank(nn.Module):
         init, weight: penalty weight.
     """
 
-    def __init__(self, dim: Context[int], count: int = 3,
-                 init: Literal["orthogonal", "random"] = "orthogonal", weight: float = 0.01):
+    def __init__(self, dim: Context[int], count: Annotated[int, Ge(1)] = 3,
+                 init: Literal["orthogonal", "random"] = "orthogonal",
+                 weight: Annotated[float, Ge(0)] = 0.01):
         super().__init__()
-        if count < 1:
-            raise ValueError("prototype_bank: count (number of prototypes) must be >= 1, got "
-                             f"{count}")
-        if dim < 1:
-            raise ValueError(f"prototype_bank: dim must be >= 1, got {dim}")
-        if init not in ("orthogonal", "random"):
-            raise ValueError(f"prototype_bank: init must be 'orthogonal' or 'random', got {init!r}")
+        # single-value ranges and choices are the annotations (the one validator checks them)
         if init == "orthogonal" and count > dim:
             raise ValueError("prototype_bank: orthogonal init needs count <= dim, got "
                              f"count={count} > dim={dim}")
-        if weight < 0:
-            raise ValueError(f"prototype_bank: weight must be >= 0, got {weight}")
         self.count, self.dim, self.init, self.weight = count, dim, init, weight
         self.prototypes = nn.Parameter(torch.empty(count, dim))
         self.reset_parameters()
