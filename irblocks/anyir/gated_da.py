@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
@@ -93,6 +94,10 @@ class GatedDegradationAdaptation(nn.Module):
                              f"channel, got B x H x W = {b} x {h} x {w} (in a U-Net the latent is "
                              "H/8 x W/8: train with inputs of at least 16x16, a batch > 1, or "
                              "norm='layer'/'group')")
+        if (self.execution == "fast" and self.norm_kind == "batch" and x.device.type == "cpu"
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.is_autocast_enabled("cpu")):
+            return self._forward_folded(x)
         f = self.norm(x)
         if self.execution == "official":
             gamma, beta, alpha = self.w_exp(f).split(self.splits, dim=1)
@@ -114,9 +119,128 @@ class GatedDegradationAdaptation(nn.Module):
                               pointwise_conv2d(torch.cat([beta, alpha], dim=1), wg.weight, wg.bias))
         return pointwise_conv2d(gated, wp.weight, wp.bias)
 
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function with BatchNorm, W_exp's beta rows and the tau gate folded into
+        the weights (CPU execution; values equal to float rounding, gradients included).
+
+        BatchNorm is affine per channel, F_hat = s x + t (s = weight / sqrt(var + eps),
+        t = bias - mean s), so every 1x1 on F_hat is a 1x1 on x with weight W diag(s) and
+        bias W t, and the spatial statistics of F_hat follow from those of x (mu_hat = s mu + t,
+        var_hat = s^2 var). W_gate(concat(beta, alpha')) = (W_gate_beta W_beta) F_hat +
+        W_gate_alpha alpha', and alpha' = alpha_d (1 + tau_adj) scales alpha_d's channels per
+        sample, so that scale moves into a per-sample weight (one batched matmul). Nothing of
+        F_hat, beta, alpha' or concat(beta, alpha') is written; the batch statistics come from
+        the per-sample ones (exact pooling of equal-size groups). Running statistics are
+        updated as ``nn.BatchNorm2d`` does. (B, C, H, W) -> (B, C, H, W).
+        """
+        b, c, h, w = x.shape
+        n = h * w
+        gamma_ch, beta_ch, alpha_ch = self.splits
+        xs = x.permute(0, 2, 3, 1).reshape(b, n, c)            # a view for channels_last x
+        mean, var = sample_moments(xs)                          # (B, C) each, population var
+        scale, shift = _batchnorm_affine(self.norm, mean, var, n)
+        w_exp = self.w_exp.weight.flatten(1)
+        w_gamma, w_beta = w_exp[:gamma_ch], w_exp[gamma_ch:gamma_ch + beta_ch]
+        w_alpha = w_exp[gamma_ch + beta_ch:]
+        w_gate = self.w_gate.weight.flatten(1)
+        w_gate_beta, w_gate_alpha = w_gate[:, :beta_ch], w_gate[:, beta_ch:]
+        b_exp = self.w_exp.bias
+        # gamma and the beta part of W_gate as one matmul on x
+        w_first = torch.cat([w_gamma, w_gate_beta @ w_beta])
+        b_first = w_first @ shift
+        if b_exp is not None:
+            b_first = b_first + torch.cat([b_exp[:gamma_ch],
+                                           w_gate_beta @ b_exp[gamma_ch:gamma_ch + beta_ch]])
+        if self.w_gate.bias is not None:
+            b_first = b_first + torch.cat([torch.zeros_like(self.w_gate.bias), self.w_gate.bias])
+        gamma, gate_beta = F.linear(xs, w_first * scale, b_first).split([gamma_ch, c], dim=-1)
+        b_alpha = w_alpha @ shift
+        if b_exp is not None:
+            b_alpha = b_alpha + b_exp[gamma_ch + beta_ch:]
+        alpha = F.linear(xs, w_alpha * scale, b_alpha)        # (B, N, A)
+        alpha = depthwise_conv2d(alpha.view(b, h, w, alpha_ch).permute(0, 3, 1, 2),
+                                 self.w_depth.weight, self.w_depth.bias)
+        # tau_adj from the statistics of F_hat, tiled along the alpha channels (released code)
+        sigma = torch.sqrt(var * scale.square() + self.eps)
+        tau_adj = self.tau.reshape(1, c) * torch.sigmoid(mean * scale + shift + sigma)
+        if alpha_ch != c:
+            tau_adj = tau_adj.index_select(1, torch.arange(alpha_ch, device=x.device) % c)
+        w_sample = (w_gate_alpha * (1.0 + tau_adj).unsqueeze(1)).transpose(1, 2)  # (B, A, C)
+        gated = torch.baddbmm(gate_beta, alpha.permute(0, 2, 3, 1).reshape(b, n, alpha_ch),
+                              w_sample)
+        z = torch.addcmul(xs, torch.sigmoid(gamma), gated)
+        out = F.linear(z, self.w_proj.weight.flatten(1), self.w_proj.bias)
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
     def extra_repr(self) -> str:
         g, b, a = self.splits
         return f"{self.dim}, gamma={g}, beta={b}, alpha={a}, norm={self.norm_kind}, eps={self.eps}"
 
 
 GatedDegradationAdaption = GatedDegradationAdaptation   # the paper's spelling
+
+
+class _SampleMoments(torch.autograd.Function):
+    """Per-sample, per-channel mean and population variance of x (B, N, C) over N.
+
+    Forward: two passes (mean, then the centred sum of squares), numerically safe. Backward:
+    dx = dmean / N + 2 dvar (x - mean) / N, written in one ``addcmul`` pass without saving
+    x - mean.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = x.mean(1)
+        var = torch.linalg.vector_norm(x - mean.unsqueeze(1), dim=1).square() / x.shape[1]
+        return mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[0])
+
+    @staticmethod
+    def backward(ctx, dmean: torch.Tensor | None, dvar: torch.Tensor | None):
+        x, mean = ctx.saved_tensors
+        n = x.shape[1]
+        if dmean is None:
+            dmean = torch.zeros_like(mean)
+        if dvar is None:
+            dvar = torch.zeros_like(mean)
+        slope = (2.0 / n) * dvar
+        return torch.addcmul((dmean / n - slope * mean).unsqueeze(1), x, slope.unsqueeze(1))
+
+
+def sample_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, C) -> mean (B, C), population variance (B, C) over N (see _SampleMoments)."""
+    return _SampleMoments.apply(x)
+
+
+def _batchnorm_affine(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor,
+                      count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm2d as a per-channel affine map (scale, shift), from per-sample statistics
+    mean, var (B, C) over ``count`` values each; updates the running statistics exactly as
+    ``nn.BatchNorm2d.forward`` does (momentum, cumulative average when momentum is None,
+    unbiased variance)."""
+    use_batch = bn.training or bn.running_mean is None
+    if use_batch:
+        batch_mean = mean.mean(0)
+        batch_var = (var + (mean - batch_mean).square()).mean(0)     # pooled, population
+        if bn.training and bn.track_running_stats and bn.running_mean is not None:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                factor = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                          else bn.momentum)
+                total = mean.shape[0] * count
+                bn.running_mean.lerp_(batch_mean.detach(), factor)
+                bn.running_var.lerp_(batch_var.detach() * (total / max(total - 1, 1)), factor)
+    else:
+        batch_mean, batch_var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(batch_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -batch_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
