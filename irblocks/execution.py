@@ -6,8 +6,9 @@ reshape LayerNorm, unfused gating, FFT fusion...), with the same weights. It
 exists for the speed benchmarks and for parity debugging; outputs agree to
 float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and on CPU
 1x1 convolutions as matrix products and custom backward passes (depthwise convolutions,
-skip-split, AnyIR's fusion; ``irblocks/conv.py``) with the same gradients
-(tests/test_training_parity.py).
+skip-split, AnyIR's fusion; ``irblocks/conv.py``), and GatedDA with BatchNorm folded into
+its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``), with the
+same gradients (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py).
 """
 from __future__ import annotations
 

@@ -50,6 +50,12 @@ class GatedDegradationAdaptation(nn.Module):
 
     Shapes: (B, C, H, W) -> (B, C, H, W), any H x W. With ``norm="batch"`` in train mode
     B x H x W must exceed 1.
+
+    Execution (``irblocks.set_execution``): with ``norm="batch"`` and a channels_last CPU
+    input, ``"fast"`` folds the BatchNorm, W_exp's beta rows and the tau gate into the
+    weights (:meth:`_forward_folded`: same values and gradients, fewer passes over memory);
+    otherwise the three parts of W_exp run as dense 1x1s. ``"official"`` runs the released
+    code's sequence.
     """
 
     execution = "fast"
