@@ -91,63 +91,100 @@ if _HAVE_TRITON:
 
 if _HAVE_TRITON:
     @triton.jit
-    def _haar_dwt_kernel(x_ptr, y_ptr, C, h, w, total,
-                         sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                         BLOCK: tl.constexpr):
+    def _haar_dwt_kernel(
+        x_ptr,  # input, (B, C, 2h, 2w), any strides
+        y_ptr,  # output subbands, (B, 4C, h, w) = [LL | LH | HL | HH], same dtype as x
+        channels,  # C, input channels
+        out_height,  # h = H / 2
+        out_width,  # w = W / 2
+        num_outputs,  # B * C * h * w, output pixels per subband
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        y_stride_batch,  # stride of y along B
+        y_stride_channel,  # stride of y along 4C
+        y_stride_height,  # stride of y along h
+        y_stride_width,  # stride of y along w
+        BLOCK_SIZE: tl.constexpr,  # output pixels per program
+    ):
         pid = tl.program_id(0)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < total
-        j = offs % w
-        t = offs // w
-        i = t % h
-        t = t // h
-        c = t % C
-        b = t // C
-        base = x_ptr + b * sxb + c * sxc + (2 * i) * sxh + (2 * j) * sxw
-        a = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-        bb = tl.load(base + sxw, mask=mask, other=0.0).to(tl.float32)
-        cc = tl.load(base + sxh, mask=mask, other=0.0).to(tl.float32)
-        dd = tl.load(base + sxh + sxw, mask=mask, other=0.0).to(tl.float32)
-        s1 = a + bb
-        d1 = a - bb
-        s2 = cc + dd
-        d2 = cc - dd
-        ob = y_ptr + b * syb + c * syc + i * syh + j * syw
-        dt = y_ptr.dtype.element_ty
-        tl.store(ob, ((s1 + s2) * 0.5).to(dt), mask=mask)
-        tl.store(ob + C * syc, ((s1 - s2) * 0.5).to(dt), mask=mask)
-        tl.store(ob + 2 * C * syc, ((d1 + d2) * 0.5).to(dt), mask=mask)
-        tl.store(ob + 3 * C * syc, ((d1 - d2) * 0.5).to(dt), mask=mask)
+        offsets = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < num_outputs
+        col = offsets % out_width
+        rest = offsets // out_width
+        row = rest % out_height
+        rest = rest // out_height
+        channel = rest % channels
+        batch = rest // channels
+        x_base = (x_ptr + batch * x_stride_batch + channel * x_stride_channel
+                  + (2 * row) * x_stride_height + (2 * col) * x_stride_width)
+        top_left = tl.load(x_base, mask=mask, other=0.0).to(tl.float32)
+        top_right = tl.load(x_base + x_stride_width, mask=mask, other=0.0).to(tl.float32)
+        bottom_left = tl.load(x_base + x_stride_height, mask=mask, other=0.0).to(tl.float32)
+        bottom_right = tl.load(x_base + x_stride_height + x_stride_width, mask=mask,
+                               other=0.0).to(tl.float32)
+        s1 = top_left + top_right
+        d1 = top_left - top_right
+        s2 = bottom_left + bottom_right
+        d2 = bottom_left - bottom_right
+        y_base = (y_ptr + batch * y_stride_batch + channel * y_stride_channel
+                  + row * y_stride_height + col * y_stride_width)
+        out_dtype = y_ptr.dtype.element_ty
+        tl.store(y_base, ((s1 + s2) * 0.5).to(out_dtype), mask=mask)
+        tl.store(y_base + channels * y_stride_channel, ((s1 - s2) * 0.5).to(out_dtype), mask=mask)
+        tl.store(y_base + 2 * channels * y_stride_channel, ((d1 + d2) * 0.5).to(out_dtype),
+                 mask=mask)
+        tl.store(y_base + 3 * channels * y_stride_channel, ((d1 - d2) * 0.5).to(out_dtype),
+                 mask=mask)
 
     @triton.jit
-    def _haar_idwt_kernel(y_ptr, x_ptr, C, h, w, total,
-                          syb, syc, syh, syw, sxb, sxc, sxh, sxw,
-                          BLOCK: tl.constexpr):
+    def _haar_idwt_kernel(
+        y_ptr,  # input subbands, (B, 4C, h, w) = [LL | LH | HL | HH], any strides
+        x_ptr,  # output, (B, C, 2h, 2w), same dtype as y
+        channels,  # C, output channels
+        in_height,  # h
+        in_width,  # w
+        num_inputs,  # B * C * h * w, input pixels per subband
+        y_stride_batch,  # stride of y along B
+        y_stride_channel,  # stride of y along 4C
+        y_stride_height,  # stride of y along h
+        y_stride_width,  # stride of y along w
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along 2h
+        x_stride_width,  # stride of x along 2w
+        BLOCK_SIZE: tl.constexpr,  # input pixels per program
+    ):
         pid = tl.program_id(0)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < total
-        j = offs % w
-        t = offs // w
-        i = t % h
-        t = t // h
-        c = t % C
-        b = t // C
-        ib = y_ptr + b * syb + c * syc + i * syh + j * syw
-        ll = tl.load(ib, mask=mask, other=0.0).to(tl.float32)
-        lh = tl.load(ib + C * syc, mask=mask, other=0.0).to(tl.float32)
-        hl = tl.load(ib + 2 * C * syc, mask=mask, other=0.0).to(tl.float32)
-        hh = tl.load(ib + 3 * C * syc, mask=mask, other=0.0).to(tl.float32)
+        offsets = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < num_inputs
+        col = offsets % in_width
+        rest = offsets // in_width
+        row = rest % in_height
+        rest = rest // in_height
+        channel = rest % channels
+        batch = rest // channels
+        y_base = (y_ptr + batch * y_stride_batch + channel * y_stride_channel
+                  + row * y_stride_height + col * y_stride_width)
+        ll = tl.load(y_base, mask=mask, other=0.0).to(tl.float32)
+        lh = tl.load(y_base + channels * y_stride_channel, mask=mask, other=0.0).to(tl.float32)
+        hl = tl.load(y_base + 2 * channels * y_stride_channel, mask=mask,
+                     other=0.0).to(tl.float32)
+        hh = tl.load(y_base + 3 * channels * y_stride_channel, mask=mask,
+                     other=0.0).to(tl.float32)
         s1 = ll + lh
         s2 = ll - lh
         d1 = hl + hh
         d2 = hl - hh
-        ob = x_ptr + b * sxb + c * sxc + (2 * i) * sxh + (2 * j) * sxw
-        dt = x_ptr.dtype.element_ty
-        tl.store(ob, ((s1 + d1) * 0.5).to(dt), mask=mask)
-        tl.store(ob + sxw, ((s1 - d1) * 0.5).to(dt), mask=mask)
-        tl.store(ob + sxh, ((s2 + d2) * 0.5).to(dt), mask=mask)
-        tl.store(ob + sxh + sxw, ((s2 - d2) * 0.5).to(dt), mask=mask)
-
+        x_base = (x_ptr + batch * x_stride_batch + channel * x_stride_channel
+                  + (2 * row) * x_stride_height + (2 * col) * x_stride_width)
+        out_dtype = x_ptr.dtype.element_ty
+        tl.store(x_base, ((s1 + d1) * 0.5).to(out_dtype), mask=mask)
+        tl.store(x_base + x_stride_width, ((s1 - d1) * 0.5).to(out_dtype), mask=mask)
+        tl.store(x_base + x_stride_height, ((s2 + d2) * 0.5).to(out_dtype), mask=mask)
+        tl.store(x_base + x_stride_height + x_stride_width, ((s2 - d2) * 0.5).to(out_dtype),
+                 mask=mask)
 
 
 def _block() -> int:
@@ -161,8 +198,17 @@ def _dwt_triton(x: torch.Tensor) -> torch.Tensor:
     total = b * c * h * w
     if total:
         blk = _block()
-        _haar_dwt_kernel[(triton.cdiv(total, blk),)](x, y, c, h, w, total, *x.stride(), *y.stride(),
-                                                     BLOCK=blk)
+        _haar_dwt_kernel[(triton.cdiv(total, blk),)](
+            x,
+            y,
+            c,
+            h,
+            w,
+            total,
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            *y.stride(),  # y_stride_batch, y_stride_channel, y_stride_height, y_stride_width
+            BLOCK_SIZE=blk,
+        )
     return y
 
 
@@ -173,8 +219,17 @@ def _idwt_triton(y: torch.Tensor) -> torch.Tensor:
     total = b * c * h * w
     if total:
         blk = _block()
-        _haar_idwt_kernel[(triton.cdiv(total, blk),)](y, x, c, h, w, total, *y.stride(),
-                                                      *x.stride(), BLOCK=blk)
+        _haar_idwt_kernel[(triton.cdiv(total, blk),)](
+            y,
+            x,
+            c,
+            h,
+            w,
+            total,
+            *y.stride(),  # y_stride_batch, y_stride_channel, y_stride_height, y_stride_width
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            BLOCK_SIZE=blk,
+        )
     return x
 
 

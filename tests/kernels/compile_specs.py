@@ -79,14 +79,17 @@ def gated_da_stats_specs(m) -> list:
 
 
 def haar_dwt_specs(m) -> list:
-    _SIG = {"x_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "h": "i32", "w": "i32", "total": "i32",
-            "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
-            "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32", "BLOCK": "constexpr"}
-    _ISIG = {"y_ptr": "*fp32", "x_ptr": "*fp32", "C": "i32", "h": "i32", "w": "i32", "total": "i32",
-             "syb": "i32", "syc": "i32", "syh": "i32", "syw": "i32",
-             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "BLOCK": "constexpr"}
-    return [(m._haar_dwt_kernel, _SIG, {"BLOCK": 1024}),
-            (m._haar_idwt_kernel, _ISIG, {"BLOCK": 1024})]
+    def strides(t):
+        return {f"{t}_stride_{a}": "i32" for a in ("batch", "channel", "height", "width")}
+
+    _SIG = {"x_ptr": "*fp32", "y_ptr": "*fp32", "channels": "i32", "out_height": "i32",
+            "out_width": "i32", "num_outputs": "i32", **strides("x"), **strides("y"),
+            "BLOCK_SIZE": "constexpr"}
+    _ISIG = {"y_ptr": "*fp32", "x_ptr": "*fp32", "channels": "i32", "in_height": "i32",
+             "in_width": "i32", "num_inputs": "i32", **strides("y"), **strides("x"),
+             "BLOCK_SIZE": "constexpr"}
+    return [(m._haar_dwt_kernel, _SIG, {"BLOCK_SIZE": 1024}),
+            (m._haar_idwt_kernel, _ISIG, {"BLOCK_SIZE": 1024})]
 
 
 def layernorm_specs(m) -> list:
