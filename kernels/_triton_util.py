@@ -10,10 +10,16 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def pixel_offset(hw, Wd, sh, sw, FLAT: tl.constexpr):
-        """Memory offset of in-image pixel index ``hw`` (row-major over H x W) for strides
-        ``sh``, ``sw``. ``FLAT`` (H and W merge into one axis) keeps it provably contiguous,
-        so GPU loads coalesce for NCHW and channels_last alike."""
-        if FLAT:
-            return hw * sw
-        return (hw // Wd) * sh + (hw % Wd) * sw
+    def pixel_offset(
+        pixel,  # in-image pixel indices, row-major over H x W (a block of int32)
+        width,  # W, image width
+        stride_height,  # tensor stride along H
+        stride_width,  # tensor stride along W
+        FLAT_PIXELS: tl.constexpr,  # H and W merge into one axis (stride_h == W * stride_w)
+    ):
+        """Memory offset of in-image pixel index ``pixel`` (row-major over H x W) for strides
+        ``stride_height``, ``stride_width``. ``FLAT_PIXELS`` (H and W merge into one axis)
+        keeps it provably contiguous, so GPU loads coalesce for NCHW and channels_last alike."""
+        if FLAT_PIXELS:
+            return pixel * stride_width
+        return (pixel // width) * stride_height + (pixel % width) * stride_width

@@ -11,7 +11,7 @@ Implementations
 - reference: ``F.layer_norm`` on the channels-last view (a view, no copy, when the
   input is channels_last); plain torch ops, so autograd, torch.compile and
   FlopCounterMode see through it.
-- triton: one program normalises ``BLOCK_P`` pixels of one image x all channels, reading
+- triton: one program normalises ``BLOCK_SIZE_P`` pixels of one image x all channels, reading
   the input through its own strides (NCHW, channels_last or any view: no permute copy;
   when H and W merge, the pixel offset is ``hw * stride_w`` so the compiler sees the
   contiguous axis: pixels for NCHW, channels for channels_last, and coalesces either);
@@ -60,71 +60,132 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from ._triton_util import pixel_offset as _pix
+    from ._triton_util import pixel_offset
 
     @triton.jit
-    def _ln_fwd_kernel(X, Wt, Bs, Y, C, HW, Wd,
-                       sxb, sxc, sxh, sxw, syb, syc, syh, syw, eps,
-                       HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
-        # grid: (pixel blocks of one image, batch); tile = BLOCK_P pixels x all channels
-        b = tl.program_id(1)
-        hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.arange(0, BLOCK_C)
-        cm = c < C
-        mask = (hw < HW)[:, None] & cm[None, :]
-        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
-        x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) / C
+    def _ln_fwd_kernel(
+        x_ptr,  # input, (B, C, H, W), any strides
+        weight_ptr,  # LayerNorm weight, (C,)
+        bias_ptr,  # LayerNorm bias, (C,) (the weight again when HAS_BIAS is False: not read)
+        y_ptr,  # output, (B, C, H, W), same dtype as x
+        channels,  # C, the normalised axis
+        num_pixels,  # H * W
+        width,  # W
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        y_stride_batch,  # stride of y along B
+        y_stride_channel,  # stride of y along C
+        y_stride_height,  # stride of y along H
+        y_stride_width,  # stride of y along W
+        eps,  # added to the variance, float32
+        HAS_BIAS: tl.constexpr,  # WithBias (x - mean) * rstd * w + b; else BiasFree x * rstd * w
+        FLAT_PIXELS: tl.constexpr,  # H and W of x and y merge into one pixel axis
+        BLOCK_SIZE_P: tl.constexpr,  # pixels per program
+        BLOCK_SIZE_C: tl.constexpr,  # next power of 2 >= C (a program holds all channels)
+    ):
+        # grid: (pixel blocks of one image, batch); tile = BLOCK_SIZE_P pixels x all channels
+        batch = tl.program_id(1)
+        pixel = tl.program_id(0) * BLOCK_SIZE_P + tl.arange(0, BLOCK_SIZE_P)
+        channel = tl.arange(0, BLOCK_SIZE_C)
+        channel_mask = channel < channels
+        mask = (pixel < num_pixels)[:, None] & channel_mask[None, :]
+        x_offsets = (batch * x_stride_batch
+                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
+                                    FLAT_PIXELS)[:, None]
+                     + (channel * x_stride_channel)[None, :])
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / channels
+        x_centered = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(x_centered * x_centered, axis=1) / channels
         rstd = 1.0 / tl.sqrt(var + eps)
-        wv = tl.load(Wt + c, mask=cm, other=0.0).to(tl.float32)
+        weight = tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            bv = tl.load(Bs + c, mask=cm, other=0.0).to(tl.float32)
-            y = xc * rstd[:, None] * wv[None, :] + bv[None, :]
+            bias = tl.load(bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+            y = x_centered * rstd[:, None] * weight[None, :] + bias[None, :]
         else:
-            y = x * rstd[:, None] * wv[None, :]
-        yo = b * syb + _pix(hw, Wd, syh, syw, FLAT)[:, None] + (c * syc)[None, :]
-        tl.store(Y + yo, y.to(Y.dtype.element_ty), mask=mask)
+            y = x * rstd[:, None] * weight[None, :]
+        y_offsets = (batch * y_stride_batch
+                     + pixel_offset(pixel, width, y_stride_height, y_stride_width,
+                                    FLAT_PIXELS)[:, None]
+                     + (channel * y_stride_channel)[None, :])
+        tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _ln_bwd_kernel(DY, X, Wt, DX, DWP, DBP, C, HW, Wd,
-                       sdb, sdc, sdh, sdw, sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, eps,
-                       HAS_BIAS: tl.constexpr, FLAT: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
-        b = tl.program_id(1)
-        hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.arange(0, BLOCK_C)
-        cm = c < C
-        mask = (hw < HW)[:, None] & cm[None, :]
-        xo = b * sxb + _pix(hw, Wd, sxh, sxw, FLAT)[:, None] + (c * sxc)[None, :]
-        do = b * sdb + _pix(hw, Wd, sdh, sdw, FLAT)[:, None] + (c * sdc)[None, :]
-        x = tl.load(X + xo, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + do, mask=mask, other=0.0).to(tl.float32)
-        wv = tl.load(Wt + c, mask=cm, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) / C
+    def _ln_bwd_kernel(
+        dy_ptr,  # gradient of the output, (B, C, H, W), any strides
+        x_ptr,  # forward input, (B, C, H, W), any strides
+        weight_ptr,  # LayerNorm weight, (C,)
+        dx_ptr,  # gradient of x (output), (B, C, H, W), same dtype as x
+        dweight_partial_ptr,  # per-program partial sums of dw, (B * pixel blocks, C), float32
+        dbias_partial_ptr,  # per-program partial sums of db, (B * pixel blocks, C), float32
+        channels,  # C, the normalised axis
+        num_pixels,  # H * W
+        width,  # W
+        dy_stride_batch,  # stride of dy along B
+        dy_stride_channel,  # stride of dy along C
+        dy_stride_height,  # stride of dy along H
+        dy_stride_width,  # stride of dy along W
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        dx_stride_batch,  # stride of dx along B
+        dx_stride_channel,  # stride of dx along C
+        dx_stride_height,  # stride of dx along H
+        dx_stride_width,  # stride of dx along W
+        eps,  # added to the variance, float32
+        HAS_BIAS: tl.constexpr,  # WithBias (x - mean) * rstd * w + b; else BiasFree x * rstd * w
+        FLAT_PIXELS: tl.constexpr,  # H and W of dy, x and dx merge into one pixel axis
+        BLOCK_SIZE_P: tl.constexpr,  # pixels per program
+        BLOCK_SIZE_C: tl.constexpr,  # next power of 2 >= C (a program holds all channels)
+    ):
+        batch = tl.program_id(1)
+        pixel = tl.program_id(0) * BLOCK_SIZE_P + tl.arange(0, BLOCK_SIZE_P)
+        channel = tl.arange(0, BLOCK_SIZE_C)
+        channel_mask = channel < channels
+        mask = (pixel < num_pixels)[:, None] & channel_mask[None, :]
+        x_offsets = (batch * x_stride_batch
+                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
+                                    FLAT_PIXELS)[:, None]
+                     + (channel * x_stride_channel)[None, :])
+        dy_offsets = (batch * dy_stride_batch
+                      + pixel_offset(pixel, width, dy_stride_height, dy_stride_width,
+                                     FLAT_PIXELS)[:, None]
+                      + (channel * dy_stride_channel)[None, :])
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(tl.float32)
+        weight = tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / channels
+        x_centered = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(x_centered * x_centered, axis=1) / channels
         rstd = 1.0 / tl.sqrt(var + eps)
-        g = dy * wv[None, :]
+        dy_weighted = dy * weight[None, :]   # gradient of the normalised x
         if HAS_BIAS:
-            xhat = xc * rstd[:, None]
-            m1 = tl.sum(g, axis=1) / C
-            m2 = tl.sum(g * xhat, axis=1) / C
-            dx = rstd[:, None] * (g - m1[:, None] - xhat * m2[:, None])
-            dwp = tl.sum(dy * xhat, axis=0)
+            x_hat = x_centered * rstd[:, None]
+            mean_dy_weighted = tl.sum(dy_weighted, axis=1) / channels
+            mean_dy_weighted_x_hat = tl.sum(dy_weighted * x_hat, axis=1) / channels
+            dx = rstd[:, None] * (dy_weighted - mean_dy_weighted[:, None]
+                                  - x_hat * mean_dy_weighted_x_hat[:, None])
+            dweight_partial = tl.sum(dy * x_hat, axis=0)
         else:
             # y = x * rstd * w; d rstd / d x_i = -rstd^3 (x_i - mean) / C
-            m = tl.sum(g * x, axis=1) / C
-            dx = rstd[:, None] * g - (rstd * rstd * rstd * m)[:, None] * xc
-            dwp = tl.sum(dy * x * rstd[:, None], axis=0)
-        dbp = tl.sum(dy, axis=0)
-        go = b * sgb + _pix(hw, Wd, sgh, sgw, FLAT)[:, None] + (c * sgc)[None, :]
-        tl.store(DX + go, dx.to(DX.dtype.element_ty), mask=mask)
-        row = b * tl.num_programs(0) + tl.program_id(0)
-        tl.store(DWP + row * C + c, dwp, mask=cm)
-        tl.store(DBP + row * C + c, dbp, mask=cm)
+            mean_dy_weighted_x = tl.sum(dy_weighted * x, axis=1) / channels
+            dx = (rstd[:, None] * dy_weighted
+                  - (rstd * rstd * rstd * mean_dy_weighted_x)[:, None] * x_centered)
+            dweight_partial = tl.sum(dy * x * rstd[:, None], axis=0)
+        dbias_partial = tl.sum(dy, axis=0)
+        dx_offsets = (batch * dx_stride_batch
+                      + pixel_offset(pixel, width, dx_stride_height, dx_stride_width,
+                                     FLAT_PIXELS)[:, None]
+                      + (channel * dx_stride_channel)[None, :])
+        tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        partial_row = batch * tl.num_programs(0) + tl.program_id(0)
+        tl.store(dweight_partial_ptr + partial_row * channels + channel, dweight_partial,
+                 mask=channel_mask)
+        tl.store(dbias_partial_ptr + partial_row * channels + channel, dbias_partial,
+                 mask=channel_mask)
 
     def _blocks(c: int, gpu_elems: int) -> tuple[int, int, int]:
         block_c = triton.next_power_of_2(max(c, 1))
@@ -143,9 +204,23 @@ if triton_available():
             return y
         block_p, block_c, nw = _blocks(c, 4096)
         grid = (triton.cdiv(h * w, block_p), b)
-        _ln_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h * w, w,
-                             *x.stride(), *y.stride(), eps, HAS_BIAS=bias is not None,
-                             FLAT=_flat(x, y), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=nw)
+        _ln_fwd_kernel[grid](
+            x,
+            weight,
+            bias if bias is not None else weight,
+            y,
+            c,
+            h * w,
+            w,
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            *y.stride(),  # y_stride_batch, y_stride_channel, y_stride_height, y_stride_width
+            eps,
+            HAS_BIAS=bias is not None,
+            FLAT_PIXELS=_flat(x, y),
+            BLOCK_SIZE_P=block_p,
+            BLOCK_SIZE_C=block_c,
+            num_warps=nw,
+        )
         return y
 
     def _bwd_triton(dy, x, weight, has_bias, eps):
@@ -156,10 +231,26 @@ if triton_available():
         dwp = empty(b * n, c, like=x, dtype=torch.float32)
         dbp = empty(b * n, c, like=x, dtype=torch.float32)
         if b * n > 0 and c > 0:
-            _ln_bwd_kernel[(n, b)](dy, x, weight, dx, dwp, dbp, c, h * w, w,
-                                   *dy.stride(), *x.stride(), *dx.stride(), eps, HAS_BIAS=has_bias,
-                                   FLAT=_flat(dy, x, dx), BLOCK_P=block_p, BLOCK_C=block_c,
-                                   num_warps=nw)
+            _ln_bwd_kernel[(n, b)](
+                dy,
+                x,
+                weight,
+                dx,
+                dwp,
+                dbp,
+                c,
+                h * w,
+                w,
+                *dy.stride(),  # dy_stride_batch, dy_stride_channel, dy_stride_height, ..._width
+                *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+                *dx.stride(),  # dx_stride_batch, dx_stride_channel, dx_stride_height, ..._width
+                eps,
+                HAS_BIAS=has_bias,
+                FLAT_PIXELS=_flat(dy, x, dx),
+                BLOCK_SIZE_P=block_p,
+                BLOCK_SIZE_C=block_c,
+                num_warps=nw,
+            )
         return dx, dwp.sum(0).to(weight.dtype), dbp.sum(0).to(weight.dtype)
 
 

@@ -92,43 +92,50 @@ def haar_dwt_specs(m) -> list:
             (m._haar_idwt_kernel, _ISIG, {"BLOCK_SIZE": 1024})]
 
 
+_AXES = ("batch", "channel", "height", "width")
+
+
+def _strides(*tensors: str) -> dict:
+    """Signature entries ``<t>_stride_<axis>`` (i32) of (B, C, H, W) tensors, in order."""
+    return {f"{t}_stride_{a}": "i32" for t in tensors for a in _AXES}
+
+
+def _unit_strides(axis: str, *tensors: str) -> dict:
+    """The runtime's ==1 specialisation: stride ``axis`` of these tensors is the constant 1
+    (NCHW -> ``width``, channels_last -> ``channel``)."""
+    return {f"{t}_stride_{axis}": 1 for t in tensors}
+
+
 def layernorm_specs(m) -> list:
     """GPU configs: C = 48 (Restormer level 1) and 384 (latent); NCHW (w stride 1) and
     channels_last (c stride 1) flat layouts, as the runtime's ==1 specialisation sees them."""
+    fwd_sig = {"x_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp32",
+               "channels": "i32", "num_pixels": "i32", "width": "i32", **_strides("x", "y"),
+               "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT_PIXELS": "constexpr",
+               "BLOCK_SIZE_P": "constexpr", "BLOCK_SIZE_C": "constexpr"}
+    bwd_sig = {"dy_ptr": "*fp32", "x_ptr": "*fp32", "weight_ptr": "*fp32", "dx_ptr": "*fp32",
+               "dweight_partial_ptr": "*fp32", "dbias_partial_ptr": "*fp32", "channels": "i32",
+               "num_pixels": "i32", "width": "i32", **_strides("dy", "x", "dx"), "eps": "fp32",
+               "HAS_BIAS": "constexpr", "FLAT_PIXELS": "constexpr",
+               "BLOCK_SIZE_P": "constexpr", "BLOCK_SIZE_C": "constexpr"}
     specs = []
     for bias in (True, False):
         for c, bc in ((48, 64), (384, 512)):
-            for unit in ("w", "c"):   # which stride is 1: NCHW -> w, channels_last -> c
-                fwd = {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32",
-                       "HW": "i32", "Wd": "i32",
-                       **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "eps": "fp32",
-                       "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
-                       "BLOCK_C": "constexpr"}
-                ones = {f"s{t}{unit}": 1 for t in "xy"}
-                fwd.update({k: "constexpr" for k in ones})
+            for axis in ("width", "channel"):   # the unit stride: NCHW -> W, channels_last -> C
+                ones = _unit_strides(axis, "x", "y")
                 specs.append(
-                    (m._ln_fwd_kernel, fwd,
-                     {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 4096 // bc)),
-                      "BLOCK_C": bc, **ones}))
-                bwd = {"DY": "*fp32", "X": "*fp32", "Wt": "*fp32", "DX": "*fp32", "DWP": "*fp32",
-                       "DBP": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
-                       **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"}, "eps": "fp32",
-                       "HAS_BIAS": "constexpr", "FLAT": "constexpr", "BLOCK_P": "constexpr",
-                       "BLOCK_C": "constexpr"}
-                ones = {f"s{t}{unit}": 1 for t in "dxg"}
-                bwd.update({k: "constexpr" for k in ones})
+                    (m._ln_fwd_kernel, {**fwd_sig, **{k: "constexpr" for k in ones}},
+                     {"HAS_BIAS": bias, "FLAT_PIXELS": True,
+                      "BLOCK_SIZE_P": max(1, min(256, 4096 // bc)), "BLOCK_SIZE_C": bc, **ones}))
+                ones = _unit_strides(axis, "dy", "x", "dx")
                 specs.append(
-                    (m._ln_bwd_kernel, bwd,
-                     {"HAS_BIAS": bias, "FLAT": True, "BLOCK_P": max(1, min(256, 2048 // bc)),
-                      "BLOCK_C": bc, **ones}))
+                    (m._ln_bwd_kernel, {**bwd_sig, **{k: "constexpr" for k in ones}},
+                     {"HAS_BIAS": bias, "FLAT_PIXELS": True,
+                      "BLOCK_SIZE_P": max(1, min(256, 2048 // bc)), "BLOCK_SIZE_C": bc, **ones}))
     # the non-flat fallback (H and W strides do not merge, e.g. a W-crop view), generic strides
     specs.append(
-        (m._ln_fwd_kernel,
-         {"X": "*fp32", "Wt": "*fp32", "Bs": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32",
-          "Wd": "i32", **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-          "eps": "fp32", "HAS_BIAS": "constexpr", "FLAT": "constexpr",
-          "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-         {"HAS_BIAS": True, "FLAT": False, "BLOCK_P": 64, "BLOCK_C": 64}))
+        (m._ln_fwd_kernel, dict(fwd_sig),
+         {"HAS_BIAS": True, "FLAT_PIXELS": False, "BLOCK_SIZE_P": 64, "BLOCK_SIZE_C": 64}))
     return specs
 
 
