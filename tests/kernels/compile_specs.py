@@ -142,28 +142,25 @@ def layernorm_specs(m) -> list:
 def gdfn_gate_specs(m) -> list:
     """GPU configs for NCHW (w stride 1) and channels_last (c stride 1) flat layouts, as the
     runtime's ==1 specialisation sees them; float32 and float16."""
+    tiles = {"FLAT_PIXELS": "constexpr", "BLOCK_SIZE_P": "constexpr",
+             "BLOCK_SIZE_C": "constexpr"}
+    sizes = {"channels": "i32", "num_pixels": "i32", "width": "i32"}
     specs = []
-    for unit in ("w", "c"):
+    for axis in ("width", "channel"):   # the unit stride: NCHW -> W, channels_last -> C
         for dt, bp, bc in (("fp32", 32, 64), ("fp16", 16, 128)):
-            fwd = {"X": f"*{dt}", "Y": f"*{dt}", "C": "i32", "HW": "i32", "Wd": "i32",
-                   **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                   "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-            ones = {f"s{t}{unit}": 1 for t in "xy"}
-            fwd.update({k: "constexpr" for k in ones})
-            specs.append(
-                (m._gate_fwd_kernel, fwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
-            bwd = {"DY": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "C": "i32", "HW": "i32",
-                   "Wd": "i32", **{f"s{t}{a}": "i32" for t in "dxg" for a in "bchw"},
-                   "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-            ones = {f"s{t}{unit}": 1 for t in "dxg"}
-            bwd.update({k: "constexpr" for k in ones})
-            specs.append(
-                (m._gate_bwd_kernel, bwd, {"FLAT": True, "BLOCK_P": bp, "BLOCK_C": bc, **ones}))
+            blocks = {"FLAT_PIXELS": True, "BLOCK_SIZE_P": bp, "BLOCK_SIZE_C": bc}
+            ones = _unit_strides(axis, "x", "y")
+            fwd = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", **sizes, **_strides("x", "y"), **tiles,
+                   **{k: "constexpr" for k in ones}}
+            specs.append((m._gate_fwd_kernel, fwd, {**blocks, **ones}))
+            ones = _unit_strides(axis, "dy", "x", "dx")
+            bwd = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dx_ptr": f"*{dt}", **sizes,
+                   **_strides("dy", "x", "dx"), **tiles, **{k: "constexpr" for k in ones}}
+            specs.append((m._gate_bwd_kernel, bwd, {**blocks, **ones}))
     specs.append(
-        (m._gate_fwd_kernel, {"X": "*fp32", "Y": "*fp32", "C": "i32", "HW": "i32", "Wd": "i32",
-                              **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"},
-                              "FLAT": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"},
-         {"FLAT": False, "BLOCK_P": 32, "BLOCK_C": 64}))   # non-flat fallback, generic strides
+        (m._gate_fwd_kernel,
+         {"x_ptr": "*fp32", "y_ptr": "*fp32", **sizes, **_strides("x", "y"), **tiles},
+         {"FLAT_PIXELS": False, "BLOCK_SIZE_P": 32, "BLOCK_SIZE_C": 64}))   # non-flat fallback
     return specs
 
 
