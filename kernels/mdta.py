@@ -93,104 +93,201 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from ._triton_util import pixel_offset as _pix
+    from ._triton_util import pixel_offset
 
     @triton.jit
-    def _gram_kernel(X, Y, G, SX, SY, d, heads, N, Wd, N_PER_SPLIT, n_split,
-                     sxb, sxc, sxh, sxw, syb, syc, syh, syw,
-                     NORMS: tl.constexpr, FLAT: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_N: tl.constexpr, PREC: tl.constexpr):
-        """Partial X Y^T (d x d) over one slice of N for one (batch, head); optionally row
+    def _gram_kernel(
+        x_ptr,  # left operand, (B, C, H, W) with C = heads * head_dim, any strides
+        y_ptr,  # right operand, (B, C, H, W), any strides
+        gram_ptr,  # partial grams x y^T, (B * heads, num_splits, head_dim, head_dim), float32
+        x_sumsq_ptr,  # partial row sums of x^2, (B * heads, num_splits, head_dim), float32
+        y_sumsq_ptr,  # partial row sums of y^2, (B * heads, num_splits, head_dim), float32
+        head_dim,  # d = C / heads
+        heads,  # attention heads
+        num_pixels,  # N = H * W
+        width,  # W
+        pixels_per_split,  # pixels each program sums over (a multiple of BLOCK_SIZE_N)
+        num_splits,  # programs per (batch, head) along N
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        y_stride_batch,  # stride of y along B
+        y_stride_channel,  # stride of y along C
+        y_stride_height,  # stride of y along H
+        y_stride_width,  # stride of y along W
+        WITH_SUMSQ: tl.constexpr,  # also write the row sums of squares (else sumsq ptrs unused)
+        FLAT_PIXELS: tl.constexpr,  # H and W of x and y merge into one pixel axis
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16 (tl.dot minimum)
+        BLOCK_SIZE_N: tl.constexpr,  # pixels per tile
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
+        """Partial x y^T (d x d) over one slice of N for one (batch, head); optionally row
         sum-squares."""
-        bh = tl.program_id(0)
-        sp = tl.program_id(1)
-        b = bh // heads
-        hd = bh % heads
-        i = tl.arange(0, BLOCK_D)
-        im = i < d
-        xrow = X + b * sxb + (hd * d + i) * sxc
-        yrow = Y + b * syb + (hd * d + i) * syc
-        acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        sqx = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        sqy = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        n0 = sp * N_PER_SPLIT
-        for s in range(0, N_PER_SPLIT, BLOCK_N):
-            n = n0 + s + tl.arange(0, BLOCK_N)
-            nm = n < N
-            m = im[:, None] & nm[None, :]
-            x = tl.load(xrow[:, None] + _pix(n, Wd, sxh, sxw, FLAT)[None, :], mask=m,
-                        other=0.0).to(tl.float32)
-            y = tl.load(yrow[:, None] + _pix(n, Wd, syh, syw, FLAT)[None, :], mask=m,
-                        other=0.0).to(tl.float32)
-            acc += tl.dot(x, tl.trans(y), input_precision=PREC)
-            if NORMS:
-                sqx += tl.sum(x * x, axis=1)
-                sqy += tl.sum(y * y, axis=1)
-        j = tl.arange(0, BLOCK_D)
-        base = bh * n_split + sp
-        tl.store(G + base * d * d + i[:, None] * d + j[None, :], acc,
-                 mask=im[:, None] & (j < d)[None, :])
-        if NORMS:
-            tl.store(SX + base * d + i, sqx, mask=im)
-            tl.store(SY + base * d + i, sqy, mask=im)
+        batch_head = tl.program_id(0)
+        split = tl.program_id(1)
+        batch = batch_head // heads
+        head = batch_head % heads
+        row = tl.arange(0, BLOCK_SIZE_D)
+        row_mask = row < head_dim
+        x_rows_ptr = x_ptr + batch * x_stride_batch + (head * head_dim + row) * x_stride_channel
+        y_rows_ptr = y_ptr + batch * y_stride_batch + (head * head_dim + row) * y_stride_channel
+        gram = tl.zeros((BLOCK_SIZE_D, BLOCK_SIZE_D), dtype=tl.float32)
+        x_sumsq = tl.zeros((BLOCK_SIZE_D,), dtype=tl.float32)
+        y_sumsq = tl.zeros((BLOCK_SIZE_D,), dtype=tl.float32)
+        split_start = split * pixels_per_split
+        for tile_start in range(0, pixels_per_split, BLOCK_SIZE_N):
+            pixel = split_start + tile_start + tl.arange(0, BLOCK_SIZE_N)
+            pixel_mask = pixel < num_pixels
+            mask = row_mask[:, None] & pixel_mask[None, :]
+            x = tl.load(x_rows_ptr[:, None]
+                        + pixel_offset(pixel, width, x_stride_height, x_stride_width,
+                                       FLAT_PIXELS)[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_rows_ptr[:, None]
+                        + pixel_offset(pixel, width, y_stride_height, y_stride_width,
+                                       FLAT_PIXELS)[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            gram += tl.dot(x, tl.trans(y), input_precision=INPUT_PRECISION)
+            if WITH_SUMSQ:
+                x_sumsq += tl.sum(x * x, axis=1)
+                y_sumsq += tl.sum(y * y, axis=1)
+        col = tl.arange(0, BLOCK_SIZE_D)
+        partial = batch_head * num_splits + split
+        tl.store(gram_ptr + partial * head_dim * head_dim + row[:, None] * head_dim + col[None, :],
+                 gram, mask=row_mask[:, None] & (col < head_dim)[None, :])
+        if WITH_SUMSQ:
+            tl.store(x_sumsq_ptr + partial * head_dim + row, x_sumsq, mask=row_mask)
+            tl.store(y_sumsq_ptr + partial * head_dim + row, y_sumsq, mask=row_mask)
 
     @triton.jit
-    def _load_dd(M, bh, d, BLOCK_D: tl.constexpr):
-        i = tl.arange(0, BLOCK_D)
-        m = (i < d)[:, None] & (i < d)[None, :]
-        return tl.load(M + bh * d * d + i[:, None] * d + i[None, :], mask=m, other=0.0)
+    def _load_head_matrix(
+        matrix_ptr,  # per-head matrices, (B * heads, head_dim, head_dim), contiguous
+        batch_head,  # which matrix: batch * heads + head
+        head_dim,  # d
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 (padding reads 0)
+    ):
+        index = tl.arange(0, BLOCK_SIZE_D)
+        mask = (index < head_dim)[:, None] & (index < head_dim)[None, :]
+        return tl.load(matrix_ptr + batch_head * head_dim * head_dim + index[:, None] * head_dim
+                       + index[None, :], mask=mask, other=0.0)
 
     @triton.jit
-    def _apply_kernel(A, V, O, d, heads, N, Wd, svb, svc, svh, svw, sob, soc, soh, sow,
-                      FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                      PREC: tl.constexpr):
-        """O[:, tile] = A @ V[:, tile] for one (batch, head) and one tile of N."""
-        bh = tl.program_id(0)
-        b = bh // heads
-        hd = bh % heads
-        i = tl.arange(0, BLOCK_D)
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = (i < d)[:, None] & (n < N)[None, :]
-        a = _load_dd(A, bh, d, BLOCK_D)
-        v = tl.load(V + b * svb + ((hd * d + i) * svc)[:, None]
-                    + _pix(n, Wd, svh, svw, FLAT)[None, :],
-                    mask=m, other=0.0).to(tl.float32)
-        o = tl.dot(a, v, input_precision=PREC)
-        tl.store(O + b * sob + ((hd * d + i) * soc)[:, None] + _pix(n, Wd, soh, sow, FLAT)[None, :],
-                 o.to(O.dtype.element_ty), mask=m)
+    def _apply_kernel(
+        attn_ptr,  # attention, (B * heads, head_dim, head_dim), float32, contiguous
+        v_ptr,  # values, (B, C, H, W) with C = heads * head_dim, any strides
+        out_ptr,  # output attn @ v, (B, C, H, W)
+        head_dim,  # d = C / heads
+        heads,  # attention heads
+        num_pixels,  # N = H * W
+        width,  # W
+        v_stride_batch,  # stride of v along B
+        v_stride_channel,  # stride of v along C
+        v_stride_height,  # stride of v along H
+        v_stride_width,  # stride of v along W
+        out_stride_batch,  # stride of out along B
+        out_stride_channel,  # stride of out along C
+        out_stride_height,  # stride of out along H
+        out_stride_width,  # stride of out along W
+        FLAT_PIXELS: tl.constexpr,  # H and W of v and out merge into one pixel axis
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16 (tl.dot minimum)
+        BLOCK_SIZE_N: tl.constexpr,  # pixels per program
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
+        """out[:, tile] = attn @ v[:, tile] for one (batch, head) and one tile of N."""
+        batch_head = tl.program_id(0)
+        batch = batch_head // heads
+        head = batch_head % heads
+        row = tl.arange(0, BLOCK_SIZE_D)
+        pixel = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        mask = (row < head_dim)[:, None] & (pixel < num_pixels)[None, :]
+        attn = _load_head_matrix(attn_ptr, batch_head, head_dim, BLOCK_SIZE_D)
+        v = tl.load(v_ptr + batch * v_stride_batch
+                    + ((head * head_dim + row) * v_stride_channel)[:, None]
+                    + pixel_offset(pixel, width, v_stride_height, v_stride_width,
+                                   FLAT_PIXELS)[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        out = tl.dot(attn, v, input_precision=INPUT_PRECISION)
+        tl.store(out_ptr + batch * out_stride_batch
+                 + ((head * head_dim + row) * out_stride_channel)[:, None]
+                 + pixel_offset(pixel, width, out_stride_height, out_stride_width,
+                                FLAT_PIXELS)[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _bwd_apply_kernel(Q, K, MQ, AQ, MK, AK, DQ, DK, d, heads, N, Wd,
-                          sqb, sqc, sqh, sqw, skb, skc, skh, skw,
-                          s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
-                          FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                          PREC: tl.constexpr):
+    def _bwd_apply_kernel(
+        q_ptr,  # queries, (B, C, H, W) with C = heads * head_dim, any strides
+        k_ptr,  # keys, (B, C, H, W), any strides
+        dq_from_k_ptr,  # Mq, (B * heads, head_dim, head_dim), float32: dq = Mq k + aq * q
+        dq_scale_ptr,  # aq, (B * heads, head_dim), float32: per-row scale of q in dq
+        dk_from_q_ptr,  # Mk, (B * heads, head_dim, head_dim), float32: dk = Mk q + ak * k
+        dk_scale_ptr,  # ak, (B * heads, head_dim), float32: per-row scale of k in dk
+        dq_ptr,  # gradient of q (output), (B, C, H, W)
+        dk_ptr,  # gradient of k (output), (B, C, H, W)
+        head_dim,  # d = C / heads
+        heads,  # attention heads
+        num_pixels,  # N = H * W
+        width,  # W
+        q_stride_batch,  # stride of q along B
+        q_stride_channel,  # stride of q along C
+        q_stride_height,  # stride of q along H
+        q_stride_width,  # stride of q along W
+        k_stride_batch,  # stride of k along B
+        k_stride_channel,  # stride of k along C
+        k_stride_height,  # stride of k along H
+        k_stride_width,  # stride of k along W
+        dq_stride_batch,  # stride of dq along B
+        dq_stride_channel,  # stride of dq along C
+        dq_stride_height,  # stride of dq along H
+        dq_stride_width,  # stride of dq along W
+        dk_stride_batch,  # stride of dk along B
+        dk_stride_channel,  # stride of dk along C
+        dk_stride_height,  # stride of dk along H
+        dk_stride_width,  # stride of dk along W
+        FLAT_PIXELS: tl.constexpr,  # H and W of q, k, dq and dk merge into one pixel axis
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16 (tl.dot minimum)
+        BLOCK_SIZE_N: tl.constexpr,  # pixels per program
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
         """dq = Mq k + aq*q, dk = Mk q + ak*k on one tile of N (dv = A^T dout is _apply_kernel)."""
-        bh = tl.program_id(0)
-        b = bh // heads
-        hd = bh % heads
-        i = tl.arange(0, BLOCK_D)
-        im = i < d
-        ch = hd * d + i
-        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m = im[:, None] & (n < N)[None, :]
-        q = tl.load(Q + b * sqb + (ch * sqc)[:, None] + _pix(n, Wd, sqh, sqw, FLAT)[None, :],
-                    mask=m, other=0.0)
-        k = tl.load(K + b * skb + (ch * skc)[:, None] + _pix(n, Wd, skh, skw, FLAT)[None, :],
-                    mask=m, other=0.0)
+        batch_head = tl.program_id(0)
+        batch = batch_head // heads
+        head = batch_head % heads
+        row = tl.arange(0, BLOCK_SIZE_D)
+        row_mask = row < head_dim
+        channel = head * head_dim + row
+        pixel = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        mask = row_mask[:, None] & (pixel < num_pixels)[None, :]
+        q = tl.load(q_ptr + batch * q_stride_batch + (channel * q_stride_channel)[:, None]
+                    + pixel_offset(pixel, width, q_stride_height, q_stride_width,
+                                   FLAT_PIXELS)[None, :],
+                    mask=mask, other=0.0)
+        k = tl.load(k_ptr + batch * k_stride_batch + (channel * k_stride_channel)[:, None]
+                    + pixel_offset(pixel, width, k_stride_height, k_stride_width,
+                                   FLAT_PIXELS)[None, :],
+                    mask=mask, other=0.0)
         q = q.to(tl.float32)
         k = k.to(tl.float32)
-        aq = tl.load(AQ + bh * d + i, mask=im, other=0.0)
-        ak = tl.load(AK + bh * d + i, mask=im, other=0.0)
-        dq = tl.dot(_load_dd(MQ, bh, d, BLOCK_D), k, input_precision=PREC) + aq[:, None] * q
-        tl.store(DQ + b * s1b + (ch * s1c)[:, None] + _pix(n, Wd, s1h, s1w, FLAT)[None, :],
-                 dq.to(DQ.dtype.element_ty), mask=m)
-        dk = tl.dot(_load_dd(MK, bh, d, BLOCK_D), q, input_precision=PREC) + ak[:, None] * k
-        tl.store(DK + b * s2b + (ch * s2c)[:, None] + _pix(n, Wd, s2h, s2w, FLAT)[None, :],
-                 dk.to(DK.dtype.element_ty), mask=m)
+        dq_scale = tl.load(dq_scale_ptr + batch_head * head_dim + row, mask=row_mask, other=0.0)
+        dk_scale = tl.load(dk_scale_ptr + batch_head * head_dim + row, mask=row_mask, other=0.0)
+        dq = (tl.dot(_load_head_matrix(dq_from_k_ptr, batch_head, head_dim, BLOCK_SIZE_D), k,
+                     input_precision=INPUT_PRECISION)
+              + dq_scale[:, None] * q)
+        tl.store(dq_ptr + batch * dq_stride_batch + (channel * dq_stride_channel)[:, None]
+                 + pixel_offset(pixel, width, dq_stride_height, dq_stride_width,
+                                FLAT_PIXELS)[None, :],
+                 dq.to(dq_ptr.dtype.element_ty), mask=mask)
+        dk = (tl.dot(_load_head_matrix(dk_from_q_ptr, batch_head, head_dim, BLOCK_SIZE_D), q,
+                     input_precision=INPUT_PRECISION)
+              + dk_scale[:, None] * k)
+        tl.store(dk_ptr + batch * dk_stride_batch + (channel * dk_stride_channel)[:, None]
+                 + pixel_offset(pixel, width, dk_stride_height, dk_stride_width,
+                                FLAT_PIXELS)[None, :],
+                 dk.to(dk_ptr.dtype.element_ty), mask=mask)
 
     # GPU tiles per padded head dim, checked for zero register spills on sm_90 by
-    # tests/kernels/test_compile_sm90.py: (gram BLOCK_N, apply BLOCK_N, backward BLOCK_N, num_warps)
+    # tests/kernels/test_compile_sm90.py:
+    # (gram BLOCK_SIZE_N, apply BLOCK_SIZE_N, backward BLOCK_SIZE_N, num_warps)
     _GPU_TILES = {16: (32, 64, 64, 4), 32: (32, 64, 64, 4), 64: (32, 64, 32, 8)}
     # tf32x3 = tensor cores with a split-float correction: float32-level accuracy (~1e-6 rel.);
     # the interpreter ignores the precision and multiplies in float32.
@@ -224,9 +321,27 @@ if triton_available():
         g = empty(bh, n_split, d, d, like=x, dtype=torch.float32)
         sx = empty(bh, n_split, d, like=x, dtype=torch.float32)
         sy = empty(bh, n_split, d, like=x, dtype=torch.float32)
-        _gram_kernel[(bh, n_split)](x, y, g, sx, sy, d, heads, n, w, n_per, n_split, *x.stride(),
-                                    *y.stride(), NORMS=norms, FLAT=_flat(x, y), BLOCK_D=block_d,
-                                    BLOCK_N=gram_n, PREC=_GPU_PREC, num_warps=warps)
+        _gram_kernel[(bh, n_split)](
+            x,
+            y,
+            g,
+            sx,
+            sy,
+            d,
+            heads,
+            n,
+            w,
+            n_per,
+            n_split,
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            *y.stride(),  # y_stride_batch, y_stride_channel, y_stride_height, y_stride_width
+            WITH_SUMSQ=norms,
+            FLAT_PIXELS=_flat(x, y),
+            BLOCK_SIZE_D=block_d,
+            BLOCK_SIZE_N=gram_n,
+            INPUT_PRECISION=_GPU_PREC,
+            num_warps=warps,
+        )
         g = g.sum(1).view(b, heads, d, d)
         if not norms:
             return g
@@ -242,10 +357,22 @@ if triton_available():
         gn = g / nq[..., :, None] / nk[..., None, :]
         attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
         block_d, _, apply_n, _, warps = _cfg(d)
-        _apply_kernel[(bh, triton.cdiv(n, apply_n))](attn, v, out, d, heads, n, w, *v.stride(),
-                                                     *out.stride(), FLAT=_flat(v, out),
-                                                     BLOCK_D=block_d, BLOCK_N=apply_n,
-                                                     PREC=_GPU_PREC, num_warps=warps)
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](
+            attn,
+            v,
+            out,
+            d,
+            heads,
+            n,
+            w,
+            *v.stride(),  # v_stride_batch, v_stride_channel, v_stride_height, v_stride_width
+            *out.stride(),  # out_stride_batch, out_stride_channel, out_stride_height, ..._width
+            FLAT_PIXELS=_flat(v, out),
+            BLOCK_SIZE_D=block_d,
+            BLOCK_SIZE_N=apply_n,
+            INPUT_PRECISION=_GPU_PREC,
+            num_warps=warps,
+        )
         return out, gn, nq, nk
 
     def _bwd_triton(dout, q, k, v, t, gn, nq, nk, heads):
@@ -267,13 +394,44 @@ if triton_available():
         dq, dk, dv = _like(q), _like(k), _like(v)
         block_d, _, apply_n, bwd_n, warps = _cfg(d)
         _bwd_apply_kernel[(bh, triton.cdiv(n, bwd_n))](
-            q, k, mq, aq, mk, ak, dq, dk, d, heads, n, w, *q.stride(), *k.stride(), *dq.stride(),
-            *dk.stride(), FLAT=_flat(q, k, dq, dk), BLOCK_D=block_d, BLOCK_N=bwd_n, PREC=_GPU_PREC,
-            num_warps=warps)
-        _apply_kernel[(bh, triton.cdiv(n, apply_n))](at, dout, dv, d, heads, n, w, *dout.stride(),
-                                                     *dv.stride(), FLAT=_flat(dout, dv),
-                                                     BLOCK_D=block_d, BLOCK_N=apply_n,
-                                                     PREC=_GPU_PREC, num_warps=warps)
+            q,
+            k,
+            mq,
+            aq,
+            mk,
+            ak,
+            dq,
+            dk,
+            d,
+            heads,
+            n,
+            w,
+            *q.stride(),  # q_stride_batch, q_stride_channel, q_stride_height, q_stride_width
+            *k.stride(),  # k_stride_batch, k_stride_channel, k_stride_height, k_stride_width
+            *dq.stride(),  # dq_stride_batch, dq_stride_channel, dq_stride_height, ..._width
+            *dk.stride(),  # dk_stride_batch, dk_stride_channel, dk_stride_height, ..._width
+            FLAT_PIXELS=_flat(q, k, dq, dk),
+            BLOCK_SIZE_D=block_d,
+            BLOCK_SIZE_N=bwd_n,
+            INPUT_PRECISION=_GPU_PREC,
+            num_warps=warps,
+        )
+        _apply_kernel[(bh, triton.cdiv(n, apply_n))](
+            at,
+            dout,
+            dv,
+            d,
+            heads,
+            n,
+            w,
+            *dout.stride(),  # v_stride_*: dout's strides (B, C, H, W)
+            *dv.stride(),  # out_stride_*: dv's strides (B, C, H, W)
+            FLAT_PIXELS=_flat(dout, dv),
+            BLOCK_SIZE_D=block_d,
+            BLOCK_SIZE_N=apply_n,
+            INPUT_PRECISION=_GPU_PREC,
+            num_warps=warps,
+        )
         return dq, dk, dv, dt
 
 

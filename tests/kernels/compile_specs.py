@@ -168,51 +168,50 @@ def mdta_specs(m) -> list:
     """GPU configs per padded head dim, for NCHW (w stride 1) and channels_last (c stride 1)
     flat layouts as the runtime's ==1 specialisation sees them."""
     specs = []
+    sizes = {"head_dim": "i32", "heads": "i32", "num_pixels": "i32", "width": "i32"}
+    common = {"FLAT_PIXELS": "constexpr", "BLOCK_SIZE_D": "constexpr",
+              "BLOCK_SIZE_N": "constexpr", "INPUT_PRECISION": "constexpr"}
+    gram_args = {"x_ptr": "*fp32", "y_ptr": "*fp32", "gram_ptr": "*fp32", "x_sumsq_ptr": "*fp32",
+                 "y_sumsq_ptr": "*fp32", **sizes, "pixels_per_split": "i32",
+                 "num_splits": "i32"}
 
-    def strides(names, unit):
-        sig = {f"s{t}{a}": "i32" for t in names for a in "bchw"}
-        ones = {f"s{t}{unit}": 1 for t in names}
-        sig.update({k: "constexpr" for k in ones})
-        return sig, ones
+    def strides(tensors, axis):
+        ones = _unit_strides(axis, *tensors)
+        return {**_strides(*tensors), **{k: "constexpr" for k in ones}}, ones
 
     for block_d in (16, 32, 64):
         gram_n, apply_n, bwd_n, warps = m._GPU_TILES[block_d]
         opts = {"num_warps": warps}
-        for unit in ("w", "c"):
-            common = {"BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "PREC": "constexpr",
-                      "FLAT": "constexpr"}
-            for norms in (True, False):
-                sig, ones = strides("xy", unit)
+        for axis in ("width", "channel"):   # the unit stride: NCHW -> W, channels_last -> C
+            for with_sumsq in (True, False):
+                sig, ones = strides(("x", "y"), axis)
                 specs.append(
-                    (m._gram_kernel, {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32",
-                                      "SY": "*fp32", "d": "i32", "heads": "i32", "N": "i32",
-                                      "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32", **sig,
-                                      "NORMS": "constexpr", **common},
-                     {"NORMS": norms, "FLAT": True, "BLOCK_D": block_d, "BLOCK_N": gram_n,
-                               "PREC": m._GPU_PREC, **ones}, opts))
-            sig, ones = strides("vo", unit)
+                    (m._gram_kernel,
+                     {**gram_args, **sig, "WITH_SUMSQ": "constexpr", **common},
+                     {"WITH_SUMSQ": with_sumsq, "FLAT_PIXELS": True, "BLOCK_SIZE_D": block_d,
+                      "BLOCK_SIZE_N": gram_n, "INPUT_PRECISION": m._GPU_PREC, **ones}, opts))
+            sig, ones = strides(("v", "out"), axis)
             specs.append(
                 (m._apply_kernel,
-                 {"A": "*fp32", "V": "*fp32", "O": "*fp32", "d": "i32", "heads": "i32",
-                  "N": "i32", "Wd": "i32", **sig, **common},
-                 {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": apply_n, "PREC": m._GPU_PREC,
-                  **ones}, opts))
-            sig, ones = strides("qk12", unit)
+                 {"attn_ptr": "*fp32", "v_ptr": "*fp32", "out_ptr": "*fp32", **sizes, **sig,
+                  **common},
+                 {"FLAT_PIXELS": True, "BLOCK_SIZE_D": block_d, "BLOCK_SIZE_N": apply_n,
+                  "INPUT_PRECISION": m._GPU_PREC, **ones}, opts))
+            sig, ones = strides(("q", "k", "dq", "dk"), axis)
             specs.append(
                 (m._bwd_apply_kernel,
-                 {**{p: "*fp32" for p in ("Q", "K", "MQ", "AQ", "MK", "AK", "DQ", "DK")},
-                  "d": "i32", "heads": "i32", "N": "i32", "Wd": "i32", **sig, **common},
-                 {"FLAT": True, "BLOCK_D": block_d, "BLOCK_N": bwd_n, "PREC": m._GPU_PREC, **ones},
+                 {**{p: "*fp32" for p in ("q_ptr", "k_ptr", "dq_from_k_ptr", "dq_scale_ptr",
+                                          "dk_from_q_ptr", "dk_scale_ptr", "dq_ptr", "dk_ptr")},
+                  **sizes, **sig, **common},
+                 {"FLAT_PIXELS": True, "BLOCK_SIZE_D": block_d, "BLOCK_SIZE_N": bwd_n,
+                  "INPUT_PRECISION": m._GPU_PREC, **ones},
                  opts))
     gram_n, _, _, warps = m._GPU_TILES[64]   # non-flat fallback (W-crop views), generic strides
     specs.append(
         (m._gram_kernel,
-         {"X": "*fp32", "Y": "*fp32", "G": "*fp32", "SX": "*fp32", "SY": "*fp32", "d": "i32",
-          "heads": "i32", "N": "i32", "Wd": "i32", "N_PER_SPLIT": "i32", "n_split": "i32",
-          **{f"s{t}{a}": "i32" for t in "xy" for a in "bchw"}, "NORMS": "constexpr",
-          "FLAT": "constexpr", "BLOCK_D": "constexpr", "BLOCK_N": "constexpr",
-          "PREC": "constexpr"},
-         {"NORMS": True, "FLAT": False, "BLOCK_D": 64, "BLOCK_N": gram_n, "PREC": m._GPU_PREC},
+         {**gram_args, **_strides("x", "y"), "WITH_SUMSQ": "constexpr", **common},
+         {"WITH_SUMSQ": True, "FLAT_PIXELS": False, "BLOCK_SIZE_D": 64, "BLOCK_SIZE_N": gram_n,
+          "INPUT_PRECISION": m._GPU_PREC},
          {"num_warps": warps}))
     return specs
 
