@@ -63,23 +63,19 @@ class Summary:
 def idle_parameters(module: nn.Module) -> tuple[int, str]:
     """Parameters of ``module`` that one forward does not run, and a note saying why.
 
-    A routed block (``experts``: a ModuleList pool; ``router`` with
-    ``active_clusters`` x ``top_k`` slots per sample) runs at most that many
-    experts per sample; the other experts' parameters are idle. Sums over
-    nested routed blocks.
+    A routed block declares ``routed_experts() -> (run, pool, params_per_expert)``: one
+    sample runs ``run`` of the ``pool`` experts, so the other experts' parameters are idle
+    (``ClusterMoE`` does; a new routed block implements the same method). Sums over nested
+    routed blocks.
     """
     idle, notes = 0, []
     for m in module.modules():
-        experts, router = getattr(m, "experts", None), getattr(m, "router", None)
-        if not isinstance(experts, nn.ModuleList) or len(experts) == 0 or router is None:
+        routed = getattr(m, "routed_experts", None)
+        if not callable(routed):
             continue
-        slots = getattr(router, "active_clusters", None), getattr(router, "top_k", None)
-        if not all(isinstance(s, int) for s in slots):
-            continue
-        run = min(len(experts), slots[0] * slots[1])
-        per = sum(p.numel() for p in experts[0].parameters())
-        idle += (len(experts) - run) * per
-        notes.append(f"{run} of {len(experts)} experts run")
+        run, pool, per = routed()
+        idle += (pool - run) * per
+        notes.append(f"{run} of {pool} experts run")
     return idle, "; ".join(dict.fromkeys(notes))
 
 

@@ -103,6 +103,12 @@ class ClusterMoE(GuidedBlock):
     def pool_size(self) -> int:
         return len(self.experts)
 
+    def routed_experts(self) -> tuple[int, int, int]:
+        """(experts one sample runs, experts in the pool, parameters per expert): what
+        ``irblocks summary`` counts as idle parameters (the unpicked experts)."""
+        run = min(self.pool_size, self.router.active_clusters * self.router.top_k)
+        return run, self.pool_size, sum(p.numel() for p in self.experts[0].parameters())
+
     def pool_index(self, r: Routing) -> torch.Tensor:
         """(B, A) pool indices of the chosen experts."""
         if self.sharing == "owned":
