@@ -99,67 +99,120 @@ if _HAVE_TRITON:
 
 if _HAVE_TRITON:
     @triton.jit
-    def _mirror(i, n):
-        m = tl.maximum(2 * (n - 1), 1)
-        i = tl.abs(i) % m
-        i = tl.where(i >= n, m - i, i)
-        return tl.where(n == 1, 0, i)
+    def _reflect(
+        index,  # int32 indices in [-K//2, size + K//2), a block
+        size,  # H or W, the axis length
+    ):
+        """``index`` after repeated reflection into [0, size) (``reflect_index``)."""
+        period = tl.maximum(2 * (size - 1), 1)
+        index = tl.abs(index) % period
+        index = tl.where(index >= size, period - index, index)
+        return tl.where(size == 1, 0, index)
 
     @triton.jit
-    def _fsb_fwd_kernel(x_ptr, w_ptr, y_ptr, C, H, W, CPG,
-                        sxb, sxc, sxh, sxw, swb, swg, swt, syb, syc, syh, syw,
-                        K: tl.constexpr, BLOCK: tl.constexpr):
-        bc = tl.program_id(0)
-        pid = tl.program_id(1)
-        b = bc // C
-        c = bc % C
-        g = c // CPG
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < H * W
-        yy = offs // W
-        xx = offs % W
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        xb = x_ptr + b * sxb + c * sxc
-        wb = w_ptr + b * swb + g * swg
-        for t in tl.static_range(K * K):
-            wt = tl.load(wb + t * swt).to(tl.float32)
-            sy = _mirror(yy + (t // K - K // 2), H)
-            sx = _mirror(xx + (t % K - K // 2), W)
-            v = tl.load(xb + sy * sxh + sx * sxw, mask=mask, other=0.0).to(tl.float32)
-            acc += wt * v
-        tl.store(y_ptr + b * syb + c * syc + yy * syh + xx * syw, acc.to(y_ptr.dtype.element_ty),
-                 mask=mask)
+    def _fsb_fwd_kernel(
+        x_ptr,  # input, (B, C, H, W), any strides
+        weight_ptr,  # filter taps, (B, G, K * K), any strides
+        y_ptr,  # output, (B, C, H, W), same dtype as x
+        channels,  # C
+        height,  # H
+        width,  # W
+        channels_per_group,  # C / G: channel c uses group c // channels_per_group
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        weight_stride_batch,  # stride of weight along B
+        weight_stride_group,  # stride of weight along G
+        weight_stride_tap,  # stride of weight along K * K
+        y_stride_batch,  # stride of y along B
+        y_stride_channel,  # stride of y along C
+        y_stride_height,  # stride of y along H
+        y_stride_width,  # stride of y along W
+        KERNEL_SIZE: tl.constexpr,  # K, odd
+        BLOCK_SIZE: tl.constexpr,  # pixels per program
+    ):
+        # grid: (B * C planes, pixel blocks)
+        batch_channel = tl.program_id(0)
+        pixel_block = tl.program_id(1)
+        batch = batch_channel // channels
+        channel = batch_channel % channels
+        group = channel // channels_per_group
+        pixel = pixel_block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = pixel < height * width
+        row = pixel // width
+        col = pixel % width
+        acc = tl.zeros([BLOCK_SIZE], dtype=tl.float32)
+        x_plane_ptr = x_ptr + batch * x_stride_batch + channel * x_stride_channel
+        weight_row_ptr = weight_ptr + batch * weight_stride_batch + group * weight_stride_group
+        for tap in tl.static_range(KERNEL_SIZE * KERNEL_SIZE):
+            tap_weight = tl.load(weight_row_ptr + tap * weight_stride_tap).to(tl.float32)
+            src_row = _reflect(row + (tap // KERNEL_SIZE - KERNEL_SIZE // 2), height)
+            src_col = _reflect(col + (tap % KERNEL_SIZE - KERNEL_SIZE // 2), width)
+            x = tl.load(x_plane_ptr + src_row * x_stride_height + src_col * x_stride_width,
+                        mask=mask, other=0.0).to(tl.float32)
+            acc += tap_weight * x
+        tl.store(y_ptr + batch * y_stride_batch + channel * y_stride_channel
+                 + row * y_stride_height + col * y_stride_width,
+                 acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _fsb_bwd_kernel(x_ptr, w_ptr, go_ptr, gx_ptr, gw_ptr, C, H, W, CPG,
-                        sxb, sxc, sxh, sxw, swb, swg, swt, sgb, sgc, sgh, sgw,
-                        sdb, sdc, sdh, sdw, G,
-                        K: tl.constexpr, BLOCK: tl.constexpr):
-        # gx: float32 (B, C, H, W) contiguous-or-not accumulation buffer (zeros);
-        # gw: float32 (B, G, K*K) contiguous (zeros).
-        bc = tl.program_id(0)
-        pid = tl.program_id(1)
-        b = bc // C
-        c = bc % C
-        g = c // CPG
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < H * W
-        yy = offs // W
-        xx = offs % W
-        go = tl.load(go_ptr + b * sgb + c * sgc + yy * sgh + xx * sgw, mask=mask,
+    def _fsb_bwd_kernel(
+        x_ptr,  # forward input, (B, C, H, W), any strides
+        weight_ptr,  # filter taps, (B, G, K * K), any strides
+        dy_ptr,  # gradient of the output, (B, C, H, W), any strides
+        dx_ptr,  # gradient of x, (B, C, H, W), float32, zero-filled (atomic accumulation)
+        dweight_ptr,  # gradient of weight, (B, G, K * K), float32, contiguous, zero-filled
+        channels,  # C
+        height,  # H
+        width,  # W
+        channels_per_group,  # C / G: channel c uses group c // channels_per_group
+        x_stride_batch,  # stride of x along B
+        x_stride_channel,  # stride of x along C
+        x_stride_height,  # stride of x along H
+        x_stride_width,  # stride of x along W
+        weight_stride_batch,  # stride of weight along B
+        weight_stride_group,  # stride of weight along G
+        weight_stride_tap,  # stride of weight along K * K
+        dy_stride_batch,  # stride of dy along B
+        dy_stride_channel,  # stride of dy along C
+        dy_stride_height,  # stride of dy along H
+        dy_stride_width,  # stride of dy along W
+        dx_stride_batch,  # stride of dx along B
+        dx_stride_channel,  # stride of dx along C
+        dx_stride_height,  # stride of dx along H
+        dx_stride_width,  # stride of dx along W
+        groups,  # G, channel groups of weight
+        KERNEL_SIZE: tl.constexpr,  # K, odd
+        BLOCK_SIZE: tl.constexpr,  # pixels per program
+    ):
+        # grid: (B * C planes, pixel blocks); dx and dweight gather through atomic adds
+        batch_channel = tl.program_id(0)
+        pixel_block = tl.program_id(1)
+        batch = batch_channel // channels
+        channel = batch_channel % channels
+        group = channel // channels_per_group
+        pixel = pixel_block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = pixel < height * width
+        row = pixel // width
+        col = pixel % width
+        dy = tl.load(dy_ptr + batch * dy_stride_batch + channel * dy_stride_channel
+                     + row * dy_stride_height + col * dy_stride_width, mask=mask,
                      other=0.0).to(tl.float32)
-        xb = x_ptr + b * sxb + c * sxc
-        wb = w_ptr + b * swb + g * swg
-        gxb = gx_ptr + b * sdb + c * sdc
-        for t in tl.static_range(K * K):
-            wt = tl.load(wb + t * swt).to(tl.float32)
-            sy = _mirror(yy + (t // K - K // 2), H)
-            sx = _mirror(xx + (t % K - K // 2), W)
-            src = sy * sxh + sx * sxw
-            v = tl.load(xb + src, mask=mask, other=0.0).to(tl.float32)
-            tl.atomic_add(gxb + sy * sdh + sx * sdw, wt * go, mask=mask)
-            part = tl.sum(tl.where(mask, v * go, 0.0), axis=0)
-            tl.atomic_add(gw_ptr + (b * G + g) * (K * K) + t, part)
+        x_plane_ptr = x_ptr + batch * x_stride_batch + channel * x_stride_channel
+        weight_row_ptr = weight_ptr + batch * weight_stride_batch + group * weight_stride_group
+        dx_plane_ptr = dx_ptr + batch * dx_stride_batch + channel * dx_stride_channel
+        for tap in tl.static_range(KERNEL_SIZE * KERNEL_SIZE):
+            tap_weight = tl.load(weight_row_ptr + tap * weight_stride_tap).to(tl.float32)
+            src_row = _reflect(row + (tap // KERNEL_SIZE - KERNEL_SIZE // 2), height)
+            src_col = _reflect(col + (tap % KERNEL_SIZE - KERNEL_SIZE // 2), width)
+            x_offset = src_row * x_stride_height + src_col * x_stride_width
+            x = tl.load(x_plane_ptr + x_offset, mask=mask, other=0.0).to(tl.float32)
+            tl.atomic_add(dx_plane_ptr + src_row * dx_stride_height + src_col * dx_stride_width,
+                          tap_weight * dy, mask=mask)
+            dweight_partial = tl.sum(tl.where(mask, x * dy, 0.0), axis=0)
+            tl.atomic_add(dweight_ptr + (batch * groups + group) * (KERNEL_SIZE * KERNEL_SIZE)
+                          + tap, dweight_partial)
 
 
 
@@ -191,8 +244,23 @@ def _fsb_bwd_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     if x.numel():
         blk = _block()
         _fsb_bwd_kernel[(b * c, triton.cdiv(h * w, blk))](
-            x, weight, grad, gx, gw, c, h, w, c // g, *x.stride(), *weight.stride(), *grad.stride(),
-            *gx.stride(), g, K=kernel_size, BLOCK=blk)
+            x,
+            weight,
+            grad,
+            gx,
+            gw,
+            c,
+            h,
+            w,
+            c // g,
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            *weight.stride(),  # weight_stride_batch, weight_stride_group, weight_stride_tap
+            *grad.stride(),  # dy_stride_batch, dy_stride_channel, dy_stride_height, ..._width
+            *gx.stride(),  # dx_stride_batch, dx_stride_channel, dx_stride_height, ..._width
+            g,
+            KERNEL_SIZE=kernel_size,
+            BLOCK_SIZE=blk,
+        )
     return gx.to(x.dtype), gw.to(weight.dtype)
 
 
@@ -216,8 +284,19 @@ def _fsb_op(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Te
     if y.numel():
         blk = _block()
         _fsb_fwd_kernel[(b * c, triton.cdiv(h * w, blk))](
-            x, weight, y, c, h, w, c // g, *x.stride(), *weight.stride(), *y.stride(),
-            K=kernel_size, BLOCK=blk)
+            x,
+            weight,
+            y,
+            c,
+            h,
+            w,
+            c // g,
+            *x.stride(),  # x_stride_batch, x_stride_channel, x_stride_height, x_stride_width
+            *weight.stride(),  # weight_stride_batch, weight_stride_group, weight_stride_tap
+            *y.stride(),  # y_stride_batch, y_stride_channel, y_stride_height, y_stride_width
+            KERNEL_SIZE=kernel_size,
+            BLOCK_SIZE=blk,
+        )
     return y
 
 

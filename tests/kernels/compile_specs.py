@@ -15,6 +15,19 @@ from __future__ import annotations
 
 import importlib
 
+_AXES = ("batch", "channel", "height", "width")
+
+
+def _strides(*tensors: str) -> dict:
+    """Signature entries ``<t>_stride_<axis>`` (i32) of (B, C, H, W) tensors, in order."""
+    return {f"{t}_stride_{a}": "i32" for t in tensors for a in _AXES}
+
+
+def _unit_strides(axis: str, *tensors: str) -> dict:
+    """The runtime's ==1 specialisation: stride ``axis`` of these tensors is the constant 1
+    (NCHW -> ``width``, channels_last -> ``channel``)."""
+    return {f"{t}_stride_{axis}": 1 for t in tensors}
+
 
 def anyir_fusion_specs(m) -> list:
     _GPU_BLOCK = 1024
@@ -41,18 +54,16 @@ def anyir_fusion_specs(m) -> list:
 
 
 def fsb_filter_specs(m) -> list:
-    _FSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "y_ptr": "*fp32", "C": "i32", "H": "i32",
-             "W": "i32", "CPG": "i32", "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
-             "swb": "i32", "swg": "i32", "swt": "i32", "syb": "i32", "syc": "i32", "syh": "i32",
-             "syw": "i32", "K": "constexpr", "BLOCK": "constexpr"}
-    _BSIG = {"x_ptr": "*fp32", "w_ptr": "*fp32", "go_ptr": "*fp32", "gx_ptr": "*fp32",
-             "gw_ptr": "*fp32", "C": "i32", "H": "i32", "W": "i32", "CPG": "i32",
-             "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32", "swb": "i32", "swg": "i32",
-             "swt": "i32", "sgb": "i32", "sgc": "i32", "sgh": "i32", "sgw": "i32",
-             "sdb": "i32", "sdc": "i32", "sdh": "i32", "sdw": "i32", "G": "i32",
-             "K": "constexpr", "BLOCK": "constexpr"}
-    return [(m._fsb_fwd_kernel, _FSIG, {"K": 3, "BLOCK": 512}),
-            (m._fsb_bwd_kernel, _BSIG, {"K": 3, "BLOCK": 512})]
+    sizes = {"channels": "i32", "height": "i32", "width": "i32", "channels_per_group": "i32"}
+    weight_strides = {f"weight_stride_{a}": "i32" for a in ("batch", "group", "tap")}
+    consts = {"KERNEL_SIZE": "constexpr", "BLOCK_SIZE": "constexpr"}
+    fwd = {"x_ptr": "*fp32", "weight_ptr": "*fp32", "y_ptr": "*fp32", **sizes, **_strides("x"),
+           **weight_strides, **_strides("y"), **consts}
+    bwd = {"x_ptr": "*fp32", "weight_ptr": "*fp32", "dy_ptr": "*fp32", "dx_ptr": "*fp32",
+           "dweight_ptr": "*fp32", **sizes, **_strides("x"), **weight_strides,
+           **_strides("dy", "dx"), "groups": "i32", **consts}
+    return [(m._fsb_fwd_kernel, fwd, {"KERNEL_SIZE": 3, "BLOCK_SIZE": 512}),
+            (m._fsb_bwd_kernel, bwd, {"KERNEL_SIZE": 3, "BLOCK_SIZE": 512})]
 
 
 def gated_da_stats_specs(m) -> list:
@@ -90,20 +101,6 @@ def haar_dwt_specs(m) -> list:
              "BLOCK_SIZE": "constexpr"}
     return [(m._haar_dwt_kernel, _SIG, {"BLOCK_SIZE": 1024}),
             (m._haar_idwt_kernel, _ISIG, {"BLOCK_SIZE": 1024})]
-
-
-_AXES = ("batch", "channel", "height", "width")
-
-
-def _strides(*tensors: str) -> dict:
-    """Signature entries ``<t>_stride_<axis>`` (i32) of (B, C, H, W) tensors, in order."""
-    return {f"{t}_stride_{a}": "i32" for t in tensors for a in _AXES}
-
-
-def _unit_strides(axis: str, *tensors: str) -> dict:
-    """The runtime's ==1 specialisation: stride ``axis`` of these tensors is the constant 1
-    (NCHW -> ``width``, channels_last -> ``channel``)."""
-    return {f"{t}_stride_{axis}": 1 for t in tensors}
 
 
 def layernorm_specs(m) -> list:
