@@ -114,74 +114,143 @@ if _HAVE_TRITON:
 
 if _HAVE_TRITON:
     @triton.jit
-    def _fusion_fwd_kernel(a_ptr, g_ptr, lam_ptr, out_ptr,
-                           C2, CH, H, W,
-                           sab, sac, sah, saw, sgb, sgc, sgh, sgw, sob, soc, soh, sow,
-                           BLOCK: tl.constexpr):
-        pid = tl.program_id(0)              # b * 2C' + k (output channel k)
-        blk = tl.program_id(1)
-        b = pid // C2
-        k = pid % C2
-        first = k < CH
-        j1 = tl.where(first, k, k - CH)     # spatial branch source channel
-        j2 = k // 2                         # frequency branch source channel (repeat_interleave)
-        offs = blk * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < H * W
-        hh = offs // W
-        ww = offs % W
-        b64 = b.to(tl.int64)
-        pa = a_ptr + b64 * sab + hh * sah + ww * saw
-        pg = g_ptr + b64 * sgb + hh * sgh + ww * sgw
-        a1 = tl.load(pa + j1 * sac, mask=mask, other=0.0).to(tl.float32)
-        g1 = tl.load(pg + j1 * sgc, mask=mask, other=0.0).to(tl.float32)
-        a2 = tl.load(pa + j2 * sac, mask=mask, other=0.0).to(tl.float32)
-        g2 = tl.load(pg + j2 * sgc, mask=mask, other=0.0).to(tl.float32)
+    def _fusion_fwd_kernel(
+        a_ptr,  # attention path a, (B, C', H, W), any strides
+        g_ptr,  # gated path g, (B, C', H, W), any strides
+        lam_ptr,  # lam, 0-dim tensor (the mix of the spatial and frequency branches)
+        out_ptr,  # output, (B, 2C', H, W), same dtype as a
+        out_channels,  # 2C'
+        in_channels,  # C'
+        height,  # H
+        width,  # W
+        a_stride_batch,  # stride of a along B
+        a_stride_channel,  # stride of a along C'
+        a_stride_height,  # stride of a along H
+        a_stride_width,  # stride of a along W
+        g_stride_batch,  # stride of g along B
+        g_stride_channel,  # stride of g along C'
+        g_stride_height,  # stride of g along H
+        g_stride_width,  # stride of g along W
+        out_stride_batch,  # stride of out along B
+        out_stride_channel,  # stride of out along 2C'
+        out_stride_height,  # stride of out along H
+        out_stride_width,  # stride of out along W
+        BLOCK_SIZE: tl.constexpr,  # pixels per program
+    ):
+        batch_out_channel = tl.program_id(0)   # b * 2C' + k (output channel k)
+        pixel_block = tl.program_id(1)
+        batch = batch_out_channel // out_channels
+        out_channel = batch_out_channel % out_channels
+        first_half = out_channel < in_channels
+        # spatial branch source channel, then the frequency branch's (repeat_interleave)
+        spatial_channel = tl.where(first_half, out_channel, out_channel - in_channels)
+        frequency_channel = out_channel // 2
+        pixel = pixel_block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = pixel < height * width
+        row = pixel // width
+        col = pixel % width
+        batch64 = batch.to(tl.int64)
+        a_pixels_ptr = (a_ptr + batch64 * a_stride_batch + row * a_stride_height
+                        + col * a_stride_width)
+        g_pixels_ptr = (g_ptr + batch64 * g_stride_batch + row * g_stride_height
+                        + col * g_stride_width)
+        a_spatial = tl.load(a_pixels_ptr + spatial_channel * a_stride_channel, mask=mask,
+                            other=0.0).to(tl.float32)
+        g_spatial = tl.load(g_pixels_ptr + spatial_channel * g_stride_channel, mask=mask,
+                            other=0.0).to(tl.float32)
+        a_frequency = tl.load(a_pixels_ptr + frequency_channel * a_stride_channel, mask=mask,
+                              other=0.0).to(tl.float32)
+        g_frequency = tl.load(g_pixels_ptr + frequency_channel * g_stride_channel, mask=mask,
+                              other=0.0).to(tl.float32)
         lam = tl.load(lam_ptr).to(tl.float32)
-        x = tl.where(first, a1, g1)
-        y = tl.where(first, g1, a1)
-        fs = x + tl.sigmoid(y)
-        ff = a2 + g2
-        out = lam * fs + (1.0 - lam) * ff
-        po = out_ptr + b64 * sob + k * soc + hh * soh + ww * sow
-        tl.store(po, out.to(out_ptr.dtype.element_ty), mask=mask)
+        x = tl.where(first_half, a_spatial, g_spatial)
+        y = tl.where(first_half, g_spatial, a_spatial)
+        f_spatial = x + tl.sigmoid(y)
+        f_frequency = a_frequency + g_frequency
+        out = lam * f_spatial + (1.0 - lam) * f_frequency
+        out_pixels_ptr = (out_ptr + batch64 * out_stride_batch + out_channel * out_stride_channel
+                          + row * out_stride_height + col * out_stride_width)
+        tl.store(out_pixels_ptr, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _fusion_bwd_kernel(a_ptr, g_ptr, lam_ptr, go_ptr, da_ptr, dg_ptr, dlam_ptr,
-                           CH, H, W, NBLK,
-                           sab, sac, sah, saw, sgb, sgc, sgh, sgw,
-                           s_gob, s_goc, s_goh, s_gow,
-                           s_dab, s_dac, s_dah, s_daw, s_dgb, s_dgc, s_dgh, s_dgw,
-                           BLOCK: tl.constexpr):
-        pid = tl.program_id(0)              # b * C' + j (input channel j)
-        blk = tl.program_id(1)
-        b = pid // CH
-        j = pid % CH
-        offs = blk * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < H * W
-        hh = offs // W
-        ww = offs % W
-        b64 = b.to(tl.int64)
-        a = tl.load(a_ptr + b64 * sab + j * sac + hh * sah + ww * saw, mask=mask,
+    def _fusion_bwd_kernel(
+        a_ptr,  # attention path a, (B, C', H, W), any strides
+        g_ptr,  # gated path g, (B, C', H, W), any strides
+        lam_ptr,  # lam, 0-dim tensor
+        dout_ptr,  # gradient of the output, (B, 2C', H, W), any strides
+        da_ptr,  # gradient of a (output), (B, C', H, W), same dtype as a
+        dg_ptr,  # gradient of g (output), (B, C', H, W), same dtype as g
+        dlam_partial_ptr,  # per-program partial sums of dlam, (B * C' * num_pixel_blocks,), fp32
+        in_channels,  # C'
+        height,  # H
+        width,  # W
+        num_pixel_blocks,  # cdiv(H * W, BLOCK_SIZE), programs per channel plane
+        a_stride_batch,  # stride of a along B
+        a_stride_channel,  # stride of a along C'
+        a_stride_height,  # stride of a along H
+        a_stride_width,  # stride of a along W
+        g_stride_batch,  # stride of g along B
+        g_stride_channel,  # stride of g along C'
+        g_stride_height,  # stride of g along H
+        g_stride_width,  # stride of g along W
+        dout_stride_batch,  # stride of dout along B
+        dout_stride_channel,  # stride of dout along 2C'
+        dout_stride_height,  # stride of dout along H
+        dout_stride_width,  # stride of dout along W
+        da_stride_batch,  # stride of da along B
+        da_stride_channel,  # stride of da along C'
+        da_stride_height,  # stride of da along H
+        da_stride_width,  # stride of da along W
+        dg_stride_batch,  # stride of dg along B
+        dg_stride_channel,  # stride of dg along C'
+        dg_stride_height,  # stride of dg along H
+        dg_stride_width,  # stride of dg along W
+        BLOCK_SIZE: tl.constexpr,  # pixels per program
+    ):
+        batch_channel = tl.program_id(0)   # b * C' + j (input channel j)
+        pixel_block = tl.program_id(1)
+        batch = batch_channel // in_channels
+        channel = batch_channel % in_channels
+        pixel = pixel_block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = pixel < height * width
+        row = pixel // width
+        col = pixel % width
+        batch64 = batch.to(tl.int64)
+        a = tl.load(a_ptr + batch64 * a_stride_batch + channel * a_stride_channel
+                    + row * a_stride_height + col * a_stride_width, mask=mask,
                     other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + b64 * sgb + j * sgc + hh * sgh + ww * sgw, mask=mask,
+        g = tl.load(g_ptr + batch64 * g_stride_batch + channel * g_stride_channel
+                    + row * g_stride_height + col * g_stride_width, mask=mask,
                     other=0.0).to(tl.float32)
-        pgo = go_ptr + b64 * s_gob + hh * s_goh + ww * s_gow
-        go_ag = tl.load(pgo + j * s_goc, mask=mask, other=0.0).to(tl.float32)            # out[j]
-        go_ga = tl.load(pgo + (j + CH) * s_goc, mask=mask, other=0.0).to(tl.float32)  # out[j + C']
-        go_f = (tl.load(pgo + (2 * j) * s_goc, mask=mask, other=0.0).to(tl.float32)
-                + tl.load(pgo + (2 * j + 1) * s_goc, mask=mask, other=0.0).to(tl.float32))
+        dout_pixels_ptr = (dout_ptr + batch64 * dout_stride_batch + row * dout_stride_height
+                           + col * dout_stride_width)
+        # out[j] = a + sigmoid(g), out[j + C'] = g + sigmoid(a), out[2j], out[2j + 1] hold a + g
+        dout_a_first = tl.load(dout_pixels_ptr + channel * dout_stride_channel, mask=mask,
+                               other=0.0).to(tl.float32)
+        dout_g_first = tl.load(dout_pixels_ptr + (channel + in_channels) * dout_stride_channel,
+                               mask=mask, other=0.0).to(tl.float32)
+        dout_frequency = (tl.load(dout_pixels_ptr + (2 * channel) * dout_stride_channel,
+                                  mask=mask, other=0.0).to(tl.float32)
+                          + tl.load(dout_pixels_ptr + (2 * channel + 1) * dout_stride_channel,
+                                    mask=mask, other=0.0).to(tl.float32))
         lam = tl.load(lam_ptr).to(tl.float32)
-        sa = tl.sigmoid(a)
-        sg = tl.sigmoid(g)
-        da = lam * (go_ag + go_ga * sa * (1.0 - sa)) + (1.0 - lam) * go_f
-        dg = lam * (go_ag * sg * (1.0 - sg) + go_ga) + (1.0 - lam) * go_f
-        part = go_ag * (a + sg) + go_ga * (g + sa) - go_f * (a + g)
-        part = tl.where(mask, part, 0.0)
-        tl.store(da_ptr + b64 * s_dab + j * s_dac + hh * s_dah + ww * s_daw,
+        sigmoid_a = tl.sigmoid(a)
+        sigmoid_g = tl.sigmoid(g)
+        da = (lam * (dout_a_first + dout_g_first * sigmoid_a * (1.0 - sigmoid_a))
+              + (1.0 - lam) * dout_frequency)
+        dg = (lam * (dout_a_first * sigmoid_g * (1.0 - sigmoid_g) + dout_g_first)
+              + (1.0 - lam) * dout_frequency)
+        dlam_partial = (dout_a_first * (a + sigmoid_g) + dout_g_first * (g + sigmoid_a)
+                        - dout_frequency * (a + g))
+        dlam_partial = tl.where(mask, dlam_partial, 0.0)
+        tl.store(da_ptr + batch64 * da_stride_batch + channel * da_stride_channel
+                 + row * da_stride_height + col * da_stride_width,
                  da.to(da_ptr.dtype.element_ty), mask=mask)
-        tl.store(dg_ptr + b64 * s_dgb + j * s_dgc + hh * s_dgh + ww * s_dgw,
+        tl.store(dg_ptr + batch64 * dg_stride_batch + channel * dg_stride_channel
+                 + row * dg_stride_height + col * dg_stride_width,
                  dg.to(dg_ptr.dtype.element_ty), mask=mask)
-        tl.store(dlam_ptr + pid * NBLK + blk, tl.sum(part, axis=0))
+        tl.store(dlam_partial_ptr + batch_channel * num_pixel_blocks + pixel_block,
+                 tl.sum(dlam_partial, axis=0))
 
 
 
@@ -196,8 +265,20 @@ def _fwd_triton(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Te
         return out
     blk = _block()
     grid = (b * 2 * ch, triton.cdiv(h * w, blk))
-    _fusion_fwd_kernel[grid](a, g, lam, out, 2 * ch, ch, h, w,
-                             *a.stride(), *g.stride(), *out.stride(), BLOCK=blk)
+    _fusion_fwd_kernel[grid](
+        a,
+        g,
+        lam,
+        out,
+        2 * ch,
+        ch,
+        h,
+        w,
+        *a.stride(),  # a_stride_batch, a_stride_channel, a_stride_height, a_stride_width
+        *g.stride(),  # g_stride_batch, g_stride_channel, g_stride_height, g_stride_width
+        *out.stride(),  # out_stride_batch, out_stride_channel, out_stride_height, ..._width
+        BLOCK_SIZE=blk,
+    )
     return out
 
 
@@ -210,9 +291,25 @@ def _bwd_triton(grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor, lam: torch
     blk = _block()
     nblk = triton.cdiv(h * w, blk)
     part = empty(b * ch * nblk, like=a, dtype=torch.float32)
-    _fusion_bwd_kernel[(b * ch, nblk)](a, g, lam, grad, da, dg, part, ch, h, w, nblk,
-                                       *a.stride(), *g.stride(), *grad.stride(),
-                                       *da.stride(), *dg.stride(), BLOCK=blk)
+    _fusion_bwd_kernel[(b * ch, nblk)](
+        a,
+        g,
+        lam,
+        grad,
+        da,
+        dg,
+        part,
+        ch,
+        h,
+        w,
+        nblk,
+        *a.stride(),  # a_stride_batch, a_stride_channel, a_stride_height, a_stride_width
+        *g.stride(),  # g_stride_batch, g_stride_channel, g_stride_height, g_stride_width
+        *grad.stride(),  # dout_stride_batch, dout_stride_channel, dout_stride_height, ..._width
+        *da.stride(),  # da_stride_batch, da_stride_channel, da_stride_height, da_stride_width
+        *dg.stride(),  # dg_stride_batch, dg_stride_channel, dg_stride_height, dg_stride_width
+        BLOCK_SIZE=blk,
+    )
     return da, dg, part.sum().to(lam.dtype).reshape(lam.shape)
 
 

@@ -31,25 +31,19 @@ def _unit_strides(axis: str, *tensors: str) -> dict:
 
 def anyir_fusion_specs(m) -> list:
     _GPU_BLOCK = 1024
-    _S = "i32"
+    sizes = {"height": "i32", "width": "i32"}
     return [
         (m._fusion_fwd_kernel,
          {"a_ptr": "*fp32", "g_ptr": "*fp32", "lam_ptr": "*fp32", "out_ptr": "*fp32",
-          "C2": _S, "CH": _S, "H": _S, "W": _S,
-          **{n: _S for n in ("sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "sob", "soc", "soh", "sow")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": _GPU_BLOCK}),
+          "out_channels": "i32", "in_channels": "i32", **sizes, **_strides("a", "g", "out"),
+          "BLOCK_SIZE": "constexpr"},
+         {"BLOCK_SIZE": _GPU_BLOCK}),
         (m._fusion_bwd_kernel,
-         {"a_ptr": "*fp32", "g_ptr": "*fp32", "lam_ptr": "*fp32", "go_ptr": "*fp32",
-          "da_ptr": "*fp32", "dg_ptr": "*fp32", "dlam_ptr": "*fp32",
-          "CH": _S, "H": _S, "W": _S, "NBLK": _S,
-          **{n: _S for n in ("sab", "sac", "sah", "saw", "sgb", "sgc", "sgh", "sgw",
-                             "s_gob", "s_goc", "s_goh", "s_gow",
-                             "s_dab", "s_dac", "s_dah", "s_daw", "s_dgb", "s_dgc", "s_dgh",
-                             "s_dgw")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": _GPU_BLOCK}),
+         {"a_ptr": "*fp32", "g_ptr": "*fp32", "lam_ptr": "*fp32", "dout_ptr": "*fp32",
+          "da_ptr": "*fp32", "dg_ptr": "*fp32", "dlam_partial_ptr": "*fp32",
+          "in_channels": "i32", **sizes, "num_pixel_blocks": "i32",
+          **_strides("a", "g", "dout", "da", "dg"), "BLOCK_SIZE": "constexpr"},
+         {"BLOCK_SIZE": _GPU_BLOCK}),
     ]
 
 
