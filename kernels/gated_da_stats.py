@@ -68,92 +68,159 @@ if _HAVE_TRITON:
 
 if _HAVE_TRITON:
     @triton.jit
-    def _gda_fwd_kernel(f_ptr, al_ptr, tau_ptr, out_ptr, stats_ptr,
-                        C, A, H, W, BC, eps,
-                        sfb, sfc, sfh, sfw, sab, sac, sah, saw, sob, soc, soh, sow,
-                        BLOCK: tl.constexpr):
-        pid = tl.program_id(0)                 # b * C + c
-        b = pid // C
-        c = pid % C
-        n = H * W
-        b64 = b.to(tl.int64)
-        pf = f_ptr + b64 * sfb + c * sfc
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, n, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < n
-            acc += tl.load(pf + (offs // W) * sfh + (offs % W) * sfw, mask=m,
-                           other=0.0).to(tl.float32)
-        mu = tl.sum(acc, axis=0) / n
-        acc2 = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, n, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < n
-            x = tl.load(pf + (offs // W) * sfh + (offs % W) * sfw, mask=m, other=0.0).to(tl.float32)
-            d = tl.where(m, x - mu, 0.0)
-            acc2 += d * d
-        sigma = tl.sqrt(tl.sum(acc2, axis=0) / n + eps)
-        tau = tl.load(tau_ptr + c).to(tl.float32)
+    def _gda_fwd_kernel(
+        f_ptr,  # normalised input f, (B, C, H, W), any strides
+        alpha_ptr,  # alpha branch, (B, A, H, W), any strides
+        tau_ptr,  # learnable temperature, (C,), contiguous
+        out_ptr,  # output alpha * (1 + tau_adj), (B, A, H, W), same dtype as alpha
+        stats_ptr,  # saved statistics [mu; sigma], (2, B, C), float32, contiguous
+        channels,  # C
+        alpha_channels,  # A (alpha plane j uses tau_adj of channel j mod C)
+        height,  # H
+        width,  # W
+        num_planes,  # B * C, the offset of sigma in stats
+        eps,  # added to the variance, float32
+        f_stride_batch,  # stride of f along B
+        f_stride_channel,  # stride of f along C
+        f_stride_height,  # stride of f along H
+        f_stride_width,  # stride of f along W
+        alpha_stride_batch,  # stride of alpha along B
+        alpha_stride_channel,  # stride of alpha along A
+        alpha_stride_height,  # stride of alpha along H
+        alpha_stride_width,  # stride of alpha along W
+        out_stride_batch,  # stride of out along B
+        out_stride_channel,  # stride of out along A
+        out_stride_height,  # stride of out along H
+        out_stride_width,  # stride of out along W
+        BLOCK_SIZE: tl.constexpr,  # pixels per sweep step
+    ):
+        plane = tl.program_id(0)               # b * C + c
+        batch = plane // channels
+        channel = plane % channels
+        num_pixels = height * width
+        batch64 = batch.to(tl.int64)
+        f_plane_ptr = f_ptr + batch64 * f_stride_batch + channel * f_stride_channel
+        f_sum = tl.zeros([BLOCK_SIZE], dtype=tl.float32)
+        for start in range(0, num_pixels, BLOCK_SIZE):
+            pixel = start + tl.arange(0, BLOCK_SIZE)
+            mask = pixel < num_pixels
+            f_sum += tl.load(f_plane_ptr + (pixel // width) * f_stride_height
+                             + (pixel % width) * f_stride_width, mask=mask,
+                             other=0.0).to(tl.float32)
+        mu = tl.sum(f_sum, axis=0) / num_pixels
+        squared_deviation_sum = tl.zeros([BLOCK_SIZE], dtype=tl.float32)
+        for start in range(0, num_pixels, BLOCK_SIZE):
+            pixel = start + tl.arange(0, BLOCK_SIZE)
+            mask = pixel < num_pixels
+            f = tl.load(f_plane_ptr + (pixel // width) * f_stride_height
+                        + (pixel % width) * f_stride_width, mask=mask, other=0.0).to(tl.float32)
+            deviation = tl.where(mask, f - mu, 0.0)
+            squared_deviation_sum += deviation * deviation
+        sigma = tl.sqrt(tl.sum(squared_deviation_sum, axis=0) / num_pixels + eps)
+        tau = tl.load(tau_ptr + channel).to(tl.float32)
         scale = 1.0 + tau * tl.sigmoid(mu + sigma)
-        tl.store(stats_ptr + pid, mu)
-        tl.store(stats_ptr + BC + pid, sigma)
-        for j in range(c, A, C):               # alpha planes tiled onto channel c
-            pa = al_ptr + b64 * sab + j * sac
-            po = out_ptr + b64 * sob + j * soc
-            for start in range(0, n, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                m = offs < n
-                hh = offs // W
-                ww = offs % W
-                x = tl.load(pa + hh * sah + ww * saw, mask=m, other=0.0).to(tl.float32)
-                tl.store(po + hh * soh + ww * sow, (x * scale).to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(stats_ptr + plane, mu)
+        tl.store(stats_ptr + num_planes + plane, sigma)
+        for alpha_channel in range(channel, alpha_channels, channels):   # tiled onto channel
+            alpha_plane_ptr = (alpha_ptr + batch64 * alpha_stride_batch
+                               + alpha_channel * alpha_stride_channel)
+            out_plane_ptr = (out_ptr + batch64 * out_stride_batch
+                             + alpha_channel * out_stride_channel)
+            for start in range(0, num_pixels, BLOCK_SIZE):
+                pixel = start + tl.arange(0, BLOCK_SIZE)
+                mask = pixel < num_pixels
+                row = pixel // width
+                col = pixel % width
+                alpha = tl.load(alpha_plane_ptr + row * alpha_stride_height
+                                + col * alpha_stride_width, mask=mask, other=0.0).to(tl.float32)
+                tl.store(out_plane_ptr + row * out_stride_height + col * out_stride_width,
+                         (alpha * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gda_bwd_kernel(f_ptr, al_ptr, tau_ptr, stats_ptr, go_ptr, df_ptr, da_ptr, dtau_ptr,
-                        C, A, H, W, BC,
-                        sfb, sfc, sfh, sfw, sab, sac, sah, saw, sgb, sgc, sgh, sgw,
-                        sdfb, sdfc, sdfh, sdfw, sdab, sdac, sdah, sdaw,
-                        BLOCK: tl.constexpr):
-        pid = tl.program_id(0)                 # b * C + c
-        b = pid // C
-        c = pid % C
-        n = H * W
-        b64 = b.to(tl.int64)
-        mu = tl.load(stats_ptr + pid)
-        sigma = tl.load(stats_ptr + BC + pid)
-        tau = tl.load(tau_ptr + c).to(tl.float32)
-        delta = tl.sigmoid(mu + sigma)
-        scale = 1.0 + tau * delta
-        r = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in range(c, A, C):
-            pa = al_ptr + b64 * sab + j * sac
-            pg = go_ptr + b64 * sgb + j * sgc
-            pd = da_ptr + b64 * sdab + j * sdac
-            for start in range(0, n, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                m = offs < n
-                hh = offs // W
-                ww = offs % W
-                x = tl.load(pa + hh * sah + ww * saw, mask=m, other=0.0).to(tl.float32)
-                gr = tl.load(pg + hh * sgh + ww * sgw, mask=m, other=0.0).to(tl.float32)
-                r += gr * x
-                tl.store(pd + hh * sdah + ww * sdaw, (gr * scale).to(da_ptr.dtype.element_ty),
-                         mask=m)
-        d_tadj = tl.sum(r, axis=0)
-        tl.store(dtau_ptr + pid, d_tadj * delta)
-        dz = d_tadj * tau * delta * (1.0 - delta)
-        k0 = dz / n
-        k1 = dz / (n * sigma)
-        pf = f_ptr + b64 * sfb + c * sfc
-        pdf = df_ptr + b64 * sdfb + c * sdfc
-        for start in range(0, n, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < n
-            hh = offs // W
-            ww = offs % W
-            x = tl.load(pf + hh * sfh + ww * sfw, mask=m, other=0.0).to(tl.float32)
-            tl.store(pdf + hh * sdfh + ww * sdfw, (k0 + k1 * (x - mu)).to(df_ptr.dtype.element_ty),
-                     mask=m)
+    def _gda_bwd_kernel(
+        f_ptr,  # normalised input f, (B, C, H, W), any strides
+        alpha_ptr,  # alpha branch, (B, A, H, W), any strides
+        tau_ptr,  # learnable temperature, (C,), contiguous
+        stats_ptr,  # forward statistics [mu; sigma], (2, B, C), float32, contiguous
+        dout_ptr,  # gradient of the output, (B, A, H, W), any strides
+        df_ptr,  # gradient of f (output), (B, C, H, W), same dtype as f
+        dalpha_ptr,  # gradient of alpha (output), (B, A, H, W), same dtype as alpha
+        dtau_partial_ptr,  # dtau per (b, c) (summed over B by the caller), (B, C), float32
+        channels,  # C
+        alpha_channels,  # A (alpha plane j uses tau_adj of channel j mod C)
+        height,  # H
+        width,  # W
+        num_planes,  # B * C, the offset of sigma in stats
+        f_stride_batch,  # stride of f along B
+        f_stride_channel,  # stride of f along C
+        f_stride_height,  # stride of f along H
+        f_stride_width,  # stride of f along W
+        alpha_stride_batch,  # stride of alpha along B
+        alpha_stride_channel,  # stride of alpha along A
+        alpha_stride_height,  # stride of alpha along H
+        alpha_stride_width,  # stride of alpha along W
+        dout_stride_batch,  # stride of dout along B
+        dout_stride_channel,  # stride of dout along A
+        dout_stride_height,  # stride of dout along H
+        dout_stride_width,  # stride of dout along W
+        df_stride_batch,  # stride of df along B
+        df_stride_channel,  # stride of df along C
+        df_stride_height,  # stride of df along H
+        df_stride_width,  # stride of df along W
+        dalpha_stride_batch,  # stride of dalpha along B
+        dalpha_stride_channel,  # stride of dalpha along A
+        dalpha_stride_height,  # stride of dalpha along H
+        dalpha_stride_width,  # stride of dalpha along W
+        BLOCK_SIZE: tl.constexpr,  # pixels per sweep step
+    ):
+        plane = tl.program_id(0)               # b * C + c
+        batch = plane // channels
+        channel = plane % channels
+        num_pixels = height * width
+        batch64 = batch.to(tl.int64)
+        mu = tl.load(stats_ptr + plane)
+        sigma = tl.load(stats_ptr + num_planes + plane)
+        tau = tl.load(tau_ptr + channel).to(tl.float32)
+        gate = tl.sigmoid(mu + sigma)
+        scale = 1.0 + tau * gate
+        dtau_adj_sum = tl.zeros([BLOCK_SIZE], dtype=tl.float32)
+        for alpha_channel in range(channel, alpha_channels, channels):
+            alpha_plane_ptr = (alpha_ptr + batch64 * alpha_stride_batch
+                               + alpha_channel * alpha_stride_channel)
+            dout_plane_ptr = (dout_ptr + batch64 * dout_stride_batch
+                              + alpha_channel * dout_stride_channel)
+            dalpha_plane_ptr = (dalpha_ptr + batch64 * dalpha_stride_batch
+                                + alpha_channel * dalpha_stride_channel)
+            for start in range(0, num_pixels, BLOCK_SIZE):
+                pixel = start + tl.arange(0, BLOCK_SIZE)
+                mask = pixel < num_pixels
+                row = pixel // width
+                col = pixel % width
+                alpha = tl.load(alpha_plane_ptr + row * alpha_stride_height
+                                + col * alpha_stride_width, mask=mask, other=0.0).to(tl.float32)
+                dout = tl.load(dout_plane_ptr + row * dout_stride_height
+                               + col * dout_stride_width, mask=mask, other=0.0).to(tl.float32)
+                dtau_adj_sum += dout * alpha
+                tl.store(dalpha_plane_ptr + row * dalpha_stride_height
+                         + col * dalpha_stride_width,
+                         (dout * scale).to(dalpha_ptr.dtype.element_ty), mask=mask)
+        dtau_adj = tl.sum(dtau_adj_sum, axis=0)
+        tl.store(dtau_partial_ptr + plane, dtau_adj * gate)
+        dz = dtau_adj * tau * gate * (1.0 - gate)   # gradient of z = mu + sigma
+        df_from_mu = dz / num_pixels
+        df_from_sigma = dz / (num_pixels * sigma)
+        f_plane_ptr = f_ptr + batch64 * f_stride_batch + channel * f_stride_channel
+        df_plane_ptr = df_ptr + batch64 * df_stride_batch + channel * df_stride_channel
+        for start in range(0, num_pixels, BLOCK_SIZE):
+            pixel = start + tl.arange(0, BLOCK_SIZE)
+            mask = pixel < num_pixels
+            row = pixel // width
+            col = pixel % width
+            f = tl.load(f_plane_ptr + row * f_stride_height + col * f_stride_width, mask=mask,
+                        other=0.0).to(tl.float32)
+            tl.store(df_plane_ptr + row * df_stride_height + col * df_stride_width,
+                     (df_from_mu + df_from_sigma * (f - mu)).to(df_ptr.dtype.element_ty),
+                     mask=mask)
 
 
 
@@ -174,8 +241,23 @@ def _fwd_triton(f, alpha, tau, eps):
     if f.numel() == 0:
         return out, stats
     tau = tau.reshape(c)
-    _gda_fwd_kernel[(b * c,)](f, alpha, tau, out, stats, c, a, h, w, b * c, float(eps),
-                              *f.stride(), *alpha.stride(), *out.stride(), BLOCK=_block())
+    _gda_fwd_kernel[(b * c,)](
+        f,
+        alpha,
+        tau,
+        out,
+        stats,
+        c,
+        a,
+        h,
+        w,
+        b * c,
+        float(eps),
+        *f.stride(),  # f_stride_batch, f_stride_channel, f_stride_height, f_stride_width
+        *alpha.stride(),  # alpha_stride_batch, alpha_stride_channel, ..._height, ..._width
+        *out.stride(),  # out_stride_batch, out_stride_channel, out_stride_height, ..._width
+        BLOCK_SIZE=_block(),
+    )
     return out, stats
 
 
@@ -187,9 +269,27 @@ def _bwd_triton(grad, f, alpha, tau, stats):
     dtau = empty(b, c, like=f, dtype=torch.float32)
     if f.numel() == 0:
         return df.zero_(), dal.zero_(), torch.zeros_like(tau)
-    _gda_bwd_kernel[(b * c,)](f, alpha, tau.reshape(c), stats, grad, df, dal, dtau, c, a, h, w,
-                              b * c, *f.stride(), *alpha.stride(), *grad.stride(), *df.stride(),
-                              *dal.stride(), BLOCK=_block())
+    _gda_bwd_kernel[(b * c,)](
+        f,
+        alpha,
+        tau.reshape(c),
+        stats,
+        grad,
+        df,
+        dal,
+        dtau,
+        c,
+        a,
+        h,
+        w,
+        b * c,
+        *f.stride(),  # f_stride_batch, f_stride_channel, f_stride_height, f_stride_width
+        *alpha.stride(),  # alpha_stride_batch, alpha_stride_channel, ..._height, ..._width
+        *grad.stride(),  # dout_stride_batch, dout_stride_channel, dout_stride_height, ..._width
+        *df.stride(),  # df_stride_batch, df_stride_channel, df_stride_height, df_stride_width
+        *dal.stride(),  # dalpha_stride_batch, dalpha_stride_channel, ..._height, ..._width
+        BLOCK_SIZE=_block(),
+    )
     return df, dal, dtau.sum(0).to(tau.dtype).reshape(tau.shape)
 
 

@@ -61,25 +61,20 @@ def fsb_filter_specs(m) -> list:
 
 
 def gated_da_stats_specs(m) -> list:
-    _S = "i32"
+    sizes = {"channels": "i32", "alpha_channels": "i32", "height": "i32", "width": "i32",
+             "num_planes": "i32"}
     return [
         (m._gda_fwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "out_ptr": "*fp32",
-          "stats_ptr": "*fp32", "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S, "eps": "fp32",
-          **{s: _S
-             for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sob", "soc", "soh",
-                       "sow")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": 1024}),
+         {"f_ptr": "*fp32", "alpha_ptr": "*fp32", "tau_ptr": "*fp32", "out_ptr": "*fp32",
+          "stats_ptr": "*fp32", **sizes, "eps": "fp32", **_strides("f", "alpha", "out"),
+          "BLOCK_SIZE": "constexpr"},
+         {"BLOCK_SIZE": 1024}),
         (m._gda_bwd_kernel,
-         {"f_ptr": "*fp32", "al_ptr": "*fp32", "tau_ptr": "*fp32", "stats_ptr": "*fp32",
-          "go_ptr": "*fp32", "df_ptr": "*fp32", "da_ptr": "*fp32", "dtau_ptr": "*fp32",
-          "C": _S, "A": _S, "H": _S, "W": _S, "BC": _S,
-          **{s: _S
-             for s in ("sfb", "sfc", "sfh", "sfw", "sab", "sac", "sah", "saw", "sgb", "sgc", "sgh",
-                       "sgw", "sdfb", "sdfc", "sdfh", "sdfw", "sdab", "sdac", "sdah", "sdaw")},
-          "BLOCK": "constexpr"},
-         {"BLOCK": 1024}),
+         {"f_ptr": "*fp32", "alpha_ptr": "*fp32", "tau_ptr": "*fp32", "stats_ptr": "*fp32",
+          "dout_ptr": "*fp32", "df_ptr": "*fp32", "dalpha_ptr": "*fp32",
+          "dtau_partial_ptr": "*fp32", **sizes,
+          **_strides("f", "alpha", "dout", "df", "dalpha"), "BLOCK_SIZE": "constexpr"},
+         {"BLOCK_SIZE": 1024}),
     ]
 
 
