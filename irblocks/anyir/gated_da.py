@@ -10,6 +10,7 @@ from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.errors import InputError, check_feature
+from irblocks.kernels._dispatch import select
 from irblocks.kernels.gated_da_stats import gated_da_modulate, gated_da_modulate_naive
 from irblocks.norm import ChannelLayerNorm
 from irblocks.registry import Context, register
@@ -51,8 +52,9 @@ class GatedDegradationAdaptation(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W), any H x W. With ``norm="batch"`` in train mode
     B x H x W must exceed 1.
 
-    Execution (``irblocks.set_execution``): with ``norm="batch"`` and a channels_last CPU
-    input, ``"fast"`` folds the BatchNorm, W_exp's beta rows and the tau gate into the
+    Execution (``irblocks.set_execution``): with ``norm="batch"``, a channels_last CPU
+    input and the reference kernels (the Triton path keeps its fused statistics kernel),
+    ``"fast"`` folds the BatchNorm, W_exp's beta rows and the tau gate into the
     weights (:meth:`_forward_folded`: same values and gradients, fewer passes over memory);
     otherwise the three parts of W_exp run as dense 1x1s. ``"official"`` runs the released
     code's sequence.
@@ -102,7 +104,7 @@ class GatedDegradationAdaptation(nn.Module):
                              "norm='layer'/'group')")
         if (self.execution == "fast" and self.norm_kind == "batch" and x.device.type == "cpu"
                 and x.is_contiguous(memory_format=torch.channels_last)
-                and not torch.is_autocast_enabled("cpu")):
+                and not torch.is_autocast_enabled("cpu") and select(None, x) == "reference"):
             return self._forward_folded(x)
         f = self.norm(x)
         if self.execution == "official":
