@@ -9,6 +9,10 @@ float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and 
 skip-split, AnyIR's fusion; ``irblocks/conv.py``), and GatedDA with BatchNorm folded into
 its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``), with the
 same gradients (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py).
+
+Every execution switch (this one, ``impl`` / ``IRBLOCKS_KERNELS``, memory format,
+checkpointing, the blocks' ``frequency`` / ``mode`` alternatives) is listed in one table:
+README.md, "Execution switches".
 """
 from __future__ import annotations
 
