@@ -33,11 +33,11 @@ Three pieces live here:
   register use does not grow with the head dim; dk/dv programs own one output chunk.
   ``tl.dot`` runs with ``input_precision="tf32x3"`` on the GPU (float32-level
   accuracy on tensor cores). GPU tiles per padded head dim are ``_GPU_TILES``
-  (BLOCK_N 64, BLOCK_P 16, 8 warps, 1 stage) -- the same entries the sm_90 compile
-  table (tests/kernels/compile_specs.py) lists (generic strides and the SCA block's unit head-dim
-  strides), all with zero
-  register spills on sm_90. Head dims above ``MAX_TRITON_HEAD_DIM`` = 128 fall
-  back to the reference path (ClearAIR's widest SCA: 384 channels / 4 heads = 96).
+  (BLOCK_SIZE_N 64, BLOCK_SIZE_P 16, 8 warps, 1 stage) -- the same entries the sm_90
+  compile table (tests/kernels/compile_specs.py) lists (generic strides and the SCA block's
+  unit head-dim strides), all with zero register spills on sm_90. Head dims above
+  ``MAX_TRITON_HEAD_DIM`` = 128 fall back to the reference path (ClearAIR's widest SCA: 384
+  channels / 4 heads = 96).
 
 Dispatch: ``impl`` / ``IRBLOCKS_KERNELS`` (see ``irblocks.kernels._dispatch``).
 """
@@ -94,213 +94,340 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _codes_kernel(m_ptr, out_ptr, K, N, s_mb, s_mk, s_mn, BLOCK_N: tl.constexpr):
-        b = tl.program_id(0)
-        offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid = offs < N
-        code = tl.zeros([BLOCK_N], dtype=tl.int64)
-        for kk in range(0, K):
-            bit = tl.load(m_ptr + b * s_mb + kk * s_mk + offs * s_mn, mask=valid, other=0)
-            code += (bit != 0).to(tl.int64) << kk
-        tl.store(out_ptr + b * N + offs, code, mask=valid)
+    def _codes_kernel(
+        masks_ptr,  # binary masks, (B, K, H * W) view, bool / uint8 / any integer dtype
+        codes_ptr,  # output membership codes, (B, H * W), int64, contiguous
+        num_masks,  # K <= 62 (bit k of a code is mask k)
+        num_pixels,  # H * W
+        masks_stride_batch,  # stride of masks along B
+        masks_stride_mask,  # stride of masks along K
+        masks_stride_pixel,  # stride of masks along H * W
+        BLOCK_SIZE: tl.constexpr,  # pixels per program
+    ):
+        batch = tl.program_id(0)
+        pixel = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        pixel_mask = pixel < num_pixels
+        code = tl.zeros([BLOCK_SIZE], dtype=tl.int64)
+        for mask_index in range(0, num_masks):
+            bit = tl.load(masks_ptr + batch * masks_stride_batch + mask_index * masks_stride_mask
+                          + pixel * masks_stride_pixel, mask=pixel_mask, other=0)
+            code += (bit != 0).to(tl.int64) << mask_index
+        tl.store(codes_ptr + batch * num_pixels + pixel, code, mask=pixel_mask)
 
     @triton.jit
-    def _segment_sum_kernel(x_ptr, idx_ptr, out_ptr, N, C, P, s_xb, s_xn, s_xc,
-                            BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        b = tl.program_id(0)
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        vn = offs_n < N
-        vc = offs_c < C
-        m2 = vn[:, None] & vc[None, :]
-        x = tl.load(x_ptr + b * s_xb + offs_n[:, None] * s_xn + offs_c[None, :] * s_xc, mask=m2,
-                    other=0.0)
-        p = tl.load(idx_ptr + b * N + offs_n, mask=vn, other=0)
-        tl.atomic_add(out_ptr + (b * P + p[:, None]) * C + offs_c[None, :], x.to(tl.float32),
-                      mask=m2)
+    def _segment_sum_kernel(
+        x_ptr,  # pixel features, (B, N, C) view, any strides
+        pattern_index_ptr,  # pattern of each pixel, (B, N), int64, contiguous
+        sums_ptr,  # output per-pattern sums, (B, P, C), float32, contiguous, zero-filled
+        num_pixels,  # N = H * W
+        channels,  # C
+        num_patterns,  # P
+        x_stride_batch,  # stride of x along B
+        x_stride_pixel,  # stride of x along N
+        x_stride_channel,  # stride of x along C
+        BLOCK_SIZE_N: tl.constexpr,  # pixels per program
+        BLOCK_SIZE_C: tl.constexpr,  # channels per program
+    ):
+        batch = tl.program_id(0)
+        pixel = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        channel = tl.program_id(2) * BLOCK_SIZE_C + tl.arange(0, BLOCK_SIZE_C)
+        pixel_mask = pixel < num_pixels
+        channel_mask = channel < channels
+        mask = pixel_mask[:, None] & channel_mask[None, :]
+        x = tl.load(x_ptr + batch * x_stride_batch + pixel[:, None] * x_stride_pixel
+                    + channel[None, :] * x_stride_channel, mask=mask, other=0.0)
+        pattern = tl.load(pattern_index_ptr + batch * num_pixels + pixel, mask=pixel_mask,
+                          other=0)
+        tl.atomic_add(sums_ptr + (batch * num_patterns + pattern[:, None]) * channels
+                      + channel[None, :], x.to(tl.float32), mask=mask)
 
-    # The three attention kernels reduce over the head dim in chunks of BLOCK_DC columns
-    # (q k^T and do v^T are sums of BLOCK_DC-wide tl.dot's, operands re-read per chunk
-    # from L1/L2), so the registers they need do not grow with BLOCK_D; only the output
-    # accumulators span BLOCK_D (forward, dq) or one BLOCK_DC chunk of it (dk/dv, whose
-    # grid has one program per output chunk). Token-side tiles are small (P is the number
-    # of mask patterns), pixel-side tiles stream.
-
-    @triton.jit
-    def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr,
-                         N, P, HEADS, D, scale,
-                         s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
-                         s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                         BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
-        bh = tl.program_id(0)
-        b = bh // HEADS
-        h = bh % HEADS
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_c = tl.arange(0, BLOCK_DC)
-        vn = offs_n < N
-        vd = offs_d < D
-        q_base = q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn
-        k_base = k_ptr + b * s_kb + h * s_kh
-        m_i = tl.full([BLOCK_N], -float("inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_N], tl.float32)
-        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            vp = offs_p < P
-            s = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
-            for d0 in range(0, D, BLOCK_DC):
-                dc = d0 + offs_c
-                vc = dc < D
-                q = tl.load(q_base + dc[None, :] * s_qd, mask=vn[:, None] & vc[None, :], other=0.0)
-                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd,
-                             mask=vp[None, :] & vc[:, None], other=0.0)                    # (DC, P)
-                s += tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision=PREC)
-            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
-                           other=-float("inf")).to(tl.float32)
-            s = s * scale + bias[None, :]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # rows whose every logit so far is -inf keep m = -inf; guard the exp
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            pexp = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(pexp, 1)
-            vv = tl.load(v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp
-                         + offs_d[None, :] * s_vd,
-                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)  # (P, D)
-            acc = acc * alpha[:, None] + tl.dot(pexp, vv, input_precision=PREC)
-            m_i = m_new
-        out = acc / l_i[:, None]
-        tl.store(o_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], out,
-                 mask=vn[:, None] & vd[None, :])
-        tl.store(lse_ptr + bh * N + offs_n, m_i + tl.log(l_i), mask=vn)
+    # The three attention kernels reduce over the head dim in chunks of BLOCK_SIZE_DC columns
+    # (q k^T and do v^T are sums of BLOCK_SIZE_DC-wide tl.dot's, operands re-read per chunk
+    # from L1/L2), so the registers they need do not grow with BLOCK_SIZE_D; only the output
+    # accumulators span BLOCK_SIZE_D (forward, dq) or one BLOCK_SIZE_DC chunk of it (dk/dv,
+    # whose grid has one program per output chunk). Token-side tiles are small (P is the
+    # number of mask patterns), pixel-side tiles stream.
 
     @triton.jit
-    def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-                            N, P, HEADS, D, scale,
-                            s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
-                            s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                            BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-                            BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
-        bh = tl.program_id(0)
-        b = bh // HEADS
-        h = bh % HEADS
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_c = tl.arange(0, BLOCK_DC)
-        vn = offs_n < N
-        vd = offs_d < D
-        q_base = q_ptr + b * s_qb + h * s_qh + offs_n[:, None] * s_qn
-        do_base = do_ptr + (bh * N + offs_n[:, None]) * D
-        k_base = k_ptr + b * s_kb + h * s_kh
-        v_base = v_ptr + b * s_vb + h * s_vh
-        lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=0.0)
-        delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
-        dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            vp = offs_p < P
-            s = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
-            dp = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
-            for d0 in range(0, D, BLOCK_DC):
-                dc = d0 + offs_c
-                vc = dc < D
-                mnc = vn[:, None] & vc[None, :]
-                mcp = vc[:, None] & vp[None, :]
-                q = tl.load(q_base + dc[None, :] * s_qd, mask=mnc, other=0.0).to(tl.float32)
-                kt = tl.load(k_base + offs_p[None, :] * s_kp + dc[:, None] * s_kd, mask=mcp,
-                             other=0.0)
-                s += tl.dot(q, kt.to(tl.float32), input_precision=PREC)
-                do = tl.load(do_base + dc[None, :], mask=mnc, other=0.0)
-                vt = tl.load(v_base + offs_p[None, :] * s_vp + dc[:, None] * s_vd, mask=mcp,
-                             other=0.0)
-                dp += tl.dot(do, vt.to(tl.float32), input_precision=PREC)
-            bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
-                           other=-float("inf")).to(tl.float32)
-            p = tl.exp(s * scale + bias[None, :] - lse[:, None])
-            ds = p * (dp - delta[:, None])
-            kk = tl.load(k_base + offs_p[:, None] * s_kp + offs_d[None, :] * s_kd,
-                         mask=vp[:, None] & vd[None, :], other=0.0).to(tl.float32)          # (P, D)
-            dq += tl.dot(ds, kk, input_precision=PREC)
-        tl.store(dq_ptr + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq * scale,
-                 mask=vn[:, None] & vd[None, :])
+    def _attn_fwd_kernel(
+        q_ptr,  # pixel queries, (B, heads, N, D), any strides
+        k_ptr,  # pattern-token keys, (B, heads, P, D), any strides
+        v_ptr,  # pattern-token values, (B, heads, P, D), any strides
+        bias_ptr,  # log pattern area per token (-inf on padding), (B, P)
+        out_ptr,  # output softmax(q k^T * scale + bias) v, (B, heads, N, D), float32, contiguous
+        lse_ptr,  # output log-sum-exp of each query's logits, (B, heads, N), float32, contiguous
+        num_pixels,  # N, queries
+        num_tokens,  # P, pattern tokens
+        heads,  # attention heads
+        head_dim,  # D
+        scale,  # logit scale, float32
+        q_stride_batch,  # stride of q along B
+        q_stride_head,  # stride of q along heads
+        q_stride_pixel,  # stride of q along N
+        q_stride_dim,  # stride of q along D
+        k_stride_batch,  # stride of k along B
+        k_stride_head,  # stride of k along heads
+        k_stride_token,  # stride of k along P
+        k_stride_dim,  # stride of k along D
+        v_stride_batch,  # stride of v along B
+        v_stride_head,  # stride of v along heads
+        v_stride_token,  # stride of v along P
+        v_stride_dim,  # stride of v along D
+        bias_stride_batch,  # stride of bias along B
+        bias_stride_token,  # stride of bias along P
+        BLOCK_SIZE_N: tl.constexpr,  # queries per program
+        BLOCK_SIZE_P: tl.constexpr,  # tokens per step of the online softmax
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16
+        BLOCK_SIZE_DC: tl.constexpr,  # head-dim chunk of the q k^T reduction
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
+        batch_head = tl.program_id(0)
+        batch = batch_head // heads
+        head = batch_head % heads
+        offs_n = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        offs_d = tl.arange(0, BLOCK_SIZE_D)
+        offs_dc = tl.arange(0, BLOCK_SIZE_DC)
+        pixel_mask = offs_n < num_pixels
+        dim_mask = offs_d < head_dim
+        q_rows_ptr = (q_ptr + batch * q_stride_batch + head * q_stride_head
+                      + offs_n[:, None] * q_stride_pixel)
+        k_head_ptr = k_ptr + batch * k_stride_batch + head * k_stride_head
+        running_max = tl.full([BLOCK_SIZE_N], -float("inf"), tl.float32)
+        running_sum = tl.zeros([BLOCK_SIZE_N], tl.float32)
+        acc = tl.zeros([BLOCK_SIZE_N, BLOCK_SIZE_D], tl.float32)
+        for token_start in range(0, num_tokens, BLOCK_SIZE_P):
+            offs_p = token_start + tl.arange(0, BLOCK_SIZE_P)
+            token_mask = offs_p < num_tokens
+            logits = tl.zeros([BLOCK_SIZE_N, BLOCK_SIZE_P], tl.float32)
+            for dim_start in range(0, head_dim, BLOCK_SIZE_DC):
+                chunk = dim_start + offs_dc
+                chunk_mask = chunk < head_dim
+                q = tl.load(q_rows_ptr + chunk[None, :] * q_stride_dim,
+                            mask=pixel_mask[:, None] & chunk_mask[None, :], other=0.0)
+                k_t = tl.load(k_head_ptr + offs_p[None, :] * k_stride_token
+                              + chunk[:, None] * k_stride_dim,
+                              mask=token_mask[None, :] & chunk_mask[:, None], other=0.0)  # (DC, P)
+                logits += tl.dot(q.to(tl.float32), k_t.to(tl.float32),
+                                 input_precision=INPUT_PRECISION)
+            bias = tl.load(bias_ptr + batch * bias_stride_batch + offs_p * bias_stride_token,
+                           mask=token_mask, other=-float("inf")).to(tl.float32)
+            logits = logits * scale + bias[None, :]
+            new_max = tl.maximum(running_max, tl.max(logits, 1))
+            # rows whose every logit so far is -inf keep the max at -inf; guard the exp
+            safe_max = tl.where(new_max == -float("inf"), 0.0, new_max)
+            rescale = tl.exp(running_max - safe_max)
+            probs = tl.exp(logits - safe_max[:, None])   # unnormalised
+            running_sum = running_sum * rescale + tl.sum(probs, 1)
+            v = tl.load(v_ptr + batch * v_stride_batch + head * v_stride_head
+                        + offs_p[:, None] * v_stride_token + offs_d[None, :] * v_stride_dim,
+                        mask=token_mask[:, None] & dim_mask[None, :],
+                        other=0.0).to(tl.float32)  # (P, D)
+            acc = acc * rescale[:, None] + tl.dot(probs, v, input_precision=INPUT_PRECISION)
+            running_max = new_max
+        out = acc / running_sum[:, None]
+        tl.store(out_ptr + (batch_head * num_pixels + offs_n[:, None]) * head_dim
+                 + offs_d[None, :], out, mask=pixel_mask[:, None] & dim_mask[None, :])
+        tl.store(lse_ptr + batch_head * num_pixels + offs_n, running_max + tl.log(running_sum),
+                 mask=pixel_mask)
 
     @triton.jit
-    def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, do_ptr, lse_ptr, delta_ptr,
-                              dk_ptr, dv_ptr, N, P, HEADS, D, scale, CHUNK,
-                              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kp, s_kd,
-                              s_vb, s_vh, s_vp, s_vd, s_bb, s_bp,
-                              BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-                              BLOCK_DC: tl.constexpr, PREC: tl.constexpr):
-        # program (bh, token block x output column chunk, pixel chunk): partial dk, dv of its
-        # tokens and BLOCK_DC head-dim columns over its pixels. Token-major (transposed) form:
-        # p^T and ds^T are the A operands of the accumulating dots (no register transposes).
-        NUM_DC: tl.constexpr = BLOCK_D // BLOCK_DC
-        bh = tl.program_id(0)
-        b = bh // HEADS
-        h = bh % HEADS
-        pb = tl.program_id(1) // NUM_DC
-        oc = tl.program_id(1) % NUM_DC
-        ch = tl.program_id(2)
-        offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        offs_c = tl.arange(0, BLOCK_DC)
-        offs_o = oc * BLOCK_DC + offs_c                   # this program's output columns
-        vp = offs_p < P
-        vo = offs_o < D
-        k_base = k_ptr + b * s_kb + h * s_kh + offs_p[:, None] * s_kp
-        v_base = v_ptr + b * s_vb + h * s_vh + offs_p[:, None] * s_vp
-        q_base = q_ptr + b * s_qb + h * s_qh
-        bias = tl.load(bias_ptr + b * s_bb + offs_p * s_bp, mask=vp,
-                       other=-float("inf")).to(tl.float32)
-        dk = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
-        dv = tl.zeros([BLOCK_P, BLOCK_DC], tl.float32)
-        n_start = ch * CHUNK
-        for n0 in range(n_start, n_start + CHUNK, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            vn = (offs_n < N) & (offs_n < n_start + CHUNK)
-            st = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
-            dpt = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
-            for d0 in range(0, D, BLOCK_DC):
-                dc = d0 + offs_c
-                vc = dc < D
-                mpc = vp[:, None] & vc[None, :]
-                mcn = vc[:, None] & vn[None, :]
+    def _attn_bwd_dq_kernel(
+        q_ptr,  # pixel queries, (B, heads, N, D), any strides
+        k_ptr,  # pattern-token keys, (B, heads, P, D), any strides
+        v_ptr,  # pattern-token values, (B, heads, P, D), any strides
+        bias_ptr,  # log pattern area per token (-inf on padding), (B, P)
+        dout_ptr,  # gradient of the output, (B, heads, N, D), float32, contiguous
+        lse_ptr,  # forward log-sum-exp, (B, heads, N), float32, contiguous
+        delta_ptr,  # rowsum(dout * out), (B, heads, N), float32, contiguous
+        dq_ptr,  # output gradient of q, (B, heads, N, D), float32, contiguous
+        num_pixels,  # N, queries
+        num_tokens,  # P, pattern tokens
+        heads,  # attention heads
+        head_dim,  # D
+        scale,  # logit scale, float32
+        q_stride_batch,  # stride of q along B
+        q_stride_head,  # stride of q along heads
+        q_stride_pixel,  # stride of q along N
+        q_stride_dim,  # stride of q along D
+        k_stride_batch,  # stride of k along B
+        k_stride_head,  # stride of k along heads
+        k_stride_token,  # stride of k along P
+        k_stride_dim,  # stride of k along D
+        v_stride_batch,  # stride of v along B
+        v_stride_head,  # stride of v along heads
+        v_stride_token,  # stride of v along P
+        v_stride_dim,  # stride of v along D
+        bias_stride_batch,  # stride of bias along B
+        bias_stride_token,  # stride of bias along P
+        BLOCK_SIZE_N: tl.constexpr,  # queries per program
+        BLOCK_SIZE_P: tl.constexpr,  # tokens per step
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16
+        BLOCK_SIZE_DC: tl.constexpr,  # head-dim chunk of the q k^T and dout v^T reductions
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
+        batch_head = tl.program_id(0)
+        batch = batch_head // heads
+        head = batch_head % heads
+        offs_n = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+        offs_d = tl.arange(0, BLOCK_SIZE_D)
+        offs_dc = tl.arange(0, BLOCK_SIZE_DC)
+        pixel_mask = offs_n < num_pixels
+        dim_mask = offs_d < head_dim
+        q_rows_ptr = (q_ptr + batch * q_stride_batch + head * q_stride_head
+                      + offs_n[:, None] * q_stride_pixel)
+        dout_rows_ptr = dout_ptr + (batch_head * num_pixels + offs_n[:, None]) * head_dim
+        k_head_ptr = k_ptr + batch * k_stride_batch + head * k_stride_head
+        v_head_ptr = v_ptr + batch * v_stride_batch + head * v_stride_head
+        lse = tl.load(lse_ptr + batch_head * num_pixels + offs_n, mask=pixel_mask, other=0.0)
+        delta = tl.load(delta_ptr + batch_head * num_pixels + offs_n, mask=pixel_mask, other=0.0)
+        dq = tl.zeros([BLOCK_SIZE_N, BLOCK_SIZE_D], tl.float32)
+        for token_start in range(0, num_tokens, BLOCK_SIZE_P):
+            offs_p = token_start + tl.arange(0, BLOCK_SIZE_P)
+            token_mask = offs_p < num_tokens
+            logits = tl.zeros([BLOCK_SIZE_N, BLOCK_SIZE_P], tl.float32)
+            dprobs = tl.zeros([BLOCK_SIZE_N, BLOCK_SIZE_P], tl.float32)
+            for dim_start in range(0, head_dim, BLOCK_SIZE_DC):
+                chunk = dim_start + offs_dc
+                chunk_mask = chunk < head_dim
+                pixel_chunk_mask = pixel_mask[:, None] & chunk_mask[None, :]
+                chunk_token_mask = chunk_mask[:, None] & token_mask[None, :]
+                q = tl.load(q_rows_ptr + chunk[None, :] * q_stride_dim, mask=pixel_chunk_mask,
+                            other=0.0).to(tl.float32)
+                k_t = tl.load(k_head_ptr + offs_p[None, :] * k_stride_token
+                              + chunk[:, None] * k_stride_dim, mask=chunk_token_mask, other=0.0)
+                logits += tl.dot(q, k_t.to(tl.float32), input_precision=INPUT_PRECISION)
+                dout = tl.load(dout_rows_ptr + chunk[None, :], mask=pixel_chunk_mask, other=0.0)
+                v_t = tl.load(v_head_ptr + offs_p[None, :] * v_stride_token
+                              + chunk[:, None] * v_stride_dim, mask=chunk_token_mask, other=0.0)
+                dprobs += tl.dot(dout, v_t.to(tl.float32), input_precision=INPUT_PRECISION)
+            bias = tl.load(bias_ptr + batch * bias_stride_batch + offs_p * bias_stride_token,
+                           mask=token_mask, other=-float("inf")).to(tl.float32)
+            probs = tl.exp(logits * scale + bias[None, :] - lse[:, None])
+            dlogits = probs * (dprobs - delta[:, None])
+            k = tl.load(k_head_ptr + offs_p[:, None] * k_stride_token
+                        + offs_d[None, :] * k_stride_dim,
+                        mask=token_mask[:, None] & dim_mask[None, :],
+                        other=0.0).to(tl.float32)  # (P, D)
+            dq += tl.dot(dlogits, k, input_precision=INPUT_PRECISION)
+        tl.store(dq_ptr + (batch_head * num_pixels + offs_n[:, None]) * head_dim
+                 + offs_d[None, :], dq * scale, mask=pixel_mask[:, None] & dim_mask[None, :])
+
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(
+        q_ptr,  # pixel queries, (B, heads, N, D), any strides
+        k_ptr,  # pattern-token keys, (B, heads, P, D), any strides
+        v_ptr,  # pattern-token values, (B, heads, P, D), any strides
+        bias_ptr,  # log pattern area per token (-inf on padding), (B, P)
+        dout_ptr,  # gradient of the output, (B, heads, N, D), float32, contiguous
+        lse_ptr,  # forward log-sum-exp, (B, heads, N), float32, contiguous
+        delta_ptr,  # rowsum(dout * out), (B, heads, N), float32, contiguous
+        dk_partial_ptr,  # output partial dk per pixel chunk, (chunks, B * heads, P, D), float32
+        dv_partial_ptr,  # output partial dv per pixel chunk, (chunks, B * heads, P, D), float32
+        num_pixels,  # N, queries
+        num_tokens,  # P, pattern tokens
+        heads,  # attention heads
+        head_dim,  # D
+        scale,  # logit scale, float32
+        pixels_per_chunk,  # pixels each program reduces over (a multiple of BLOCK_SIZE_N)
+        q_stride_batch,  # stride of q along B
+        q_stride_head,  # stride of q along heads
+        q_stride_pixel,  # stride of q along N
+        q_stride_dim,  # stride of q along D
+        k_stride_batch,  # stride of k along B
+        k_stride_head,  # stride of k along heads
+        k_stride_token,  # stride of k along P
+        k_stride_dim,  # stride of k along D
+        v_stride_batch,  # stride of v along B
+        v_stride_head,  # stride of v along heads
+        v_stride_token,  # stride of v along P
+        v_stride_dim,  # stride of v along D
+        bias_stride_batch,  # stride of bias along B
+        bias_stride_token,  # stride of bias along P
+        BLOCK_SIZE_N: tl.constexpr,  # pixels per step
+        BLOCK_SIZE_P: tl.constexpr,  # tokens per program
+        BLOCK_SIZE_D: tl.constexpr,  # head_dim padded to a power of 2 >= 16
+        BLOCK_SIZE_DC: tl.constexpr,  # head-dim chunk: reductions and this program's columns
+        INPUT_PRECISION: tl.constexpr,  # tl.dot input_precision ("tf32x3" on the GPU)
+    ):
+        # program (batch_head, token block x output column chunk, pixel chunk): partial dk, dv
+        # of its tokens and BLOCK_SIZE_DC head-dim columns over its pixels. Token-major
+        # (transposed) form: p^T and ds^T are the A operands of the accumulating dots (no
+        # register transposes).
+        NUM_DIM_CHUNKS: tl.constexpr = BLOCK_SIZE_D // BLOCK_SIZE_DC
+        batch_head = tl.program_id(0)
+        batch = batch_head // heads
+        head = batch_head % heads
+        token_block = tl.program_id(1) // NUM_DIM_CHUNKS
+        out_chunk = tl.program_id(1) % NUM_DIM_CHUNKS
+        pixel_chunk = tl.program_id(2)
+        offs_p = token_block * BLOCK_SIZE_P + tl.arange(0, BLOCK_SIZE_P)
+        offs_dc = tl.arange(0, BLOCK_SIZE_DC)
+        offs_out = out_chunk * BLOCK_SIZE_DC + offs_dc     # this program's output columns
+        token_mask = offs_p < num_tokens
+        out_mask = offs_out < head_dim
+        k_rows_ptr = (k_ptr + batch * k_stride_batch + head * k_stride_head
+                      + offs_p[:, None] * k_stride_token)
+        v_rows_ptr = (v_ptr + batch * v_stride_batch + head * v_stride_head
+                      + offs_p[:, None] * v_stride_token)
+        q_head_ptr = q_ptr + batch * q_stride_batch + head * q_stride_head
+        bias = tl.load(bias_ptr + batch * bias_stride_batch + offs_p * bias_stride_token,
+                       mask=token_mask, other=-float("inf")).to(tl.float32)
+        dk = tl.zeros([BLOCK_SIZE_P, BLOCK_SIZE_DC], tl.float32)
+        dv = tl.zeros([BLOCK_SIZE_P, BLOCK_SIZE_DC], tl.float32)
+        chunk_start = pixel_chunk * pixels_per_chunk
+        for pixel_start in range(chunk_start, chunk_start + pixels_per_chunk, BLOCK_SIZE_N):
+            offs_n = pixel_start + tl.arange(0, BLOCK_SIZE_N)
+            pixel_mask = (offs_n < num_pixels) & (offs_n < chunk_start + pixels_per_chunk)
+            logits_t = tl.zeros([BLOCK_SIZE_P, BLOCK_SIZE_N], tl.float32)
+            dprobs_t = tl.zeros([BLOCK_SIZE_P, BLOCK_SIZE_N], tl.float32)
+            for dim_start in range(0, head_dim, BLOCK_SIZE_DC):
+                chunk = dim_start + offs_dc
+                chunk_mask = chunk < head_dim
+                token_chunk_mask = token_mask[:, None] & chunk_mask[None, :]
+                chunk_pixel_mask = chunk_mask[:, None] & pixel_mask[None, :]
                 # (P, DC)
-                kk = tl.load(k_base + dc[None, :] * s_kd, mask=mpc, other=0.0).to(tl.float32)
-                qt = tl.load(q_base + offs_n[None, :] * s_qn + dc[:, None] * s_qd, mask=mcn,
-                             other=0.0)
-                st += tl.dot(kk, qt.to(tl.float32), input_precision=PREC)  # (P, N)
-                vv = tl.load(v_base + dc[None, :] * s_vd, mask=mpc, other=0.0).to(tl.float32)
-                dot_ = tl.load(do_ptr + (bh * N + offs_n[None, :]) * D + dc[:, None], mask=mcn,
-                               other=0.0)
-                dpt += tl.dot(vv, dot_, input_precision=PREC)
-            lse = tl.load(lse_ptr + bh * N + offs_n, mask=vn, other=float("inf"))
-            delta = tl.load(delta_ptr + bh * N + offs_n, mask=vn, other=0.0)
-            pt = tl.exp(st * scale + bias[:, None] - lse[None, :])
-            pt = tl.where(vn[None, :], pt, 0.0)
-            dst = pt * (dpt - delta[None, :])
-            mno = vn[:, None] & vo[None, :]
-            do = tl.load(do_ptr + (bh * N + offs_n[:, None]) * D + offs_o[None, :], mask=mno,
-                         other=0.0)
-            dv += tl.dot(pt, do, input_precision=PREC)
-            q = tl.load(q_base + offs_n[:, None] * s_qn + offs_o[None, :] * s_qd, mask=mno,
-                        other=0.0)
-            dk += tl.dot(dst, q.to(tl.float32), input_precision=PREC)
+                k = tl.load(k_rows_ptr + chunk[None, :] * k_stride_dim, mask=token_chunk_mask,
+                            other=0.0).to(tl.float32)
+                q_t = tl.load(q_head_ptr + offs_n[None, :] * q_stride_pixel
+                              + chunk[:, None] * q_stride_dim, mask=chunk_pixel_mask, other=0.0)
+                logits_t += tl.dot(k, q_t.to(tl.float32),
+                                   input_precision=INPUT_PRECISION)  # (P, N)
+                v = tl.load(v_rows_ptr + chunk[None, :] * v_stride_dim, mask=token_chunk_mask,
+                            other=0.0).to(tl.float32)
+                dout_t = tl.load(dout_ptr
+                                 + (batch_head * num_pixels + offs_n[None, :]) * head_dim
+                                 + chunk[:, None], mask=chunk_pixel_mask, other=0.0)
+                dprobs_t += tl.dot(v, dout_t, input_precision=INPUT_PRECISION)
+            lse = tl.load(lse_ptr + batch_head * num_pixels + offs_n, mask=pixel_mask,
+                          other=float("inf"))
+            delta = tl.load(delta_ptr + batch_head * num_pixels + offs_n, mask=pixel_mask,
+                            other=0.0)
+            probs_t = tl.exp(logits_t * scale + bias[:, None] - lse[None, :])
+            probs_t = tl.where(pixel_mask[None, :], probs_t, 0.0)
+            dlogits_t = probs_t * (dprobs_t - delta[None, :])
+            pixel_out_mask = pixel_mask[:, None] & out_mask[None, :]
+            dout = tl.load(dout_ptr + (batch_head * num_pixels + offs_n[:, None]) * head_dim
+                           + offs_out[None, :], mask=pixel_out_mask, other=0.0)
+            dv += tl.dot(probs_t, dout, input_precision=INPUT_PRECISION)
+            q = tl.load(q_head_ptr + offs_n[:, None] * q_stride_pixel
+                        + offs_out[None, :] * q_stride_dim, mask=pixel_out_mask, other=0.0)
+            dk += tl.dot(dlogits_t, q.to(tl.float32), input_precision=INPUT_PRECISION)
         # partial buffers are (n_chunks, B * heads, P, D)
-        out_off = ((ch * tl.num_programs(0) + bh) * P + offs_p[:, None]) * D + offs_o[None, :]
-        mp = vp[:, None] & vo[None, :]
-        tl.store(dk_ptr + out_off, dk * scale, mask=mp)
-        tl.store(dv_ptr + out_off, dv, mask=mp)
+        partial_offsets = (((pixel_chunk * tl.num_programs(0) + batch_head) * num_tokens
+                            + offs_p[:, None]) * head_dim + offs_out[None, :])
+        token_out_mask = token_mask[:, None] & out_mask[None, :]
+        tl.store(dk_partial_ptr + partial_offsets, dk * scale, mask=token_out_mask)
+        tl.store(dv_partial_ptr + partial_offsets, dv, mask=token_out_mask)
 
 
 
-# GPU tiles per padded head dim BLOCK_D: (BLOCK_N pixels, BLOCK_P tokens, BLOCK_DC head-dim chunk,
-# num_warps, num_stages), the same for the forward, dq and dk/dv kernels. These are exactly the
-# configs tests/kernels/compile_specs.py lists, checked for zero register spills on sm_90 by
-# tests/kernels/test_compile_sm90.py (``python -m irblocks.kernels.report --module pattern_sca``
-# prints registers/spills). One pipeline stage: the token loop is short (P = number of mask
-# patterns) and deeper software pipelining of the streamed pixel tiles is what spilled.
+# GPU tiles per padded head dim BLOCK_SIZE_D: (BLOCK_SIZE_N pixels, BLOCK_SIZE_P tokens,
+# BLOCK_SIZE_DC head-dim chunk, num_warps, num_stages), the same for the forward, dq and dk/dv
+# kernels. These are exactly the configs tests/kernels/compile_specs.py lists, checked for zero
+# register spills on sm_90 by tests/kernels/test_compile_sm90.py
+# (``python -m irblocks.kernels.report --module pattern_sca`` prints registers/spills). One
+# pipeline stage: the token loop is short (P = number of mask patterns) and deeper software
+# pipelining of the streamed pixel tiles is what spilled.
 _GPU_TILES = {16: (64, 16, 16, 8, 1), 32: (64, 16, 32, 8, 1), 64: (64, 16, 32, 8, 1),
               128: (64, 16, 32, 8, 1)}
 # interpreter: tiny tiles, and 16-wide head-dim chunks so tests with d > 16 exercise the chunk loop
@@ -312,8 +439,8 @@ MAX_TRITON_HEAD_DIM = max(_GPU_TILES)
 
 
 def _blocks(d: int):
-    """(BLOCK_N, BLOCK_P, BLOCK_D, BLOCK_DC, launch options) for head dim d <=
-    MAX_TRITON_HEAD_DIM."""
+    """(BLOCK_SIZE_N, BLOCK_SIZE_P, BLOCK_SIZE_D, BLOCK_SIZE_DC, launch options) for head dim
+    d <= MAX_TRITON_HEAD_DIM."""
     bd = max(16, triton.next_power_of_2(d))
     gpu = _GPU_TILES[bd]
     bn, bp, dc, warps, stages = (block_size(gpu=g, interpreter=i)
@@ -328,9 +455,29 @@ def _attn_fwd_triton(q, k, v, bias, scale):
     o = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
     lse = empty(bsz, heads, n, like=q, dtype=torch.float32)
     grid = (bsz * heads, triton.cdiv(n, bn))
-    _attn_fwd_kernel[grid](q, k, v, bias, o, lse, n, p, heads, d, float(scale),
-                           *q.stride(), *k.stride(), *v.stride(), *bias.stride(),
-                           BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=_GPU_PREC, **opts)
+    _attn_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        bias,
+        o,
+        lse,
+        n,
+        p,
+        heads,
+        d,
+        float(scale),
+        *q.stride(),  # q_stride_batch, q_stride_head, q_stride_pixel, q_stride_dim
+        *k.stride(),  # k_stride_batch, k_stride_head, k_stride_token, k_stride_dim
+        *v.stride(),  # v_stride_batch, v_stride_head, v_stride_token, v_stride_dim
+        *bias.stride(),  # bias_stride_batch, bias_stride_token
+        BLOCK_SIZE_N=bn,
+        BLOCK_SIZE_P=bp,
+        BLOCK_SIZE_D=bd,
+        BLOCK_SIZE_DC=dc,
+        INPUT_PRECISION=_GPU_PREC,
+        **opts,
+    )
     return o, lse
 
 
@@ -341,18 +488,51 @@ def _attn_bwd_triton(q, k, v, bias, scale, o, lse, do):
     do = do.to(torch.float32).contiguous()
     delta = (do * o).sum(-1).contiguous()                       # (B, h, N)
     dq = empty(bsz, heads, n, d, like=q, dtype=torch.float32)
+    # q_stride_{batch,head,pixel,dim}, k_/v_stride_{batch,head,token,dim}, bias_stride_*
     strides = (*q.stride(), *k.stride(), *v.stride(), *bias.stride())
-    consts = dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=_GPU_PREC, **opts)
+    consts = dict(BLOCK_SIZE_N=bn, BLOCK_SIZE_P=bp, BLOCK_SIZE_D=bd, BLOCK_SIZE_DC=dc,
+                  INPUT_PRECISION=_GPU_PREC, **opts)
     _attn_bwd_dq_kernel[(bsz * heads, triton.cdiv(n, bn))](
-        q, k, v, bias, do, lse, delta, dq, n, p, heads, d, float(scale), *strides, **consts)
+        q,
+        k,
+        v,
+        bias,
+        do,
+        lse,
+        delta,
+        dq,
+        n,
+        p,
+        heads,
+        d,
+        float(scale),
+        *strides,
+        **consts,
+    )
     chunk = max(bn, triton.cdiv(triton.cdiv(n, 8), bn) * bn)   # <= 8 pixel chunks per token block
     n_chunks = triton.cdiv(n, chunk)
     dk_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
     dv_part = empty(n_chunks, bsz * heads, p, d, like=q, dtype=torch.float32)
-    # axis 1: token blocks x output head-dim chunks (BLOCK_D // BLOCK_DC per token block)
+    # axis 1: token blocks x output head-dim chunks (BLOCK_SIZE_D // BLOCK_SIZE_DC per block)
     _attn_bwd_dkdv_kernel[(bsz * heads, triton.cdiv(p, bp) * (bd // dc), n_chunks)](
-        q, k, v, bias, do, lse, delta, dk_part, dv_part, n, p, heads, d, float(scale), chunk,
-        *strides, **consts)
+        q,
+        k,
+        v,
+        bias,
+        do,
+        lse,
+        delta,
+        dk_part,
+        dv_part,
+        n,
+        p,
+        heads,
+        d,
+        float(scale),
+        chunk,
+        *strides,
+        **consts,
+    )
     dk = dk_part.sum(0).view(bsz, heads, p, d)
     dv = dv_part.sum(0).view(bsz, heads, p, d)
     return dq, dk, dv
@@ -383,8 +563,16 @@ def _codes_op(masks: torch.Tensor) -> torch.Tensor:
     bn = block_size(gpu=1024, interpreter=64)
     # (B, K, H, W) with any strides: index pixels through a (B, K, H*W) view when possible
     m = masks if masks.stride(2) == w * masks.stride(3) else masks.contiguous()
-    _codes_kernel[(b, triton.cdiv(h * w, bn))](m, out, k, h * w, m.stride(0), m.stride(1),
-                                               m.stride(3), BLOCK_N=bn)
+    _codes_kernel[(b, triton.cdiv(h * w, bn))](
+        m,
+        out,
+        k,
+        h * w,
+        m.stride(0),  # masks_stride_batch
+        m.stride(1),  # masks_stride_mask
+        m.stride(3),  # masks_stride_pixel (H and W merge)
+        BLOCK_SIZE=bn,
+    )
     return out
 
 
@@ -419,8 +607,16 @@ def _segment_sum_op(src: torch.Tensor, inverse: torch.Tensor, num_patterns: int)
     sums = torch.zeros(b, num_patterns, c, device=src.device, dtype=torch.float32)
     bn, bc = block_size(gpu=128, interpreter=16), block_size(gpu=32, interpreter=16)
     _segment_sum_kernel[(b, triton.cdiv(n, bn), triton.cdiv(c, bc))](
-        flat, inverse.contiguous(), sums, n, c, num_patterns, *flat.stride(), BLOCK_N=bn,
-        BLOCK_C=bc)
+        flat,
+        inverse.contiguous(),
+        sums,
+        n,
+        c,
+        num_patterns,
+        *flat.stride(),  # x_stride_batch, x_stride_pixel, x_stride_channel
+        BLOCK_SIZE_N=bn,
+        BLOCK_SIZE_C=bc,
+    )
     return sums.to(src.dtype)
 
 

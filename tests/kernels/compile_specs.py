@@ -205,38 +205,43 @@ def mdta_specs(m) -> list:
 def pattern_sca_specs(m) -> list:
     _F = "*fp32"
     specs = [
-        (m._codes_kernel, {"m_ptr": "*u8", "out_ptr": "*i64", "K": "i32", "N": "i32",
-                         "s_mb": "i32", "s_mk": "i32", "s_mn": "i32", "BLOCK_N": "constexpr"},
-         {"BLOCK_N": 1024}),
+        (m._codes_kernel,
+         {"masks_ptr": "*u8", "codes_ptr": "*i64", "num_masks": "i32", "num_pixels": "i32",
+          "masks_stride_batch": "i32", "masks_stride_mask": "i32", "masks_stride_pixel": "i32",
+          "BLOCK_SIZE": "constexpr"},
+         {"BLOCK_SIZE": 1024}),
         (m._segment_sum_kernel,
-         {"x_ptr": _F, "idx_ptr": "*i64", "out_ptr": _F, "N": "i32", "C": "i32",
-          "P": "i32", "s_xb": "i32", "s_xn": "i32", "s_xc": "i32",
-          "BLOCK_N": "constexpr", "BLOCK_C": "constexpr"},
-         {"BLOCK_N": 128, "BLOCK_C": 32}),
+         {"x_ptr": _F, "pattern_index_ptr": "*i64", "sums_ptr": _F, "num_pixels": "i32",
+          "channels": "i32", "num_patterns": "i32", "x_stride_batch": "i32",
+          "x_stride_pixel": "i32", "x_stride_channel": "i32",
+          "BLOCK_SIZE_N": "constexpr", "BLOCK_SIZE_C": "constexpr"},
+         {"BLOCK_SIZE_N": 128, "BLOCK_SIZE_C": 32}),
     ]
-    _attn_sig = {"N": "i32", "P": "i32", "HEADS": "i32", "D": "i32", "scale": "fp32",
-                 **{f"s_{t}{a}": "i32" for t in "qkv"
-                    for a in ("b", "h", "n" if t == "q" else "p", "d")},
-                 "s_bb": "i32", "s_bp": "i32", "BLOCK_N": "constexpr", "BLOCK_P": "constexpr",
-                 "BLOCK_D": "constexpr", "BLOCK_DC": "constexpr", "PREC": "constexpr"}
-    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "o_ptr": _F, "lse_ptr": _F,
-            **_attn_sig}
-    _dq = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
-           "delta_ptr": _F, "dq_ptr": _F, **_attn_sig}
-    _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "do_ptr": _F, "lse_ptr": _F,
-             "delta_ptr": _F, "dk_ptr": _F, "dv_ptr": _F, "N": "i32", "P": "i32", "HEADS": "i32",
-             "D": "i32", "scale": "fp32", "CHUNK": "i32"}
-    _dkdv.update({k: v for k, v in _attn_sig.items() if k not in _dkdv})
+    _sizes = {"num_pixels": "i32", "num_tokens": "i32", "heads": "i32", "head_dim": "i32",
+              "scale": "fp32"}
+    _attn_sig = {**{f"{t}_stride_{a}": "i32" for t in "qkv"
+                    for a in ("batch", "head", "pixel" if t == "q" else "token", "dim")},
+                 "bias_stride_batch": "i32", "bias_stride_token": "i32",
+                 "BLOCK_SIZE_N": "constexpr", "BLOCK_SIZE_P": "constexpr",
+                 "BLOCK_SIZE_D": "constexpr", "BLOCK_SIZE_DC": "constexpr",
+                 "INPUT_PRECISION": "constexpr"}
+    _fwd = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "out_ptr": _F, "lse_ptr": _F,
+            **_sizes, **_attn_sig}
+    _dq = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "dout_ptr": _F, "lse_ptr": _F,
+           "delta_ptr": _F, "dq_ptr": _F, **_sizes, **_attn_sig}
+    _dkdv = {"q_ptr": _F, "k_ptr": _F, "v_ptr": _F, "bias_ptr": _F, "dout_ptr": _F,
+             "lse_ptr": _F, "delta_ptr": _F, "dk_partial_ptr": _F, "dv_partial_ptr": _F,
+             **_sizes, "pixels_per_chunk": "i32", **_attn_sig}
     # the SCA block's layout: q/k/v head-dim stride 1 and bias token stride 1, which the
     # launcher's ==1 integer specialisation turns into constants (different code than generic)
-    _UNIT = ("s_qd", "s_kd", "s_vd", "s_bp")
+    _UNIT = ("q_stride_dim", "k_stride_dim", "v_stride_dim", "bias_stride_token")
 
     def _attn_specs():
         specs = []
         # head dims 12/24/48/96 of ClearAIR
         for bd, (bn, bp, dc, warps, stages) in m._GPU_TILES.items():
-            const = {"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd, "BLOCK_DC": min(dc, bd),
-                     "PREC": m._GPU_PREC}
+            const = {"BLOCK_SIZE_N": bn, "BLOCK_SIZE_P": bp, "BLOCK_SIZE_D": bd,
+                     "BLOCK_SIZE_DC": min(dc, bd), "INPUT_PRECISION": m._GPU_PREC}
             opts = {"num_warps": warps, "num_stages": stages}
             for fn, sig in ((m._attn_fwd_kernel, _fwd), (m._attn_bwd_dq_kernel, _dq),
                             (m._attn_bwd_dkdv_kernel, _dkdv)):

@@ -7,7 +7,7 @@ non-contiguous queries. float32 tolerance: atol = rtol = 1e-4 (online softmax an
 split-N dk/dv partial sums reorder the reductions: observed ~1e-6). float64
 gradcheck on the reference. The SCA block gives the same output and grads through
 both paths. float16 is not tested in the interpreter (the kernels compute in float32).
-Head dims 48 / 96 (BLOCK_D 64 / 128, multi-chunk head-dim loops), the GPU launch
+Head dims 48 / 96 (BLOCK_SIZE_D 64 / 128, multi-chunk head-dim loops), the GPU launch
 configs = the compile table (tests/kernels/compile_specs.py), and the documented reference
 fallback for head dims > 128.
 """
@@ -151,7 +151,7 @@ from irblocks.kernels.report import compile_spec, discover
 table = discover(sys.argv[1])["pattern_sca"]
 assert len(table) == 26, len(table)   # 2 + 4 head-dim blocks x 3 kernels x 2 stride variants
 specs = table if os.environ.get("IRBLOCKS_FULL_COMPILE") == "1" else \
-    [s for s in table if s[2].get("BLOCK_D") == 64]
+    [s for s in table if s[2].get("BLOCK_SIZE_D") == 64]
 for spec in specs:
     assert set(spec[2]) <= set(spec[1])
     k = compile_spec(spec, 90)
@@ -186,13 +186,12 @@ def test_gpu_launch_configs_are_the_compiled_specs(monkeypatch):
     from tests.kernels.compile_specs import pattern_sca_specs
     monkeypatch.setenv("TRITON_INTERPRET", "0")      # block_size() reads it at call time
     compiled = {(s[0].__name__ if hasattr(s[0], "__name__") else s[0].fn.__name__,
-                 tuple(sorted((k, v) for k, v in s[2].items() if not k.startswith("s_"))),
+                 tuple(sorted((k, v) for k, v in s[2].items() if "_stride_" not in k)),
                  tuple(sorted(s[3].items()))) for s in pattern_sca_specs(ps)[2:]}
     for d in range(1, ps.MAX_TRITON_HEAD_DIM + 1):
         bn, bp, bd, dc, opts = ps._blocks(d)
-        const = tuple(
-            sorted(
-                dict(BLOCK_N=bn, BLOCK_P=bp, BLOCK_D=bd, BLOCK_DC=dc, PREC=ps._GPU_PREC).items()))
+        const = tuple(sorted(dict(BLOCK_SIZE_N=bn, BLOCK_SIZE_P=bp, BLOCK_SIZE_D=bd,
+                                  BLOCK_SIZE_DC=dc, INPUT_PRECISION=ps._GPU_PREC).items()))
         assert bd % dc == 0, (d, bd, dc)
         for name in ("_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"):
             assert (name, const, tuple(sorted(opts.items()))) in compiled, (d, name, const, opts)
@@ -200,7 +199,7 @@ def test_gpu_launch_configs_are_the_compiled_specs(monkeypatch):
 
 @pytest.mark.parametrize("d", [48, 96])
 def test_attention_large_head_dims(d, triton_interp):
-    """ClearAIR's widest levels (C = 192 / 384, 4 heads): BLOCK_D = 64 / 128, the head-dim
+    """ClearAIR's widest levels (C = 192 / 384, 4 heads): BLOCK_SIZE_D = 64 / 128, the head-dim
     chunk loops run 3 / 6 times in the interpreter (16-wide chunks) and dk/dv span 4 / 8
     output-chunk programs per token block."""
     q, k, v, bias = _attn_inputs((2, 1, 19, 5, d), "transposed")
