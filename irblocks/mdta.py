@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
-from irblocks.kernels.mdta import channel_attention
+from irblocks.kernels.mdta import channel_attention_packed
 from irblocks.registry import Context, register
 
 __all__ = ["MDTA"]
@@ -49,8 +49,8 @@ class MDTA(nn.Module):
         else:
             qkv = pointwise_conv2d(x, self.qkv.weight, self.qkv.bias)
             dw = self.qkv_dwconv
-            q, k, v = depthwise_conv2d(qkv, dw.weight, dw.bias).chunk(3, dim=1)
-            out = channel_attention(q, k, v, self.temperature, self.heads)
+            out = channel_attention_packed(depthwise_conv2d(qkv, dw.weight, dw.bias),
+                                           self.temperature, self.heads)
             po = self.project_out
             return pointwise_conv2d(out, po.weight, po.bias) if po is not None else out
         return self.project_out(out) if self.project_out is not None else out

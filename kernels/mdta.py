@@ -38,7 +38,8 @@ from ._dispatch import block_size, empty, interpreting, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
-__all__ = ["channel_attention", "channel_attention_reference", "MAX_TRITON_HEAD_DIM"]
+__all__ = ["channel_attention", "channel_attention_packed", "channel_attention_reference",
+           "MAX_TRITON_HEAD_DIM"]
 
 MAX_TRITON_HEAD_DIM = 64
 _EPS = 1e-12  # F.normalize's clamp
@@ -83,6 +84,45 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         outp = vp @ attn.transpose(-2, -1)                            # B, heads, N, d
         return outp.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
     return (attn @ vh).reshape(b, c, h, w)
+
+
+class _SelfGram(torch.autograd.Function):
+    """G = X^T X per batch for X (B, N, K) with any row stride -> (B, K, K); backward
+    dX = X (dG + dG^T) as one matmul (autograd's bmm backward would take two and an add)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(x.transpose(1, 2), x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.bmm(x, grad + grad.transpose(1, 2))
+
+
+def _packed_single_head(qkv: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """One head, channels-fastest qkv (B, 3C, H, W) -> (B, C, H, W) channels_last view.
+
+    The rows [q | k] of every pixel are adjacent in memory, so one gram of that (N, 2C)
+    matrix gives q k^T (its off-diagonal block) and both rows' sums of squares (its
+    diagonal): q and k are read once, with no squared copies, and its backward is one
+    matmul that writes dq and dk together.
+    """
+    b, c3, h, w = qkv.shape
+    c = c3 // 3
+    rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, c3)           # a view (channels-fastest)
+    qk, v = rows.split([2 * c, c], dim=-1)
+    gram = _SelfGram.apply(qk)                                       # B, 2C, 2C
+    norms = torch.diagonal(gram, dim1=1, dim2=2).clamp_min(_EPS * _EPS).sqrt()
+    logits = gram[:, :c, c:] / (norms[:, :c].unsqueeze(-1) * norms[:, c:].unsqueeze(-2))
+    attn = (logits * temperature.reshape(1, 1, 1)).softmax(dim=-1)   # B, C, C
+    return (v @ attn.transpose(-2, -1)).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def _like(x: torch.Tensor, shape=None) -> torch.Tensor:
@@ -512,3 +552,26 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
             and q.numel() > 0):
         return _attn_op(q, k, v, t, int(heads))[0]
     return channel_attention_reference(q, k, v, t, heads)
+
+
+def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+                             impl: str | None = None) -> torch.Tensor:
+    """qkv: (B, 3C, H, W) with q, k, v as consecutive channel thirds -> (B, C, H, W).
+
+    Same value as ``channel_attention(*qkv.chunk(3, dim=1), temperature, heads)``. On the
+    reference path while training on CPU with one head and a channels-fastest (channels_last)
+    qkv it takes :func:`_packed_single_head` (one gram for q k^T and both norms, one-matmul
+    backward; gradients equal to float rounding); everywhere else it chunks and calls
+    :func:`channel_attention`. (Training only, so inference FLOP counts stay the two
+    matmuls.)
+    """
+    if qkv.dim() != 4 or qkv.shape[1] % 3:
+        raise ValueError("channel_attention_packed: qkv must be (B, 3C, H, W), got "
+                         f"{tuple(qkv.shape)}")
+    if (heads == 1 and temperature.numel() == 1 and qkv.device.type == "cpu"
+            and torch.is_grad_enabled() and qkv.requires_grad and qkv.stride(1) == 1
+            and not qkv.is_contiguous() and qkv.numel() > 0
+            and select(impl, qkv) == "reference"):
+        return _packed_single_head(qkv, temperature)
+    q, k, v = qkv.chunk(3, dim=1)
+    return channel_attention(q, k, v, temperature, heads, impl=impl)
