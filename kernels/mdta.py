@@ -7,6 +7,9 @@ Per batch b and head h (d = C / heads channels, N = H * W pixels):
 Implementations
 - reference: plain torch ops: raw gram + row norms (no normalised copies of q and k),
   channel-major for NCHW and pixel-major for channels_last inputs (see its docstring).
+  ``channel_attention_packed`` (the MDTA block's entry point, given the whole qkv tensor)
+  adds, for one head while training on CPU with channels_last qkv, a single gram of the
+  adjacent [q | k] rows that yields q k^T and both norms, with a one-matmul backward.
 - triton (two passes over H*W forward, two backward; everything else is d x d):
   forward pass 1 ``_gram_kernel``: raw gram ``q k^T`` and the row sums of squares of q
   and k, split over N across programs (partials summed in torch, deterministic); the
