@@ -9,6 +9,7 @@ import irblocks
 from irblocks import registry
 from irblocks.errors import InputError
 from irblocks.testing import dense_routing
+from tests import _toy_blocks  # noqa: F401  (registers the toy blocks: the same cases in any session)
 
 CTX = dict(dim=16, heads=2, level=0, stage="encoder", index=0, width=16, out_dim=16)
 
@@ -61,10 +62,9 @@ def test_block_forward_backward_all_params_get_gradients(name):
         assert f.is_file() and name in f.read_text(), \
             f"{name}: its test file {SPECIAL[name]} must exercise it"
         pytest.skip(f"{name} needs special inputs; covered by {SPECIAL[name]}")
-    block = _build(name)
-    if getattr(block, "guided", False):
+    if getattr(registry.lookup("block", name).obj, "guided", False):
         pytest.skip(f"{name} reads guidance; covered through its model recipe")
-    block.train()
+    block = _build(name).train()
     if hasattr(block, "example_inputs"):       # blocks whose forward is not f(B x dim x H x W)
         inputs = tuple(block.example_inputs(batch=2, height=8, width=12))
     else:
