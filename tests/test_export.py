@@ -4,15 +4,17 @@ Restormer, PromptIR and AnyIR equal eager; ClusIR and ClearAIR refuse with one l
 onnxruntime vs eager: max |ort - eager| <= 1e-4 * max |eager| at two sizes, one of them not a
 multiple of 8 (the padding and crop are part of the exported graph). The exported program vs
 eager: the same ops, so 1e-5. Exports take tens of seconds each (tracing with symbolic
-shapes), hence one program and one ONNX file per network, shared by its tests.
+shapes), hence one program and one ONNX file per network, shared by its tests (the ONNX file is
+translated from the same program).
+
+The ``torch.export`` tests need only torch; the ONNX and command tests skip with one line when
+the ``[export]`` extra (onnx, onnxscript, onnxruntime) is not installed.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import onnx
-import onnxruntime
 import pytest
 import torch
 
@@ -29,18 +31,36 @@ def _model(recipe):
     return irblocks.create_model(recipe).eval()
 
 
+def _export_extra():
+    """Skip (one line) unless the ``[export]`` extra is installed; returns (onnx, onnxruntime)."""
+    why = "the [export] extra is not installed (pip install 'irblocks[export]')"
+    pytest.importorskip("onnxscript", reason=why)
+    return pytest.importorskip("onnx", reason=why), pytest.importorskip("onnxruntime", reason=why)
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """recipe -> (eager model, ExportedProgram, ONNX path), one export per network."""
+def exported():
+    """recipe -> (eager model, ExportedProgram), one ``torch.export`` per network."""
     cache = {}
 
     def get(recipe):
         if recipe not in cache:
             model = _model(recipe)
-            program = ex.export_program(model, recipe)
+            cache[recipe] = model, ex.export_program(model, recipe)
+        return cache[recipe]
+    return get
+
+
+@pytest.fixture(scope="module")
+def onnx_file(exported, tmp_path_factory):
+    """recipe -> ONNX path, translated from the network's shared ExportedProgram."""
+    cache = {}
+
+    def get(recipe):
+        if recipe not in cache:
+            model, program = exported(recipe)
             path = tmp_path_factory.mktemp("onnx") / f"{recipe}.onnx"
-            ex.export_onnx(model, path, recipe, program=program)
-            cache[recipe] = model, program, path
+            cache[recipe] = ex.export_onnx(model, path, recipe, program=program)
         return cache[recipe]
     return get
 
@@ -52,7 +72,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", EXPORTABLE)
 def test_torch_export_program_equals_eager_on_any_size(recipe, exported):
-    model, program, _ = exported(recipe)
+    model, program = exported(recipe)
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert not [o for o in ops if o.startswith("irblocks.")], f"custom ops left in the graph: {ops}"
     run = program.module()
@@ -64,8 +84,10 @@ def test_torch_export_program_equals_eager_on_any_size(recipe, exported):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", EXPORTABLE)
-def test_onnxruntime_equals_eager_with_dynamic_batch_height_width(recipe, exported):
-    model, _, path = exported(recipe)
+def test_onnxruntime_equals_eager_with_dynamic_batch_height_width(recipe, exported, onnx_file):
+    onnx, onnxruntime = _export_extra()
+    model, _ = exported(recipe)
+    path = onnx_file(recipe)
     graph = onnx.load(str(path)).graph
     (inp,), (out,) = graph.input, graph.output
     assert inp.name == "image" and out.name == "restored"
@@ -83,6 +105,7 @@ def test_onnxruntime_equals_eager_with_dynamic_batch_height_width(recipe, export
 @pytest.mark.parametrize("recipe,why", [("clusir-tiny", "ClusIR routing"),
                                         ("clearair-tiny", "ClearAIR pattern tokens")])
 def test_unexportable_networks_say_why_in_one_line(recipe, why, tmp_path, capsys):
+    _export_extra()                                 # the command checks for it first
     out = tmp_path / "m.onnx"
     assert main(["export", recipe, "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
@@ -95,6 +118,7 @@ def test_unexportable_networks_say_why_in_one_line(recipe, why, tmp_path, capsys
 def test_command_builds_the_seeded_recipe_and_writes_the_file(tmp_path, capsys, monkeypatch):
     """The command's own work (recipe -> seeded model -> export_onnx -> message); the export
     itself is checked above through the same export_onnx."""
+    _export_extra()                                 # the command checks for it first
     seen = {}
 
     def fake_export(model, path, what="model", program=None):
@@ -118,7 +142,6 @@ def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", "restormer-tiny", "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert "pip install 'irblocks[export]'" in err and err.count("\n") == 0, err
-
 
 
 def test_export_help_imports_nothing_heavy():
