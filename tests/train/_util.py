@@ -1,10 +1,14 @@
-"""Shared helpers of the training-tool tests: a tiny recipe and image folders."""
+"""Shared helpers of the training-tool tests: a tiny recipe, a synthetic data set and image
+folders."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from irblocks.train.datasets import SyntheticDataset
 
 TINY_MODEL = {"type": "unet_restorer", "width": 8, "blocks": [1, 1, 1, 1], "refinement": 0,
               "heads": [1, 1, 1, 1]}
@@ -18,6 +22,14 @@ def tiny_recipe(**sections) -> dict:
          "train": {"batch_size": 2, "patch_size": 32}}
     r.update(sections)
     return r
+
+
+def synthetic_data(n_images: int = 5) -> SyntheticDataset:
+    """``n_images`` random 3 x 40 x 40 images (seeded), Gaussian noise sigma 25, augmented
+    32 x 32 crops (seed 1): the training tests' data (a module-scoped fixture wraps it)."""
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(3, 40, 40, generator=g) for _ in range(n_images)]
+    return SyntheticDataset(imgs, "gaussian_noise:sigma=25", patch_size=32, augment=True, seed=1)
 
 
 def write_png(path: Path, h: int = 40, w: int = 48, seed: int = 0) -> Path:

@@ -10,14 +10,12 @@ from irblocks.train.datasets import SyntheticDataset
 from irblocks.train.runlog import LOG_NAME, MissingExtra, read_log, require_extra
 from irblocks.train.trainer import Trainer
 
-from ._util import tiny_recipe
+from ._util import synthetic_data, tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    imgs = [torch.rand(3, 40, 40, generator=g) for _ in range(4)]
-    return SyntheticDataset(imgs, "gaussian_noise:sigma=25", patch_size=32, augment=True, seed=1)
+    return synthetic_data()
 
 
 def _recipe():

@@ -9,18 +9,15 @@ from safetensors.torch import load_file
 
 import irblocks
 from irblocks.train.config import ScheduleConfig, lr_factor, parse_sections, validate_sections
-from irblocks.train.datasets import SyntheticDataset
 from irblocks.train.runlog import LOG_NAME
 from irblocks.train.trainer import LAST, STATE_JSON, STATE_TENSORS, Trainer, TrainError, load_model
 
-from ._util import tiny_recipe
+from ._util import synthetic_data, tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    imgs = [torch.rand(3, 40, 40, generator=g) for _ in range(5)]
-    return SyntheticDataset(imgs, "gaussian_noise:sigma=25", patch_size=32, augment=True, seed=1)
+    return synthetic_data()
 
 
 def _recipe():
