@@ -1,0 +1,107 @@
+"""Deployment speed: onnxruntime vs eager forward of the full-size Restormer, PromptIR and AnyIR.
+
+    pytest tests/benchmarks/test_bench_export.py --benchmark-only -s
+    pytest tests/benchmarks/test_bench_export.py --benchmark-only -s -k anyir   # one network
+
+Each network is built as users build it (``torch.manual_seed(0)``,
+``irblocks.create_model(name).eval()``, our default execution) and exported once per session
+with ``irblocks.export.export_onnx`` (what ``irblocks export NAME`` writes; minutes per
+full-size network on this 2-core CPU). ``$IRBLOCKS_BENCH_ONNX_DIR`` names a folder that keeps
+the files between sessions (``NAME.onnx``, exported when missing, reused otherwise).
+
+Before timing, the file is checked against the model it is timed against: onnxruntime equals
+eager within 1e-4 relative (max |ort - eager| / max |eager|) at 1 x 3 x 64 x 64 and
+1 x 3 x 57 x 83 (not multiples of 8), so a stale reused file fails instead of being timed.
+This is also the full-size counterpart of tests/test_export.py (tiny variants): the full-size
+exports take minutes each, too long for the suite.
+
+Groups "<name> deploy 1x3xSxS", S = 128, 256: eager (``model(x)`` under ``no_grad``) and
+onnxruntime (``InferenceSession.run``, CPUExecutionProvider, default session options: all
+graph optimisations, intra-op threads = physical cores) in the same run. The second prints
+eager / onnxruntime and stores it in ``extra_info["speedup"]``; both store the thread counts.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import irblocks
+
+_EXTRA = "needs the export extra: pip install 'irblocks[export]'"
+onnxruntime = pytest.importorskip("onnxruntime", reason=_EXTRA)
+pytest.importorskip("onnx", reason=_EXTRA)
+pytest.importorskip("onnxscript", reason=_EXTRA)
+
+from irblocks.export import export_onnx  # noqa: E402
+
+MODELS = ["restormer", "promptir", "anyir"]
+SIZES = [128, 256]
+CHECK_SIZES = [(1, 3, 64, 64), (1, 3, 57, 83)]
+ONNX_DIR_ENV = "IRBLOCKS_BENCH_ONNX_DIR"
+_MEDIANS: dict = {}
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """name -> (eager model, onnxruntime session), one export per network and session; one
+    full-size network in memory at a time."""
+    cache: dict = {}
+
+    def get(name):
+        if name not in cache:
+            cache.clear()
+            torch.manual_seed(0)                      # what `irblocks export NAME` builds
+            model = irblocks.create_model(name).eval()
+            folder = os.environ.get(ONNX_DIR_ENV)
+            folder = Path(folder) if folder else tmp_path_factory.mktemp("onnx")
+            path = folder / f"{name}.onnx"
+            if not path.exists():
+                export_onnx(model, path, name)
+            session = onnxruntime.InferenceSession(str(path),
+                                                   providers=["CPUExecutionProvider"])
+            for size in CHECK_SIZES:
+                x = torch.rand(size)
+                with torch.no_grad():
+                    ref = model(x)
+                got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+                if got.shape != ref.shape or _rel(got, ref) > 1e-4:
+                    pytest.fail(f"{path}: onnxruntime differs from eager {name} at {size} "
+                                f"(shape {tuple(got.shape)}, rel {_rel(got, ref):.2e} > 1e-4); "
+                                f"a stale file in ${ONNX_DIR_ENV}? delete it to re-export")
+            cache[name] = model, session
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", MODELS)
+def test_deploy_forward(benchmark, deployed, name, size, backend):
+    model, session = deployed(name)
+    benchmark.group = f"{name} deploy 1x3x{size}x{size}"
+    x = torch.rand(1, 3, size, size)
+    if backend == "eager":
+        def run():
+            with torch.no_grad():
+                return model(x)
+    else:
+        feed = {"image": x.numpy()}
+
+        def run():
+            return session.run(None, feed)
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
+    benchmark.extra_info["ort_intra_op_threads"] = "default (physical cores)"
+    _MEDIANS[(name, size, backend)] = benchmark.stats.stats.median
+    eager, ort = _MEDIANS.get((name, size, "eager")), _MEDIANS.get((name, size, "onnxruntime"))
+    if eager and ort:
+        benchmark.extra_info["speedup"] = round(eager / ort, 3)
+        print(f"\n{name} 1x3x{size}x{size}: eager {eager * 1e3:.0f} ms, onnxruntime "
+              f"{ort * 1e3:.0f} ms, eager / onnxruntime = {eager / ort:.2f}x "
+              f"({torch.get_num_threads()} torch threads, onnxruntime default threads)")
