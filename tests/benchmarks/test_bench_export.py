@@ -1,7 +1,7 @@
 """Deployment speed: onnxruntime vs eager forward of the full-size Restormer, PromptIR and AnyIR.
 
-    pytest tests/benchmarks/test_bench_export.py --benchmark-only -s
-    pytest tests/benchmarks/test_bench_export.py --benchmark-only -s -k anyir   # one network
+    OMP_NUM_THREADS=2 pytest tests/benchmarks/test_bench_export.py --benchmark-only -s
+    OMP_NUM_THREADS=2 pytest tests/benchmarks/test_bench_export.py --benchmark-only -s -k anyir
 
 Each network is built as users build it (``torch.manual_seed(0)``,
 ``irblocks.create_model(name).eval()``, our default execution) and exported once per session
@@ -15,10 +15,15 @@ eager within 1e-4 relative (max |ort - eager| / max |eager|) at 1 x 3 x 64 x 64 
 This is also the full-size counterpart of tests/test_export.py (tiny variants): the full-size
 exports take minutes each, too long for the suite.
 
-Groups "<name> deploy 1x3xSxS", S = 128, 256: eager (``model(x)`` under ``no_grad``) and
-onnxruntime (``InferenceSession.run``, CPUExecutionProvider, default session options: all
-graph optimisations, intra-op threads = physical cores) in the same run. The second prints
-eager / onnxruntime and stores it in ``extra_info["speedup"]``; both store the thread counts.
+Groups "<name> deploy 1x3xSxS", S = 128, 256, 512: eager (``model(x)`` under ``no_grad``) and
+onnxruntime (``InferenceSession.run``, CPUExecutionProvider) in the same run. The second prints
+eager / onnxruntime and stores it in ``extra_info["speedup"]``; both store the thread count.
+onnxruntime runs with its default session options (all graph optimisations, sequential
+execution) except one: its intra-op thread count is set to torch's
+(``torch.get_num_threads()``, which tests/conftest.py sets from ``OMP_NUM_THREADS``, 1 unless
+given). onnxruntime's default is the number of physical cores and ignores ``OMP_NUM_THREADS``
+(onnxruntime.ai, "Thread management"), so without this the two would run on different thread
+counts whenever OMP_NUM_THREADS differs from the core count.
 """
 import os
 from pathlib import Path
@@ -36,7 +41,7 @@ pytest.importorskip("onnxscript", reason=_EXTRA)
 from irblocks.export import export_onnx  # noqa: E402
 
 MODELS = ["restormer", "promptir", "anyir"]
-SIZES = [128, 256]
+SIZES = [128, 256, 512]
 CHECK_SIZES = [(1, 3, 64, 64), (1, 3, 57, 83)]
 ONNX_DIR_ENV = "IRBLOCKS_BENCH_ONNX_DIR"
 _MEDIANS: dict = {}
@@ -62,7 +67,9 @@ def deployed(tmp_path_factory):
             path = folder / f"{name}.onnx"
             if not path.exists():
                 export_onnx(model, path, name)
-            session = onnxruntime.InferenceSession(str(path),
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()     # see the docstring
+            session = onnxruntime.InferenceSession(str(path), options,
                                                    providers=["CPUExecutionProvider"])
             for size in CHECK_SIZES:
                 x = torch.rand(size)
@@ -96,12 +103,11 @@ def test_deploy_forward(benchmark, deployed, name, size, backend):
             return session.run(None, feed)
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
-    benchmark.extra_info["ort_intra_op_threads"] = "default (physical cores)"
+    benchmark.extra_info["threads"] = torch.get_num_threads()     # torch's and onnxruntime's
     _MEDIANS[(name, size, backend)] = benchmark.stats.stats.median
     eager, ort = _MEDIANS.get((name, size, "eager")), _MEDIANS.get((name, size, "onnxruntime"))
     if eager and ort:
         benchmark.extra_info["speedup"] = round(eager / ort, 3)
         print(f"\n{name} 1x3x{size}x{size}: eager {eager * 1e3:.0f} ms, onnxruntime "
               f"{ort * 1e3:.0f} ms, eager / onnxruntime = {eager / ort:.2f}x "
-              f"({torch.get_num_threads()} torch threads, onnxruntime default threads)")
+              f"({torch.get_num_threads()} threads each)")
