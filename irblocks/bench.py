@@ -3,13 +3,16 @@
     irblocks bench                      # all of tests/benchmarks -> bench-results.json
     irblocks bench -k layernorm -o ln.json
     irblocks bench -- --benchmark-min-rounds=10   # extra pytest arguments after --
+    irblocks bench --threads 1 -k train           # thread count of the timed code
 
 Runs ``pytest <tests>/benchmarks --benchmark-only --benchmark-json=<out>`` in a subprocess
 (benchmarks live in the source checkout, not in the installed package). The per-group medians
 and speed-ups over the papers' naive formulations are printed at the end and also written to
 ``bench-summary.json`` (see tests/benchmarks/conftest.py). While it runs, one progress bar
 (tests done, rate, ETA; :mod:`irblocks.bench_progress`) is shown on stderr and pytest's
-report is printed at the end.
+report is printed at the end. The benchmarks run with ``--threads`` intra-op threads
+(``OMP_NUM_THREADS`` in the subprocess; default: the caller's ``OMP_NUM_THREADS``, else
+torch's default), not the test suite's one-thread setting.
 """
 from __future__ import annotations
 
@@ -51,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="benchmark folder (default: tests/benchmarks of the checkout)")
     p.add_argument("--summary", default=None, help="summary JSON path (default bench-summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of the timed code (default: $OMP_NUM_THREADS if set, "
+                        "else torch's default, the physical core count; the test suite's "
+                        "conftest would otherwise run everything on one)")
     a = p.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        p.error(f"--threads must be a positive integer, got {a.threads}")
     folder = Path(a.tests) if a.tests else find_benchmarks()
     if folder is None or not folder.is_dir():
         print("irblocks bench: no tests/benchmarks folder found (benchmarks ship with the source "
@@ -71,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["-k", a.keyword]
     cmd += extra
     env = dict(os.environ)
+    if a.threads is not None:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    elif not env.get("OMP_NUM_THREADS"):
+        import torch  # only here: its default thread count
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    print(f"irblocks bench: {env['OMP_NUM_THREADS']} intra-op threads", flush=True)
     if a.summary or "IRBLOCKS_BENCH_SUMMARY" not in env:
         env["IRBLOCKS_BENCH_SUMMARY"] = os.path.abspath(a.summary or "bench-summary.json")
     if not a.quiet:

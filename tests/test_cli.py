@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from irblocks.cli import main
 
 
@@ -86,3 +88,21 @@ def test_bench_writes_json(tmp_path):
     assert code == 0
     data = json.loads(out.read_text())
     assert [b["group"] for b in data["benchmarks"]] == ["layernorm 1x48x128x128"]
+
+
+def test_bench_sets_the_thread_count_of_the_timed_code(monkeypatch, tmp_path, capsys):
+    """tests/conftest.py runs torch on one thread unless OMP_NUM_THREADS is set; irblocks
+    bench passes --threads (or the caller's OMP_NUM_THREADS) to its pytest subprocess."""
+    import irblocks.bench as bench
+    seen = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, env, **kw: seen.append(env)
+                        or subprocess.CompletedProcess(cmd, 0, stdout=""))
+    args = ["bench", "-o", str(tmp_path / "b.json"), "--quiet", "-k", "nothing"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert main(args) == 0 and seen[-1]["OMP_NUM_THREADS"] == "2"
+    assert main(args + ["--threads", "3"]) == 0 and seen[-1]["OMP_NUM_THREADS"] == "3"
+    assert "3 intra-op threads" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--threads", "0"])
+    assert e.value.code == 2
+    assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
