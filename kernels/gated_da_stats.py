@@ -9,9 +9,10 @@ branch ``alpha`` (B, A, H, W) and the learnable temperature ``tau`` (C values)::
                                                                   # along channels, cut to A
 
 Paths:
-* reference: mean, then the centred variance (two passes; ``torch.var_mean``
-  over H, W is several times slower on CPU), an index_select for the tiling and
-  one ``addcmul`` (plain torch; torch.compile / FlopCounterMode see through it);
+* reference: :func:`sample_moments` (mean, then the centred variance: two passes;
+  ``torch.var_mean`` over H, W is several times slower on CPU; one-pass backward),
+  :func:`tau_gate` (the gate and its tiling, shared with GatedDA's folded execution) and
+  one ``addcmul`` (torch ops; torch.compile / FlopCounterMode see through them);
 * triton: one program per (b, c) plane computes the statistics (two sweeps over
   the plane for a numerically safe variance) and then scales every alpha plane
   j with j mod C == c; the backward does the same per plane: the reduction
@@ -28,6 +29,7 @@ from ._dispatch import block_size, empty, select, triton_available
 from ._op import kernel_op
 
 __all__ = ["gated_da_modulate", "gated_da_modulate_reference", "gated_da_modulate_naive",
+           "sample_moments", "tau_gate",
            "bytes_moved"]
 
 
@@ -46,17 +48,64 @@ def gated_da_modulate_naive(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Ten
     return alpha * (1.0 + tau_adj)
 
 
+class _SampleMoments(torch.autograd.Function):
+    """Mean and population variance of x over one dimension.
+
+    Forward: two passes (mean, then the centred sum of squares: numerically safe, and several
+    times faster on CPU than ``torch.var_mean``'s Welford over a strided axis). Backward:
+    dx = dmean / N + 2 dvar (x - mean) / N in one ``addcmul`` pass, without saving x - mean.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = x.mean(dim)
+        var = torch.linalg.vector_norm(x - mean.unsqueeze(dim), dim=dim).square() / x.shape[dim]
+        return mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[0])
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, dmean: torch.Tensor | None, dvar: torch.Tensor | None):
+        x, mean = ctx.saved_tensors
+        dim = ctx.dim
+        dmean = torch.zeros_like(mean) if dmean is None else dmean
+        dvar = torch.zeros_like(mean) if dvar is None else dvar
+        slope = (2.0 / x.shape[dim]) * dvar
+        return torch.addcmul((dmean / x.shape[dim] - slope * mean).unsqueeze(dim), x,
+                             slope.unsqueeze(dim)), None
+
+
+def sample_moments(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of ``x`` over ``dim`` (both with ``dim`` removed)."""
+    return _SampleMoments.apply(x, dim)
+
+
+def tau_gate(mean: torch.Tensor, var: torch.Tensor, tau: torch.Tensor, channels: int,
+             eps: float = 1e-6) -> torch.Tensor:
+    """tau * sigmoid(mu + sqrt(var + eps)) from the (B, C) statistics of F_hat, tiled along
+    ``channels`` output channels as the released code does (channel j takes j mod C):
+    -> (B, channels)."""
+    c = mean.shape[1]
+    tau_adj = tau.reshape(1, c) * torch.sigmoid(mean + torch.sqrt(var + eps))
+    if channels != c:
+        tau_adj = tau_adj.index_select(1, torch.arange(channels, device=mean.device) % c)
+    return tau_adj
+
+
 def gated_da_modulate_reference(f: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor,
                                 eps: float = 1e-6) -> torch.Tensor:
     b, c = f.shape[:2]
     a = alpha.shape[1]
-    # two-pass mean / centred variance: torch.var_mean over (H, W) is ~6x slower on CPU
-    mu = f.mean(dim=(2, 3), keepdim=True)
-    var = (f - mu).square().mean(dim=(2, 3))
-    tau_adj = tau.reshape(1, c) * torch.sigmoid(mu.reshape(b, c) + torch.sqrt(var + eps))
-    if a != c:
-        idx = torch.arange(a, device=f.device) % c
-        tau_adj = tau_adj.index_select(1, idx)
+    if f.stride(1) == 1 and not f.is_contiguous():          # channels_last: a (B, N, C) view
+        mean, var = sample_moments(f.permute(0, 2, 3, 1).reshape(b, -1, c), dim=1)
+    else:
+        mean, var = sample_moments(f.reshape(b, c, -1), dim=2)
+    tau_adj = tau_gate(mean, var, tau, a, eps)
     return torch.addcmul(alpha, alpha, tau_adj.to(alpha.dtype).reshape(b, a, 1, 1))
 
 

@@ -48,13 +48,24 @@ MAX_TRITON_HEAD_DIM = 64
 _EPS = 1e-12  # F.normalize's clamp
 
 
+def _norms_from_sumsq(sumsq: torch.Tensor) -> torch.Tensor:
+    """Row norms from row sums of squares, clamped at 1e-12 as F.normalize clamps (the clamp
+    on the squared sum keeps the gradient finite, 0, for all-zero rows)."""
+    return sumsq.clamp_min(_EPS * _EPS).sqrt()
+
+
+def _attention(gram: torch.Tensor, norm_q: torch.Tensor, norm_k: torch.Tensor,
+               temperature: torch.Tensor) -> torch.Tensor:
+    """softmax(qn kn^T * t) from the raw gram q k^T (..., d, d) and the row norms (..., d)."""
+    return (gram / (norm_q.unsqueeze(-1) * norm_k.unsqueeze(-2)) * temperature).softmax(dim=-1)
+
+
 def _row_norms(x: torch.Tensor, dim: int) -> torch.Tensor:
     """max(|x|, 1e-12) along ``dim``, as F.normalize divides by (gradient 0 below the clamp)."""
     if x.dtype in (torch.float16, torch.bfloat16) or x.stride(dim) == 1:
         return torch.linalg.vector_norm(x, dim=dim).clamp_min(_EPS)
-    # reducing over a strided (outer) axis: square+sum is ~4x faster than vector_norm on CPU;
-    # clamping the squared sum keeps the gradient finite (0) for all-zero rows
-    return x.square().sum(dim).clamp_min(_EPS * _EPS).sqrt()
+    # reducing over a strided (outer) axis: square+sum is ~4x faster than vector_norm on CPU
+    return _norms_from_sumsq(x.square().sum(dim))
 
 
 def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -82,7 +93,7 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         qh, kh, vh = (x.reshape(b, heads, d, n) for x in (q, k, v))
         g = qh @ kh.transpose(-2, -1)
         nq, nk = _row_norms(qh, -1), _row_norms(kh, -1)
-    attn = (g / (nq.unsqueeze(-1) * nk.unsqueeze(-2)) * t).softmax(dim=-1)
+    attn = _attention(g, nq, nk, t)
     if pixel_major:
         outp = vp @ attn.transpose(-2, -1)                            # B, heads, N, d
         return outp.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
@@ -122,9 +133,9 @@ def _packed_single_head(qkv: torch.Tensor, temperature: torch.Tensor) -> torch.T
     rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, c3)           # a view (channels-fastest)
     qk, v = rows.split([2 * c, c], dim=-1)
     gram = _SelfGram.apply(qk)                                       # B, 2C, 2C
-    norms = torch.diagonal(gram, dim1=1, dim2=2).clamp_min(_EPS * _EPS).sqrt()
-    logits = gram[:, :c, c:] / (norms[:, :c].unsqueeze(-1) * norms[:, c:].unsqueeze(-2))
-    attn = (logits * temperature.reshape(1, 1, 1)).softmax(dim=-1)   # B, C, C
+    norms = _norms_from_sumsq(torch.diagonal(gram, dim1=1, dim2=2))
+    attn = _attention(gram[:, :c, c:], norms[:, :c], norms[:, c:],
+                      temperature.reshape(1, 1, 1))                  # B, C, C
     return (v @ attn.transpose(-2, -1)).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -395,9 +406,8 @@ if triton_available():
         d, n, bh = c // heads, h * w, b * heads
         out = _like(q)
         g, sq, sk = _gram(q, k, heads, True)
-        nq = sq.sqrt().clamp_min(_EPS)
-        nk = sk.sqrt().clamp_min(_EPS)
-        gn = g / nq[..., :, None] / nk[..., None, :]
+        nq, nk = _norms_from_sumsq(sq), _norms_from_sumsq(sk)
+        gn = g / nq[..., :, None] / nk[..., None, :]       # kept: the backward needs it
         attn = torch.softmax(gn * t.float().view(1, heads, 1, 1), dim=-1).contiguous()
         block_d, _, apply_n, _, warps = _cfg(d)
         _apply_kernel[(bh, triton.cdiv(n, apply_n))](

@@ -21,6 +21,7 @@ import torch
 import irblocks
 from irblocks import export as ex
 from irblocks.cli import main
+from tests._compare import rel_error as _rel
 
 EXPORTABLE = ["restormer-tiny", "promptir-tiny", "anyir-tiny"]
 SIZES = [(2, 3, 24, 32), (1, 3, 19, 27)]      # 19 x 27: not multiples of 8
@@ -63,10 +64,6 @@ def onnx_file(exported, tmp_path_factory):
             cache[recipe] = ex.export_onnx(model, path, recipe, program=program)
         return cache[recipe]
     return get
-
-
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.mark.slow

@@ -11,7 +11,12 @@ from torch import nn
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.errors import InputError, check_feature
 from irblocks.kernels._dispatch import select
-from irblocks.kernels.gated_da_stats import gated_da_modulate, gated_da_modulate_naive
+from irblocks.kernels.gated_da_stats import (
+    gated_da_modulate,
+    gated_da_modulate_naive,
+    sample_moments,
+    tau_gate,
+)
 from irblocks.norm import ChannelLayerNorm
 from irblocks.registry import Context, register
 
@@ -145,7 +150,7 @@ class GatedDegradationAdaptation(nn.Module):
         n = h * w
         gamma_ch, beta_ch, alpha_ch = self.splits
         xs = x.permute(0, 2, 3, 1).reshape(b, n, c)            # a view for channels_last x
-        mean, var = sample_moments(xs)                          # (B, C) each, population var
+        mean, var = sample_moments(xs, dim=1)                   # (B, C) each, population var
         scale, shift = _batchnorm_affine(self.norm, mean, var, n)
         w_exp = self.w_exp.weight.flatten(1)
         w_gamma, w_beta = w_exp[:gamma_ch], w_exp[gamma_ch:gamma_ch + beta_ch]
@@ -169,10 +174,8 @@ class GatedDegradationAdaptation(nn.Module):
         alpha = depthwise_conv2d(alpha.view(b, h, w, alpha_ch).permute(0, 3, 1, 2),
                                  self.w_depth.weight, self.w_depth.bias)
         # tau_adj from the statistics of F_hat, tiled along the alpha channels (released code)
-        sigma = torch.sqrt(var * scale.square() + self.eps)
-        tau_adj = self.tau.reshape(1, c) * torch.sigmoid(mean * scale + shift + sigma)
-        if alpha_ch != c:
-            tau_adj = tau_adj.index_select(1, torch.arange(alpha_ch, device=x.device) % c)
+        tau_adj = tau_gate(mean * scale + shift, var * scale.square(), self.tau, alpha_ch,
+                           self.eps)
         w_sample = (w_gate_alpha * (1.0 + tau_adj).unsqueeze(1)).transpose(1, 2)  # (B, A, C)
         gated = torch.baddbmm(gate_beta, alpha.permute(0, 2, 3, 1).reshape(b, n, alpha_ch),
                               w_sample)
@@ -186,43 +189,6 @@ class GatedDegradationAdaptation(nn.Module):
 
 
 GatedDegradationAdaption = GatedDegradationAdaptation   # the paper's spelling
-
-
-class _SampleMoments(torch.autograd.Function):
-    """Per-sample, per-channel mean and population variance of x (B, N, C) over N.
-
-    Forward: two passes (mean, then the centred sum of squares), numerically safe. Backward:
-    dx = dmean / N + 2 dvar (x - mean) / N, written in one ``addcmul`` pass without saving
-    x - mean.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = x.mean(1)
-        var = torch.linalg.vector_norm(x - mean.unsqueeze(1), dim=1).square() / x.shape[1]
-        return mean, var
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[0])
-
-    @staticmethod
-    def backward(ctx, dmean: torch.Tensor | None, dvar: torch.Tensor | None):
-        x, mean = ctx.saved_tensors
-        n = x.shape[1]
-        if dmean is None:
-            dmean = torch.zeros_like(mean)
-        if dvar is None:
-            dvar = torch.zeros_like(mean)
-        slope = (2.0 / n) * dvar
-        return torch.addcmul((dmean / n - slope * mean).unsqueeze(1), x, slope.unsqueeze(1))
-
-
-def sample_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, C) -> mean (B, C), population variance (B, C) over N (see _SampleMoments)."""
-    return _SampleMoments.apply(x)
 
 
 def _batchnorm_affine(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor,

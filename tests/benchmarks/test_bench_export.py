@@ -41,16 +41,13 @@ pytest.importorskip("onnx", reason=_EXTRA)
 pytest.importorskip("onnxscript", reason=_EXTRA)
 
 from irblocks.export import export_onnx  # noqa: E402
+from tests._compare import rel_error as _rel  # noqa: E402
 
 MODELS = ["restormer", "promptir", "anyir"]
 SIZES = [128, 256, 512]
 CHECK_SIZES = [(1, 3, 64, 64), (1, 3, 57, 83)]
 ONNX_DIR_ENV = "IRBLOCKS_BENCH_ONNX_DIR"
 _TIMES: dict = {}
-
-
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
