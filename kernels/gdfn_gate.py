@@ -42,7 +42,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from ._triton_util import pixel_offset
+    from ._triton_util import tile_offset
 
     @triton.jit
     def _tile(
@@ -77,18 +77,14 @@ if triton_available():
         BLOCK_SIZE_C: tl.constexpr,  # channels per program
     ):
         batch, pixel, channel, mask = _tile(channels, num_pixels, BLOCK_SIZE_P, BLOCK_SIZE_C)
-        x_offsets = (batch * x_stride_batch
-                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * x_stride_channel)[None, :])
+        x_offsets = tile_offset(batch, pixel, channel, width, x_stride_batch, x_stride_channel,
+                                x_stride_height, x_stride_width, FLAT_PIXELS)
         x1 = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(x_ptr + x_offsets + channels * x_stride_channel, mask=mask,
                      other=0.0).to(tl.float32)
         y = 0.5 * x1 * (1.0 + tl.math.erf(x1 * 0.7071067811865476)) * x2
-        y_offsets = (batch * y_stride_batch
-                     + pixel_offset(pixel, width, y_stride_height, y_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * y_stride_channel)[None, :])
+        y_offsets = tile_offset(batch, pixel, channel, width, y_stride_batch, y_stride_channel,
+                                y_stride_height, y_stride_width, FLAT_PIXELS)
         tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -116,18 +112,12 @@ if triton_available():
         BLOCK_SIZE_C: tl.constexpr,  # channels per program
     ):
         batch, pixel, channel, mask = _tile(channels, num_pixels, BLOCK_SIZE_P, BLOCK_SIZE_C)
-        x_offsets = (batch * x_stride_batch
-                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * x_stride_channel)[None, :])
-        dy_offsets = (batch * dy_stride_batch
-                      + pixel_offset(pixel, width, dy_stride_height, dy_stride_width,
-                                     FLAT_PIXELS)[:, None]
-                      + (channel * dy_stride_channel)[None, :])
-        dx_offsets = (batch * dx_stride_batch
-                      + pixel_offset(pixel, width, dx_stride_height, dx_stride_width,
-                                     FLAT_PIXELS)[:, None]
-                      + (channel * dx_stride_channel)[None, :])
+        x_offsets = tile_offset(batch, pixel, channel, width, x_stride_batch, x_stride_channel,
+                                x_stride_height, x_stride_width, FLAT_PIXELS)
+        dy_offsets = tile_offset(batch, pixel, channel, width, dy_stride_batch, dy_stride_channel,
+                                 dy_stride_height, dy_stride_width, FLAT_PIXELS)
+        dx_offsets = tile_offset(batch, pixel, channel, width, dx_stride_batch, dx_stride_channel,
+                                 dx_stride_height, dx_stride_width, FLAT_PIXELS)
         x1 = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(x_ptr + x_offsets + channels * x_stride_channel, mask=mask,
                      other=0.0).to(tl.float32)

@@ -60,7 +60,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from ._triton_util import pixel_offset
+    from ._triton_util import tile_offset
 
     @triton.jit
     def _ln_fwd_kernel(
@@ -91,10 +91,8 @@ if triton_available():
         channel = tl.arange(0, BLOCK_SIZE_C)
         channel_mask = channel < channels
         mask = (pixel < num_pixels)[:, None] & channel_mask[None, :]
-        x_offsets = (batch * x_stride_batch
-                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * x_stride_channel)[None, :])
+        x_offsets = tile_offset(batch, pixel, channel, width, x_stride_batch, x_stride_channel,
+                                x_stride_height, x_stride_width, FLAT_PIXELS)
         x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=1) / channels
         x_centered = tl.where(mask, x - mean[:, None], 0.0)
@@ -106,10 +104,8 @@ if triton_available():
             y = x_centered * rstd[:, None] * weight[None, :] + bias[None, :]
         else:
             y = x * rstd[:, None] * weight[None, :]
-        y_offsets = (batch * y_stride_batch
-                     + pixel_offset(pixel, width, y_stride_height, y_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * y_stride_channel)[None, :])
+        y_offsets = tile_offset(batch, pixel, channel, width, y_stride_batch, y_stride_channel,
+                                y_stride_height, y_stride_width, FLAT_PIXELS)
         tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -146,14 +142,10 @@ if triton_available():
         channel = tl.arange(0, BLOCK_SIZE_C)
         channel_mask = channel < channels
         mask = (pixel < num_pixels)[:, None] & channel_mask[None, :]
-        x_offsets = (batch * x_stride_batch
-                     + pixel_offset(pixel, width, x_stride_height, x_stride_width,
-                                    FLAT_PIXELS)[:, None]
-                     + (channel * x_stride_channel)[None, :])
-        dy_offsets = (batch * dy_stride_batch
-                      + pixel_offset(pixel, width, dy_stride_height, dy_stride_width,
-                                     FLAT_PIXELS)[:, None]
-                      + (channel * dy_stride_channel)[None, :])
+        x_offsets = tile_offset(batch, pixel, channel, width, x_stride_batch, x_stride_channel,
+                                x_stride_height, x_stride_width, FLAT_PIXELS)
+        dy_offsets = tile_offset(batch, pixel, channel, width, dy_stride_batch, dy_stride_channel,
+                                 dy_stride_height, dy_stride_width, FLAT_PIXELS)
         x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(tl.float32)
         weight = tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
@@ -176,10 +168,8 @@ if triton_available():
                   - (rstd * rstd * rstd * mean_dy_weighted_x)[:, None] * x_centered)
             dweight_partial = tl.sum(dy * x * rstd[:, None], axis=0)
         dbias_partial = tl.sum(dy, axis=0)
-        dx_offsets = (batch * dx_stride_batch
-                      + pixel_offset(pixel, width, dx_stride_height, dx_stride_width,
-                                     FLAT_PIXELS)[:, None]
-                      + (channel * dx_stride_channel)[None, :])
+        dx_offsets = tile_offset(batch, pixel, channel, width, dx_stride_batch, dx_stride_channel,
+                                 dx_stride_height, dx_stride_width, FLAT_PIXELS)
         tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         partial_row = batch * tl.num_programs(0) + tl.program_id(0)
         tl.store(dweight_partial_ptr + partial_row * channels + channel, dweight_partial,

@@ -147,7 +147,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from ._triton_util import pixel_offset
+    from ._triton_util import pixel_offset, tile_offset_channels_first
 
     @triton.jit
     def _gram_kernel(
@@ -256,17 +256,16 @@ if triton_available():
         pixel = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
         mask = (row < head_dim)[:, None] & (pixel < num_pixels)[None, :]
         attn = _load_head_matrix(attn_ptr, batch_head, head_dim, BLOCK_SIZE_D)
-        v = tl.load(v_ptr + batch * v_stride_batch
-                    + ((head * head_dim + row) * v_stride_channel)[:, None]
-                    + pixel_offset(pixel, width, v_stride_height, v_stride_width,
-                                   FLAT_PIXELS)[None, :],
-                    mask=mask, other=0.0).to(tl.float32)
+        channel = head * head_dim + row
+        v_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                               v_stride_batch, v_stride_channel,
+                                               v_stride_height, v_stride_width, FLAT_PIXELS)
+        v = tl.load(v_ptr + v_offsets, mask=mask, other=0.0).to(tl.float32)
         out = tl.dot(attn, v, input_precision=INPUT_PRECISION)
-        tl.store(out_ptr + batch * out_stride_batch
-                 + ((head * head_dim + row) * out_stride_channel)[:, None]
-                 + pixel_offset(pixel, width, out_stride_height, out_stride_width,
-                                FLAT_PIXELS)[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=mask)
+        out_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                                 out_stride_batch, out_stride_channel,
+                                                 out_stride_height, out_stride_width, FLAT_PIXELS)
+        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _bwd_apply_kernel(
@@ -312,14 +311,14 @@ if triton_available():
         channel = head * head_dim + row
         pixel = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
         mask = row_mask[:, None] & (pixel < num_pixels)[None, :]
-        q = tl.load(q_ptr + batch * q_stride_batch + (channel * q_stride_channel)[:, None]
-                    + pixel_offset(pixel, width, q_stride_height, q_stride_width,
-                                   FLAT_PIXELS)[None, :],
-                    mask=mask, other=0.0)
-        k = tl.load(k_ptr + batch * k_stride_batch + (channel * k_stride_channel)[:, None]
-                    + pixel_offset(pixel, width, k_stride_height, k_stride_width,
-                                   FLAT_PIXELS)[None, :],
-                    mask=mask, other=0.0)
+        q_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                               q_stride_batch, q_stride_channel,
+                                               q_stride_height, q_stride_width, FLAT_PIXELS)
+        q = tl.load(q_ptr + q_offsets, mask=mask, other=0.0)
+        k_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                               k_stride_batch, k_stride_channel,
+                                               k_stride_height, k_stride_width, FLAT_PIXELS)
+        k = tl.load(k_ptr + k_offsets, mask=mask, other=0.0)
         q = q.to(tl.float32)
         k = k.to(tl.float32)
         dq_scale = tl.load(dq_scale_ptr + batch_head * head_dim + row, mask=row_mask, other=0.0)
@@ -327,17 +326,17 @@ if triton_available():
         dq = (tl.dot(_load_head_matrix(dq_from_k_ptr, batch_head, head_dim, BLOCK_SIZE_D), k,
                      input_precision=INPUT_PRECISION)
               + dq_scale[:, None] * q)
-        tl.store(dq_ptr + batch * dq_stride_batch + (channel * dq_stride_channel)[:, None]
-                 + pixel_offset(pixel, width, dq_stride_height, dq_stride_width,
-                                FLAT_PIXELS)[None, :],
-                 dq.to(dq_ptr.dtype.element_ty), mask=mask)
+        dq_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                                dq_stride_batch, dq_stride_channel,
+                                                dq_stride_height, dq_stride_width, FLAT_PIXELS)
+        tl.store(dq_ptr + dq_offsets, dq.to(dq_ptr.dtype.element_ty), mask=mask)
         dk = (tl.dot(_load_head_matrix(dk_from_q_ptr, batch_head, head_dim, BLOCK_SIZE_D), q,
                      input_precision=INPUT_PRECISION)
               + dk_scale[:, None] * k)
-        tl.store(dk_ptr + batch * dk_stride_batch + (channel * dk_stride_channel)[:, None]
-                 + pixel_offset(pixel, width, dk_stride_height, dk_stride_width,
-                                FLAT_PIXELS)[None, :],
-                 dk.to(dk_ptr.dtype.element_ty), mask=mask)
+        dk_offsets = tile_offset_channels_first(batch, pixel, channel, width,
+                                                dk_stride_batch, dk_stride_channel,
+                                                dk_stride_height, dk_stride_width, FLAT_PIXELS)
+        tl.store(dk_ptr + dk_offsets, dk.to(dk_ptr.dtype.element_ty), mask=mask)
 
     # GPU tiles per padded head dim, checked for zero register spills on sm_90 by
     # tests/kernels/test_compile_sm90.py:
