@@ -1,23 +1,28 @@
-"""Kernel dispatch: CUDA tensor + Triton importable -> Triton, otherwise the reference.
+"""Kernel dispatch: CUDA tensor + Triton importable -> Triton; CPU tensor + a compiled C
+kernel for this op that builds -> C; otherwise the PyTorch reference.
 
 Every functional kernel entry point takes ``impl: str | None = None``:
-``"auto"`` (default), ``"triton"`` or ``"reference"``. ``None`` reads the
-environment variable ``IRBLOCKS_KERNELS`` (same three values, default auto).
+``"auto"`` (default), ``"triton"``, ``"cpu"`` or ``"reference"``. ``None`` reads the
+environment variable ``IRBLOCKS_KERNELS`` (same four values, default auto).
 Forcing ``"triton"`` on CPU tensors works only under the Triton interpreter
-(``TRITON_INTERPRET=1`` set before the kernel modules are imported).
+(``TRITON_INTERPRET=1`` set before the kernel modules are imported). ``"cpu"`` picks the
+compiled C kernel of an op that has one (kernels/csrc/, built at first use by
+``_cpu_build``; forcing it raises when it cannot be built) and the reference for every other
+op; ``"auto"`` on CPU tensors uses the C kernel when it builds and warns once when it does not.
 """
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
-__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "block_size", "empty",
-           "out_format", "OUTPUT_FILL"]
+__all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "cpu_kernel_available",
+           "block_size", "empty", "out_format", "OUTPUT_FILL"]
 
 ENV = "IRBLOCKS_KERNELS"
-IMPLS = ("auto", "triton", "reference")
+IMPLS = ("auto", "triton", "cpu", "reference")
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,8 +39,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def select(impl: str | None, *tensors: torch.Tensor) -> str:
-    """Return ``"triton"`` or ``"reference"`` for these tensors."""
+def select(impl: str | None, *tensors: torch.Tensor, cpu_kernel: str | None = None) -> str:
+    """Return ``"triton"``, ``"cpu"`` or ``"reference"`` for these tensors. ``cpu_kernel``:
+    the name of the op's C source in kernels/csrc/ when it has one (``None``: no C kernel)."""
     choice = impl if impl is not None else os.environ.get(ENV, "auto").strip().lower() or "auto"
     if choice not in IMPLS:
         src = "impl argument" if impl is not None else f"${ENV}"
@@ -43,6 +49,11 @@ def select(impl: str | None, *tensors: torch.Tensor) -> str:
     if choice == "reference":
         return "reference"
     on_cuda = all(t.is_cuda for t in tensors if isinstance(t, torch.Tensor))
+    on_cpu = all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
+    if choice == "cpu" or (choice == "auto" and on_cpu and cpu_kernel is not None):
+        if cpu_kernel is None or not on_cpu or torch.compiler.is_compiling():
+            return "reference"           # C kernels are opaque to torch.compile / export
+        return "cpu" if cpu_kernel_available(cpu_kernel, forced=choice == "cpu") else "reference"
     if choice == "auto":
         return "triton" if (on_cuda and triton_available()) else "reference"
     # forced triton
@@ -55,6 +66,28 @@ def select(impl: str | None, *tensors: torch.Tensor) -> str:
     if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors):
         return "reference"
     return "triton"
+
+
+_WARNED: set[str] = set()
+
+
+def cpu_kernel_available(name: str, forced: bool = False) -> bool:
+    """Build (first call) and load kernels/csrc/<name>.c. Unavailable: raises when ``forced``,
+    else warns once per kernel and returns False (the caller runs the reference)."""
+    from . import _cpu_build
+
+    if _cpu_build.load(name) is not None:
+        return True
+    reason = _cpu_build.unavailable(name)
+    if forced:
+        raise RuntimeError(f"impl='cpu' was forced but the C kernel {name!r} is unavailable: "
+                           f"{reason}")
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"irblocks: C kernel {name!r} unavailable ({reason}); running the PyTorch "
+                      f"reference instead (slower on CPU). {ENV}=reference silences this.",
+                      RuntimeWarning, stacklevel=3)
+    return False
 
 
 def block_size(gpu: int, interpreter: int) -> int:

@@ -1,0 +1,197 @@
+"""GDFN's depthwise 3x3 convolution + GELU gate, fused: ``gelu(z1) * z2``, ``[z1 | z2] =
+depthwise_conv3x3(p) + bias`` (exact erf GELU, zero padding 1).
+
+Implementations
+- reference: ``F.conv2d`` (groups = channels) of each half, then ``gelu(z1) * z2``; plain
+  torch ops.
+- cpu: one C loop nest (``csrc/dwconv_gelu_gate.c``, built at first use by ``_cpu_build``)
+  for float32 CPU tensors. Forward: reads p once, writes y; z never reaches memory.
+  Backward: recomputes z three rows at a time in a cache-resident ring, writes dp and sums the
+  weight and bias gradients in one pass. Saved for backward: p only (the eager chain saves
+  five tensors of the hidden width). Measured here (2 x 224 x 128 x 128, 2 threads): forward +
+  backward 10.4 ms vs 20 ms for the fastest eager formulation (GDFN's two dense halves).
+  Accuracy vs the float64 reference: ~2e-7 relative, like torch's own float32 ops (erf is
+  the Abramowitz & Stegun 7.1.26 form ATen vectorises). Not used (the reference runs) under
+  ``torch.compile``/``torch.export`` tracing, ``torch.func`` transforms (ClusIR's vmapped
+  experts), autocast or other dtypes. Grad of grad (``create_graph=True``) differentiates the
+  reference formulation.
+
+There is no Triton kernel for the fused pair: on CUDA the GDFN runs cuDNN's depthwise
+convolution and :func:`irblocks.kernels.gdfn_gate.gelu_gate`.
+
+Shapes: p (B, 2C, H, W), weight (2C, 1, 3, 3), bias (2C,) or None -> (B, C, H, W),
+channels_last on the C path.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from irblocks.registry import register
+
+from . import _cpu_build
+from ._dispatch import empty, select
+
+__all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference", "cpu_applies"]
+
+NAME = "dwconv_gelu_gate"
+_CL = torch.channels_last
+
+
+def dwconv_gelu_gate_reference(p: torch.Tensor, weight: torch.Tensor,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Each half convolved into its own dense tensor, then ``gelu(z1) * z2`` (no memory-format
+    queries, so it also runs under ``torch.func.vmap``)."""
+    c = p.shape[1] // 2
+
+    def half(part: slice) -> torch.Tensor:
+        return F.conv2d(p[:, part], weight[part], None if bias is None else bias[part],
+                        padding=1, groups=c)
+
+    return F.gelu(half(slice(0, c))) * half(slice(c, 2 * c))
+
+
+def _is_functorch_wrapped(t: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None else False
+
+
+def cpu_applies(p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the C kernel can run on these arguments (else the reference runs)."""
+    tensors = [p, weight] + ([] if bias is None else [bias])
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.compiler.is_compiling()
+            and not any(_is_functorch_wrapped(t) for t in tensors)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _library() -> ctypes.CDLL:
+    lib = _cpu_build.load(NAME)
+    if lib is None:                     # select() checked; only a cache wiped meanwhile lands here
+        raise RuntimeError(f"C kernel {NAME!r} unavailable: {_cpu_build.unavailable(NAME)}")
+    if not getattr(lib, "_irblocks_typed", False):
+        i64, ptr, num = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        # forward(input, weight, weight_stride, bias, output, batch, height, width, channels,
+        #         num_threads)
+        lib.dwconv_gelu_gate_forward.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64,
+                                                 num]
+        # backward(input, weight, weight_stride, bias, grad_output, grad_input, grad_weight,
+        #          grad_bias, batch, height, width, channels, num_threads)
+        lib.dwconv_gelu_gate_backward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
+                                                  i64, i64, i64, i64, num]
+        lib.dwconv_gelu_gate_forward.restype = num
+        lib.dwconv_gelu_gate_backward.restype = num
+        lib._irblocks_typed = True
+    return lib
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """(2C, 1, 3, 3) -> (9, S): row ky * 3 + kx holds every channel's weight at that tap, zero
+    padded to S >= 2C, S an odd number of 64-byte lines so the nine rows map to different L1
+    cache sets (the C loops read all nine at once)."""
+    c2 = weight.shape[0]
+    lines = -(-c2 // 16)
+    lines += 1 - lines % 2
+    taps = weight.detach().reshape(c2, 9).t()
+    return F.pad(taps, (0, lines * 16 - c2)).contiguous()
+
+
+def _forward_cpu(p: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    b, c2, h, w = p.shape
+    y = empty(b, c2 // 2, h, w, like=p, memory_format=_CL)
+    if y.numel():
+        status = _library().dwconv_gelu_gate_forward(
+            _address(p),
+            _address(taps),
+            taps.shape[1],
+            _address(bias),
+            _address(y),
+            b,
+            h,
+            w,
+            c2 // 2,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError(f"{NAME}: could not allocate the forward's work buffers")
+    return y
+
+
+def _backward_cpu(p: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+                  dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    b, c2, h, w = p.shape
+    dp = empty(b, c2, h, w, like=p, memory_format=_CL)
+    d_taps = empty(9, c2, like=p)
+    d_bias = None if bias is None else empty(c2, like=p)
+    if p.numel():
+        status = _library().dwconv_gelu_gate_backward(
+            _address(p),
+            _address(taps),
+            taps.shape[1],
+            _address(bias),
+            _address(dy),
+            _address(dp),
+            _address(d_taps),
+            _address(d_bias),
+            b,
+            h,
+            w,
+            c2 // 2,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError(f"{NAME}: could not allocate the backward's work buffers")
+    else:
+        d_taps.zero_()
+        if d_bias is not None:
+            d_bias.zero_()
+    return dp, d_taps, d_bias
+
+
+class _DwconvGeluGateCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.save_for_backward(p, weight, bias)
+        bias_ = None if bias is None else bias.detach().contiguous()
+        return _forward_cpu(p.detach().contiguous(memory_format=_CL), _tap_major(weight), bias_)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        p, weight, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (grad of grad): differentiate the reference instead
+            wanted = [t for t, need in zip((p, weight, bias), ctx.needs_input_grad) if need]
+            with torch.enable_grad():
+                out = dwconv_gelu_gate_reference(p, weight, bias)
+                found = iter(torch.autograd.grad(out, wanted, dy, create_graph=True))
+            return tuple(next(found) if need else None for need in ctx.needs_input_grad)
+        bias_ = None if bias is None else bias.detach().contiguous()
+        dp, d_taps, d_bias = _backward_cpu(p.detach().contiguous(memory_format=_CL),
+                                           _tap_major(weight), bias_,
+                                           dy.contiguous(memory_format=_CL))
+        return dp, d_taps.t().reshape(weight.shape), d_bias
+
+
+@register("kernel", "dwconv_gelu_gate")
+def dwconv_gelu_gate(p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     impl: str | None = None) -> torch.Tensor:
+    """p (B, 2C, H, W), weight (2C, 1, 3, 3), bias (2C,) or None -> (B, C, H, W) =
+    gelu(z[:, :C]) * z[:, C:], z = depthwise 3x3 convolution of p (zero padding 1) + bias."""
+    if p.dim() != 4 or p.shape[1] % 2:
+        raise ValueError(f"{NAME}: expected p of shape (B, 2C, H, W) with an even channel count, "
+                         f"got {tuple(p.shape)}")
+    if tuple(weight.shape) != (p.shape[1], 1, 3, 3):
+        raise ValueError(f"{NAME}: expected a depthwise 3x3 weight of shape ({p.shape[1]}, 1, 3, 3)"
+                         f" for {p.shape[1]} channels, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (p.shape[1],):
+        raise ValueError(f"{NAME}: expected bias of shape ({p.shape[1]},), got "
+                         f"{tuple(bias.shape)}")
+    if select(impl, p, weight, cpu_kernel=NAME) == "cpu" and cpu_applies(p, weight, bias):
+        return _DwconvGeluGateCpu.apply(p, weight, bias)
+    return dwconv_gelu_gate_reference(p, weight, bias)
