@@ -10,8 +10,9 @@ from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
 from irblocks.kernels._dispatch import select
-from irblocks.kernels.dwconv_gelu_gate import NAME as _FUSED
-from irblocks.kernels.dwconv_gelu_gate import cpu_applies, dwconv_gelu_gate
+from irblocks.kernels.dwconv3x3 import LIBRARY as _C_LIBRARY
+from irblocks.kernels.dwconv3x3 import cpu_applies
+from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate
 from irblocks.kernels.gdfn_gate import gelu_gate
 from irblocks.registry import Context, register
 
@@ -56,7 +57,7 @@ class GDFN(nn.Module):
         if self.execution == "official":
             x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
             return self.project_out(F.gelu(x1) * x2)
-        impl = select(None, x, cpu_kernel=_FUSED)
+        impl = select(None, x, cpu_kernel=_C_LIBRARY)
         if impl == "triton":
             return self.project_out(gelu_gate(self.dwconv(self.project_in(x))))
         pi, dw, po = self.project_in, self.dwconv, self.project_out

@@ -38,7 +38,7 @@ __all__ = ["CACHE_ENV", "SOURCES", "load", "unavailable", "cache_dir"]
 CACHE_ENV = "IRBLOCKS_CACHE_DIR"
 SOURCES = Path(__file__).parent / "csrc"
 FLAGS = ("-std=c11", "-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared",
-         "-fopenmp", "-Wall")
+         "-fopenmp", "-Wall", "-Wno-psabi")
 BUILD_TIMEOUT_S = 300
 _REASONS: dict[str, str] = {}
 

@@ -4,7 +4,8 @@ depthwise_conv3x3(p) + bias`` (exact erf GELU, zero padding 1).
 Implementations
 - reference: ``F.conv2d`` (groups = channels) of each half, then ``gelu(z1) * z2``; plain
   torch ops.
-- cpu: one C loop nest (``csrc/dwconv_gelu_gate.c``, built at first use by ``_cpu_build``)
+- cpu: one C loop nest (``csrc/dwconv3x3.c``, built at first use by ``_cpu_build``, shared
+  with :mod:`irblocks.kernels.dwconv3x3`)
   for float32 CPU tensors. Forward: reads p once, writes y; z never reaches memory.
   Backward: recomputes z three rows at a time in a cache-resident ring, writes dp and sums the
   weight and bias gradients in one pass. Saved for backward: p only (the eager chain saves
@@ -24,17 +25,15 @@ channels_last on the C path.
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 
 from irblocks.registry import register
 
-from . import _cpu_build
 from ._dispatch import empty, select
+from .dwconv3x3 import LIBRARY, address, check_status, cpu_applies, library, tap_major
 
-__all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference", "cpu_applies"]
+__all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference"]
 
 NAME = "dwconv_gelu_gate"
 _CL = torch.channels_last
@@ -53,73 +52,23 @@ def dwconv_gelu_gate_reference(p: torch.Tensor, weight: torch.Tensor,
     return F.gelu(half(slice(0, c))) * half(slice(c, 2 * c))
 
 
-def _is_functorch_wrapped(t: torch.Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(t)) if check is not None else False
-
-
-def cpu_applies(p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether the C kernel can run on these arguments (else the reference runs)."""
-    tensors = [p, weight] + ([] if bias is None else [bias])
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not torch.compiler.is_compiling()
-            and not any(_is_functorch_wrapped(t) for t in tensors)
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def _library() -> ctypes.CDLL:
-    lib = _cpu_build.load(NAME)
-    if lib is None:                     # select() checked; only a cache wiped meanwhile lands here
-        raise RuntimeError(f"C kernel {NAME!r} unavailable: {_cpu_build.unavailable(NAME)}")
-    if not getattr(lib, "_irblocks_typed", False):
-        i64, ptr, num = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-        # forward(input, weight, weight_stride, bias, output, batch, height, width, channels,
-        #         num_threads)
-        lib.dwconv_gelu_gate_forward.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64,
-                                                 num]
-        # backward(input, weight, weight_stride, bias, grad_output, grad_input, grad_weight,
-        #          grad_bias, batch, height, width, channels, num_threads)
-        lib.dwconv_gelu_gate_backward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
-                                                  i64, i64, i64, i64, num]
-        lib.dwconv_gelu_gate_forward.restype = num
-        lib.dwconv_gelu_gate_backward.restype = num
-        lib._irblocks_typed = True
-    return lib
-
-
-def _address(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _tap_major(weight: torch.Tensor) -> torch.Tensor:
-    """(2C, 1, 3, 3) -> (9, S): row ky * 3 + kx holds every channel's weight at that tap, zero
-    padded to S >= 2C, S an odd number of 64-byte lines so the nine rows map to different L1
-    cache sets (the C loops read all nine at once)."""
-    c2 = weight.shape[0]
-    lines = -(-c2 // 16)
-    lines += 1 - lines % 2
-    taps = weight.detach().reshape(c2, 9).t()
-    return F.pad(taps, (0, lines * 16 - c2)).contiguous()
-
-
 def _forward_cpu(p: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     b, c2, h, w = p.shape
     y = empty(b, c2 // 2, h, w, like=p, memory_format=_CL)
     if y.numel():
-        status = _library().dwconv_gelu_gate_forward(
-            _address(p),
-            _address(taps),
+        status = library().dwconv_gelu_gate_forward(
+            address(p),
+            address(taps),
             taps.shape[1],
-            _address(bias),
-            _address(y),
+            address(bias),
+            address(y),
             b,
             h,
             w,
             c2 // 2,
             torch.get_num_threads(),
         )
-        if status:
-            raise MemoryError(f"{NAME}: could not allocate the forward's work buffers")
+        check_status(status, NAME, "forward")
     return y
 
 
@@ -130,23 +79,22 @@ def _backward_cpu(p: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None
     d_taps = empty(9, c2, like=p)
     d_bias = None if bias is None else empty(c2, like=p)
     if p.numel():
-        status = _library().dwconv_gelu_gate_backward(
-            _address(p),
-            _address(taps),
+        status = library().dwconv_gelu_gate_backward(
+            address(p),
+            address(taps),
             taps.shape[1],
-            _address(bias),
-            _address(dy),
-            _address(dp),
-            _address(d_taps),
-            _address(d_bias),
+            address(bias),
+            address(dy),
+            address(dp),
+            address(d_taps),
+            address(d_bias),
             b,
             h,
             w,
             c2 // 2,
             torch.get_num_threads(),
         )
-        if status:
-            raise MemoryError(f"{NAME}: could not allocate the backward's work buffers")
+        check_status(status, NAME, "backward")
     else:
         d_taps.zero_()
         if d_bias is not None:
@@ -159,7 +107,7 @@ class _DwconvGeluGateCpu(torch.autograd.Function):
     def forward(ctx, p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         ctx.save_for_backward(p, weight, bias)
         bias_ = None if bias is None else bias.detach().contiguous()
-        return _forward_cpu(p.detach().contiguous(memory_format=_CL), _tap_major(weight), bias_)
+        return _forward_cpu(p.detach().contiguous(memory_format=_CL), tap_major(weight), bias_)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -173,7 +121,7 @@ class _DwconvGeluGateCpu(torch.autograd.Function):
             return tuple(next(found) if need else None for need in ctx.needs_input_grad)
         bias_ = None if bias is None else bias.detach().contiguous()
         dp, d_taps, d_bias = _backward_cpu(p.detach().contiguous(memory_format=_CL),
-                                           _tap_major(weight), bias_,
+                                           tap_major(weight), bias_,
                                            dy.contiguous(memory_format=_CL))
         return dp, d_taps.t().reshape(weight.shape), d_bias
 
@@ -192,6 +140,6 @@ def dwconv_gelu_gate(p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if bias is not None and tuple(bias.shape) != (p.shape[1],):
         raise ValueError(f"{NAME}: expected bias of shape ({p.shape[1]},), got "
                          f"{tuple(bias.shape)}")
-    if select(impl, p, weight, cpu_kernel=NAME) == "cpu" and cpu_applies(p, weight, bias):
+    if select(impl, p, weight, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(p, weight, bias):
         return _DwconvGeluGateCpu.apply(p, weight, bias)
     return dwconv_gelu_gate_reference(p, weight, bias)

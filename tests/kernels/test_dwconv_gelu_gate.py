@@ -1,4 +1,5 @@
-"""GDFN depthwise 3x3 + GELU gate: the compiled C kernel (CPU) vs the PyTorch reference.
+"""GDFN depthwise 3x3 + GELU gate: the compiled C kernel (CPU) vs the PyTorch reference; and
+the build of the C library (cache, missing or failing compiler).
 
 Tolerances: float32, relative to the largest magnitude, 1e-5 against the float64 reference
 and against the float32 reference (observed ~3e-7: both differ from float64 by float
@@ -13,7 +14,7 @@ import torch
 
 import irblocks
 from irblocks.kernels import _cpu_build, _dispatch
-from irblocks.kernels import dwconv_gelu_gate as kernel
+from irblocks.kernels.dwconv3x3 import LIBRARY
 from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate, dwconv_gelu_gate_reference
 from tests._compare import rel_error
 from tests.kernels.kutil import LAYOUTS, grads, make
@@ -21,8 +22,8 @@ from tests.kernels.kutil import LAYOUTS, grads, make
 RTOL = 1e-5
 
 pytestmark = pytest.mark.skipif(
-    _cpu_build.load(kernel.NAME) is None,
-    reason=f"C kernel unavailable here: {_cpu_build.unavailable(kernel.NAME)}")
+    _cpu_build.load(LIBRARY) is None,
+    reason=f"C kernel unavailable here: {_cpu_build.unavailable(LIBRARY)}")
 
 
 def _inputs(b, c2, h, w, layout="channels_last", bias=True, scale=1.5, seed=0):
@@ -101,9 +102,10 @@ def test_gradcheck_reference_float64():
 def test_dispatcher_picks_the_c_kernel(monkeypatch):
     monkeypatch.delenv(_dispatch.ENV, raising=False)
     x = torch.randn(1, 4, 3, 3)
-    assert _dispatch.select(None, x, cpu_kernel=kernel.NAME) == "cpu"
+    assert _dispatch.select(None, x, cpu_kernel=LIBRARY) == "cpu"
     assert _dispatch.select(None, x) == "reference"               # ops without a C kernel
     assert _dispatch.select("cpu", x) == "reference"
+    assert _dispatch.select("reference", x, cpu_kernel=LIBRARY) == "reference"
     p, weight, bias = _inputs(1, 6, 4, 4)
     assert type(dwconv_gelu_gate(p, weight, bias).grad_fn).__name__.startswith("_DwconvGelu")
     block = irblocks.set_execution(irblocks.GDFN(4, expansion=2.0), "fast")
@@ -164,12 +166,12 @@ def fresh_build(monkeypatch, tmp_path):
 
 
 def test_build_is_cached_and_keyed_by_source(fresh_build):
-    assert _cpu_build.load(kernel.NAME) is not None
-    built = list((fresh_build / "cpu_kernels").glob(f"{kernel.NAME}-*.so"))
+    assert _cpu_build.load(LIBRARY) is not None
+    built = list((fresh_build / "cpu_kernels").glob(f"{LIBRARY}-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     _cpu_build.load.cache_clear()
-    assert _cpu_build.load(kernel.NAME) is not None
+    assert _cpu_build.load(LIBRARY) is not None
     assert built[0].stat().st_mtime_ns == stamp                     # reused, not rebuilt
     assert not list((fresh_build / "cpu_kernels").glob(".*"))       # no temporary files left
 
@@ -193,7 +195,7 @@ def test_compiler_error_is_one_line(fresh_build, monkeypatch, tmp_path):
     fake.write_text("#!/bin/sh\necho 'fakecc: error: unsupported option' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    assert _cpu_build.load(kernel.NAME) is None
-    reason = _cpu_build.unavailable(kernel.NAME)
-    assert reason == f"fakecc failed on {kernel.NAME}.c: fakecc: error: unsupported option"
+    assert _cpu_build.load(LIBRARY) is None
+    reason = _cpu_build.unavailable(LIBRARY)
+    assert reason == f"fakecc failed on {LIBRARY}.c: fakecc: error: unsupported option"
     assert not list((fresh_build / "cpu_kernels").glob("*"))         # nothing half-written

@@ -169,6 +169,22 @@ int dwconv_gelu_gate_forward(
 #define TILE_WIDTH 32
 #endif
 #define LANES 16
+typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline lanes_t load_lanes(const float *source)
+{
+    lanes_t value;
+    memcpy(&value, source, sizeof value);
+    return value;
+}
+
+static inline void store_lanes(float *target, lanes_t value)
+{
+    memcpy(target, &value, sizeof value);
+}
+#ifndef PIXEL_CHUNK
+#define PIXEL_CHUNK 8
+#endif
 
 /* Gate gradient g = [dy z2 gelu'(z1) | dy gelu(z1)] of row y, columns [x0, x1), into
  * ring_row (x1 - x0, 2C). */
@@ -202,39 +218,52 @@ static void gate_gradient_row(const float *base, const float *grad_base, const f
  * channels at a time with the ten sums in registers (ten loads and FMAs per pixel): float
  * within the tile, double across tiles. */
 static void weight_gradient_tile(const float *base, const float *g_row, int64_t g_x0,
-                                 const float *zeros, double *sum, int64_t y, int64_t x0,
-                                 int64_t x1, int64_t height, int64_t width, int64_t channels2)
+                                 const float *zeros, float *partial, double *sum, int64_t y,
+                                 int64_t x0, int64_t x1, int64_t height, int64_t width,
+                                 int64_t channels2)
 {
-    for (int64_t block = 0; block < channels2; block += LANES) {
-        const int64_t lanes = channels2 - block < LANES ? channels2 - block : LANES;
-        float acc[10][LANES];
-        memset(acc, 0, sizeof acc);
-        for (int64_t x = x0; x < x1; ++x) {
-            const float *tap[9];
-            taps(base, zeros, y, x, height, width, channels2, tap);
-            const float *restrict g = g_row + (x - g_x0) * channels2 + block;
-            if (lanes == LANES) {
-                for (int t = 0; t < 9; ++t) {
-                    const float *restrict src = tap[t] + block;
-                    #pragma omp simd
-                    for (int l = 0; l < LANES; ++l)
-                        acc[t][l] += g[l] * src[l];
-                }
-                #pragma omp simd
-                for (int l = 0; l < LANES; ++l)
-                    acc[9][l] += g[l];
-            } else {
+    memset(partial, 0, (size_t)(10 * channels2) * sizeof(float));
+    for (int64_t chunk = x0; chunk < x1; chunk += PIXEL_CHUNK) {
+        const int64_t chunk_end = chunk + PIXEL_CHUNK < x1 ? chunk + PIXEL_CHUNK : x1;
+        int64_t block = 0;
+        for (; block + LANES <= channels2; block += LANES) {
+            /* GCC vector type: the ten sums stay in registers (a float[10][16] array was
+             * kept on the stack, one load and store per FMA) */
+            lanes_t acc[10];
+            #pragma GCC unroll 10
+            for (int t = 0; t < 10; ++t)
+                acc[t] = (lanes_t){0};
+            for (int64_t x = chunk; x < chunk_end; ++x) {
+                const float *tap[9];
+                taps(base, zeros, y, x, height, width, channels2, tap);
+                const lanes_t g = load_lanes(g_row + (x - g_x0) * channels2 + block);
+                #pragma GCC unroll 9
                 for (int t = 0; t < 9; ++t)
-                    for (int64_t l = 0; l < lanes; ++l)
-                        acc[t][l] += g[l] * tap[t][block + l];
-                for (int64_t l = 0; l < lanes; ++l)
-                    acc[9][l] += g[l];
+                    acc[t] += g * load_lanes(tap[t] + block);
+                acc[9] += g;
             }
+            #pragma GCC unroll 10
+            for (int t = 0; t < 10; ++t)
+                store_lanes(partial + t * channels2 + block,
+                            load_lanes(partial + t * channels2 + block) + acc[t]);
         }
-        for (int t = 0; t < 10; ++t)
-            for (int64_t l = 0; l < lanes; ++l)
-                sum[t * channels2 + block + l] += (double)acc[t][l];
+        for (int64_t c = block; c < channels2; ++c) {        /* fewer than LANES left */
+            float acc[10] = {0};
+            for (int64_t x = chunk; x < chunk_end; ++x) {
+                const float *tap[9];
+                taps(base, zeros, y, x, height, width, channels2, tap);
+                const float g = g_row[(x - g_x0) * channels2 + c];
+                for (int t = 0; t < 9; ++t)
+                    acc[t] += g * tap[t][c];
+                acc[9] += g;
+            }
+            for (int t = 0; t < 10; ++t)
+                partial[t * channels2 + c] += acc[t];
+        }
     }
+    #pragma omp simd
+    for (int64_t i = 0; i < 10 * channels2; ++i)
+        sum[i] += (double)partial[i];
 }
 
 /* Input gradient of row y, columns [x0, x1): the transposed convolution of g (taps mirrored).
@@ -294,11 +323,13 @@ int dwconv_gelu_gate_backward(
     float *no_bias = calloc((size_t)channels2, sizeof(float));
     float *rings = malloc((size_t)(bands * 3 * ring_row_size) * sizeof(float));
     double *sums = calloc((size_t)(bands * 10 * channels2), sizeof(double));
-    if (!zeros || !no_bias || !rings || !sums) {
+    float *partials = malloc((size_t)(bands * 10 * channels2) * sizeof(float));
+    if (!zeros || !no_bias || !rings || !sums || !partials) {
         free(zeros);
         free(no_bias);
         free(rings);
         free(sums);
+        free(partials);
         return 1;
     }
     const float *shift = bias ? bias : no_bias;
@@ -309,6 +340,7 @@ int dwconv_gelu_gate_backward(
         for (int band = omp_get_thread_num(); band < bands; band += team) {
             float *ring = rings + band * 3 * ring_row_size;
             double *sum = sums + band * 10 * channels2;   /* 9 taps + bias */
+            float *partial = partials + band * 10 * channels2;
             const int64_t first = band_start(rows, bands, band);
             const int64_t last = band_start(rows, bands, band + 1);
             for (int64_t x0 = 0; x0 < width; x0 += TILE_WIDTH) {
@@ -335,8 +367,8 @@ int dwconv_gelu_gate_backward(
                         }
                         g_rows[k] = slot;
                     }
-                    weight_gradient_tile(base, g_rows[1], g_x0, zeros, sum, y, x0, x1, height,
-                                         width, channels2);
+                    weight_gradient_tile(base, g_rows[1], g_x0, zeros, partial, sum, y, x0, x1,
+                                         height, width, channels2);
                     input_gradient_tile(g_rows, g_x0, g_x1, weight, weight_stride, zeros,
                                         grad_input + row * width * channels2, x0, x1, channels2);
                 }
@@ -356,5 +388,118 @@ int dwconv_gelu_gate_backward(
     free(no_bias);
     free(rings);
     free(sums);
+    free(partials);
+    return 0;
+}
+
+/*
+ * Plain depthwise 3x3 convolution (zero padding 1), same layouts: input, output (B, H, W, C).
+ */
+int dwconv3x3_forward(
+    const float *input,      /* x, (B, H, W, C) */
+    const float *weight,     /* (9, weight_stride), tap-major */
+    int64_t weight_stride,   /* row stride of weight, >= C */
+    const float *bias,       /* (C,) or NULL */
+    float *output,           /* (B, H, W, C), written */
+    int64_t batch,           /* B */
+    int64_t height,          /* H */
+    int64_t width,           /* W */
+    int64_t channels,        /* C */
+    int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
+{
+    float *zeros = calloc((size_t)channels, sizeof(float));
+    float *no_bias = calloc((size_t)channels, sizeof(float));
+    if (!zeros || !no_bias) {
+        free(zeros);
+        free(no_bias);
+        return 1;
+    }
+    const float *shift = bias ? bias : no_bias;
+    #pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t row = 0; row < batch * height; ++row) {
+        const int64_t image = row / height, y = row % height;
+        const float *base = input + image * height * width * channels;
+        for (int64_t x = 0; x < width; ++x) {
+            const float *tap[9];
+            taps(base, zeros, y, x, height, width, channels, tap);
+            TAP_LOCALS(tap);
+            float *restrict out = output + (row * width + x) * channels;
+            #pragma omp simd
+            for (int64_t c = 0; c < channels; ++c)
+                out[c] = shift[c] + CONV9(weight, weight_stride, c);
+        }
+    }
+    free(zeros);
+    free(no_bias);
+    return 0;
+}
+
+int dwconv3x3_backward(
+    const float *input,        /* x, (B, H, W, C) */
+    const float *weight,       /* (9, weight_stride), tap-major */
+    int64_t weight_stride,     /* row stride of weight, >= C */
+    const float *grad_output,  /* dy, (B, H, W, C) */
+    float *grad_input,         /* dx, (B, H, W, C), written, or NULL */
+    float *grad_weight,        /* (9, C), tap-major, written, or NULL */
+    float *grad_bias,          /* (C,) written, or NULL */
+    int64_t batch,             /* B */
+    int64_t height,            /* H */
+    int64_t width,             /* W */
+    int64_t channels,          /* C */
+    int num_threads)           /* OpenMP threads (torch.get_num_threads()) */
+{
+    const int64_t rows = batch * height;
+    const int bands = num_threads < 1 ? 1 : (rows < num_threads ? (int)(rows ? rows : 1)
+                                                                : num_threads);
+    const int sums_needed = grad_weight || grad_bias;
+    float *zeros = calloc((size_t)channels, sizeof(float));
+    double *sums = calloc((size_t)(bands * 10 * channels), sizeof(double));
+    float *partials = malloc((size_t)(bands * 10 * channels) * sizeof(float));
+    if (!zeros || !sums || !partials) {
+        free(zeros);
+        free(sums);
+        free(partials);
+        return 1;
+    }
+    #pragma omp parallel num_threads(bands)
+    {
+        const int team = omp_get_num_threads();
+        for (int band = omp_get_thread_num(); band < bands; band += team) {
+            double *sum = sums + band * 10 * channels;
+            float *partial = partials + band * 10 * channels;
+            const int64_t first = band_start(rows, bands, band);
+            const int64_t last = band_start(rows, bands, band + 1);
+            for (int64_t row = first; row < last; ++row) {
+                const int64_t image = row / height, y = row % height;
+                const float *base = input + image * height * width * channels;
+                const float *grad_base = grad_output + image * height * width * channels;
+                if (sums_needed)
+                    weight_gradient_tile(base, grad_base + y * width * channels, 0, zeros,
+                                         partial, sum, y, 0, width, height, width, channels);
+                if (grad_input) {
+                    const float *g_rows[3];
+                    for (int k = 0; k < 3; ++k) {
+                        const int64_t yy = y + k - 1;
+                        g_rows[k] = yy < 0 || yy >= height ? NULL
+                                                           : grad_base + yy * width * channels;
+                    }
+                    input_gradient_tile(g_rows, 0, width, weight, weight_stride, zeros,
+                                        grad_input + row * width * channels, 0, width, channels);
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < 10 * channels; ++i) {
+        double total = 0.0;
+        for (int band = 0; band < bands; ++band)
+            total += sums[band * 10 * channels + i];
+        if (i < 9 * channels && grad_weight)
+            grad_weight[i] = (float)total;
+        else if (i >= 9 * channels && grad_bias)
+            grad_bias[i - 9 * channels] = (float)total;
+    }
+    free(zeros);
+    free(sums);
+    free(partials);
     return 0;
 }

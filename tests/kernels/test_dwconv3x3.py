@@ -1,0 +1,120 @@
+"""Depthwise 3x3 convolution: the compiled C kernel (CPU) vs ``F.conv2d``.
+
+Tolerances: float32, relative to the largest magnitude: output and input gradient 1e-5
+against the float64 reference (observed ~2e-7); weight and bias gradients 2e-5 (sums over
+every pixel in another order than oneDNN's: observed ~5e-6 against the float32 reference).
+Outputs come NaN-prefilled (tests/kernels/conftest.py).
+"""
+import pytest
+import torch
+
+from irblocks.conv import depthwise_conv2d
+from irblocks.kernels import _cpu_build
+from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3, dwconv3x3_reference, tap_major
+from tests._compare import rel_error
+from tests.kernels.kutil import LAYOUTS, grads, make
+
+pytestmark = pytest.mark.skipif(
+    _cpu_build.load(LIBRARY) is None,
+    reason=f"C kernel unavailable here: {_cpu_build.unavailable(LIBRARY)}")
+
+TOL = {"out": 1e-5, "dx": 1e-5, "dweight": 2e-5, "dbias": 2e-5}
+
+
+def _inputs(b, c, h, w, layout="channels_last", bias=True, scale=1.0, seed=0):
+    torch.manual_seed(seed)
+    x = make(b, c, h, w, layout, requires_grad=True, scale=scale)
+    weight = torch.randn(c, 1, 3, 3).requires_grad_()
+    return [x, weight] + ([torch.randn(c).requires_grad_()] if bias else [])
+
+
+def _run(fn, inputs, dtype=torch.float32):
+    cast = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    return grads(fn, cast)
+
+
+def _check(inputs):
+    out_c, g_c = _run(lambda *a: dwconv3x3(*a, impl="cpu"), inputs)
+    out_64, g_64 = _run(dwconv3x3_reference, inputs, torch.float64)
+    assert out_c.is_contiguous(memory_format=torch.channels_last)
+    for name, a, r in zip(["out", "dx", "dweight", "dbias"], [out_c, *g_c], [out_64, *g_64]):
+        assert rel_error(a, r) < TOL[name], f"{name}: {rel_error(a, r):.2e}"
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (3, 1, 9), (1, 6, 1), (2, 4, 4), (1, 9, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("c", [1, 5, 16, 37])
+def test_matches_reference(shape, c):
+    b, h, w = shape
+    _check(_inputs(b, c, h, w))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_layout_and_no_bias(layout):
+    _check(_inputs(2, 12, 5, 6, layout=layout, bias=False))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_thread_counts(threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check(_inputs(1, 18, 7, 5))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_only_the_needed_gradients():
+    x, weight, bias = _inputs(1, 6, 4, 5)
+    out = dwconv3x3(x.detach(), weight, bias, impl="cpu")
+    out.square().sum().backward()
+    ref_w, ref_b = [t.detach().clone().requires_grad_() for t in (weight, bias)]
+    dwconv3x3_reference(x.detach(), ref_w, ref_b).square().sum().backward()
+    assert rel_error(weight.grad, ref_w.grad) < TOL["dweight"]
+    assert rel_error(bias.grad, ref_b.grad) < TOL["dbias"]
+    x2 = x.detach().requires_grad_()
+    dwconv3x3(x2, weight.detach(), None, impl="cpu").sum().backward()
+    assert rel_error(x2.grad, torch.autograd.grad(
+        dwconv3x3_reference(x2, weight.detach()).sum(), x2)[0]) < TOL["dx"]
+
+
+def test_grad_of_grad_matches_reference():
+    def second_order(impl):
+        x, weight, bias = [t.detach().requires_grad_() for t in _inputs(1, 4, 4, 3)]
+        (g,) = torch.autograd.grad(dwconv3x3(x, weight, bias, impl=impl).square().sum(), x,
+                                   create_graph=True)
+        g.square().sum().backward()
+        return [g, x.grad, weight.grad, bias.grad]
+
+    for a, r in zip(second_order("cpu"), second_order("reference")):
+        assert rel_error(a, r) < TOL["dweight"]
+
+
+def test_blocks_use_it_through_depthwise_conv2d():
+    x, weight, bias = _inputs(1, 6, 4, 4)
+    y = depthwise_conv2d(x, weight, bias)
+    assert type(y.grad_fn).__name__.startswith("_Dwconv3x3Cpu")
+    with torch.no_grad():                    # inference keeps oneDNN's forward
+        assert depthwise_conv2d(x, weight, bias).grad_fn is None
+    x5, w5 = torch.randn(1, 3, 6, 6, requires_grad=True), torch.randn(3, 1, 5, 5)
+    assert not type(depthwise_conv2d(x5, w5).grad_fn).__name__.startswith("_Dwconv3x3")
+
+
+def test_tap_major_padding_is_an_odd_number_of_lines():
+    for c in (1, 16, 17, 32, 288, 510):
+        taps = tap_major(torch.randn(c, 1, 3, 3))
+        assert taps.shape[0] == 9 and taps.shape[1] >= c and taps.shape[1] % 32 == 16
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\), got \(3, 2, 2\)"):
+        dwconv3x3(torch.randn(3, 2, 2), torch.randn(3, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"\(4, 1, 3, 3\) for 4 channels, got \(4, 1, 5, 5\)"):
+        dwconv3x3(torch.randn(1, 4, 2, 2), torch.randn(4, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"bias of shape \(4,\), got \(3,\)"):
+        dwconv3x3(torch.randn(1, 4, 2, 2), torch.randn(4, 1, 3, 3), torch.randn(3))
+
+
+def test_gradcheck_reference_float64():
+    x, weight, bias = [t.detach().double().requires_grad_() for t in _inputs(1, 3, 3, 4)]
+    assert torch.autograd.gradcheck(dwconv3x3_reference, (x, weight, bias))
