@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from irblocks.kernels._cpu_build import applies as cpu_applies
 from irblocks.kernels._dispatch import select
-from irblocks.kernels.dwconv3x3 import LIBRARY, cpu_applies, dwconv3x3
+from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3
 
 __all__ = ["depthwise_conv2d", "pointwise_conv2d"]
 

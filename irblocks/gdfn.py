@@ -9,9 +9,9 @@ from annotated_types import Gt
 from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
+from irblocks.kernels._cpu_build import applies as cpu_applies
 from irblocks.kernels._dispatch import select
 from irblocks.kernels.dwconv3x3 import LIBRARY as _C_LIBRARY
-from irblocks.kernels.dwconv3x3 import cpu_applies
 from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate
 from irblocks.kernels.gdfn_gate import gelu_gate
 from irblocks.registry import Context, register

@@ -8,7 +8,8 @@ same chain and was 3.5x *slower* than eager (it materialises the backward's shif
 
 Build: the system C compiler (``$CC``, else ``cc``, ``gcc``, ``clang``) with
 ``-O3 -march=native -fopenmp`` into ``$IRBLOCKS_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/irblocks`` or ``~/.cache/irblocks``) under a name keyed by the source,
+``$XDG_CACHE_HOME/irblocks`` or ``~/.cache/irblocks``) under a name keyed by the source
+(and the shared headers in csrc/),
 the compiler's version and the flags, so a changed source or compiler rebuilds and
 concurrent processes never see a half-written library (each writes its own temporary file
 and renames it). ``-march=native`` is right because the library is built on the machine
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "SOURCES", "load", "unavailable", "cache_dir"]
+__all__ = ["CACHE_ENV", "SOURCES", "load", "unavailable", "cache_dir", "library", "applies",
+           "address", "check_status"]
 
 CACHE_ENV = "IRBLOCKS_CACHE_DIR"
 SOURCES = Path(__file__).parent / "csrc"
@@ -84,7 +86,8 @@ def _build(name: str) -> Path:
         raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
     link = _torch_openmp()
     command_tail = [*FLAGS, *link]
-    key = hashlib.sha256(source.read_bytes() + "\0".join(
+    headers = b"".join(h.read_bytes() for h in sorted(SOURCES.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + "\0".join(
         [compiler, _version(compiler), *command_tail]).encode()).hexdigest()[:16]
     target = cache_dir() / "cpu_kernels" / f"{name}-{key}.so"
     if target.exists():
@@ -122,3 +125,44 @@ def load(name: str) -> ctypes.CDLL | None:
 def unavailable(name: str) -> str | None:
     """Why csrc/<name>.c could not be built or loaded (``None`` when it was, or not tried)."""
     return _REASONS.get(name)
+
+
+def library(name: str, signatures: dict[str, list]) -> ctypes.CDLL:
+    """The built csrc/<name>.c with its entry points typed (``signatures``: function name ->
+    ctypes argument types; every entry point returns an int status). Raises RuntimeError
+    when it is unavailable (the dispatcher checked; only a cache wiped meanwhile lands here)."""
+    lib = load(name)
+    if lib is None:
+        raise RuntimeError(f"C kernels {name!r} unavailable: {unavailable(name)}")
+    if not getattr(lib, "_irblocks_typed", False):
+        for function, argtypes in signatures.items():
+            fn = getattr(lib, function)
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        lib._irblocks_typed = True
+    return lib
+
+
+def _is_functorch_wrapped(t: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None else False
+
+
+def applies(*tensors: torch.Tensor | None) -> bool:
+    """Whether a C kernel can run on these arguments (``None`` entries ignored): float32 CPU
+    tensors, not traced by torch.compile, not wrapped by torch.func, no autocast."""
+    present = [t for t in tensors if t is not None]
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present)
+            and not torch.compiler.is_compiling()
+            and not any(_is_functorch_wrapped(t) for t in present)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def address(t: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for ctypes (``None`` -> NULL). Keep the tensor referenced until
+    the call returns: a temporary passed as ``address(x.contiguous())`` is freed first."""
+    return None if t is None else t.data_ptr()
+
+
+def check_status(status: int, kernel: str, what: str) -> None:
+    if status:
+        raise MemoryError(f"{kernel}: could not allocate the {what}'s work buffers")

@@ -13,6 +13,9 @@ the spectrum), so no FFT is computed here. The FFT form lives in the block
 
 Paths:
 * reference: plain torch ops (torch.compile / FlopCounterMode see through it);
+* cpu: a compiled C kernel (``csrc/anyir_fusion.c``, float32 CPU tensors): one pass forward
+  (reads a, g; writes out) and one pass backward (reads a, g, dout; writes da, dg; dlam summed
+  in double). Falls back to the reference under torch.compile, torch.func, autocast;
 * triton: one read of a and g and one write of out in the forward; the backward
   reads a, g and the output gradient once and writes da, dg and per-block partial
   sums of dlam (summed deterministically in torch). Custom op
@@ -20,10 +23,15 @@ Paths:
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from irblocks.registry import register
 
+from . import _cpu_build
+from ._cpu_build import address, check_status
+from ._cpu_build import applies as cpu_applies
 from ._dispatch import block_size, empty, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
@@ -38,6 +46,23 @@ def anyir_fusion_naive(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> t
     f_f = torch.fft.irfft2(torch.fft.rfft2(a) + torch.fft.rfft2(g), s=a.shape[-2:])
     f_f = f_f.repeat_interleave(2, dim=1)
     return lam * f_s + (1.0 - lam) * f_f
+
+
+def _fusion_differentiable(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Plain out-of-place ops (no custom autograd): what grad of grad (``create_graph=True``)
+    differentiates for the reference and the C kernel."""
+    f_s = torch.cat([a + torch.sigmoid(g), g + torch.sigmoid(a)], dim=1)
+    return lam * f_s + (1.0 - lam) * (a + g).repeat_interleave(2, dim=1)
+
+
+def _second_order(inputs, needs_input_grad, dout):
+    """Gradients of ``_fusion_differentiable`` with a graph (for a backward run under
+    ``create_graph=True``); ``inputs`` = (a, g, lam) as the forward saw them."""
+    wanted = [t for t, need in zip(inputs, needs_input_grad) if need]
+    with torch.enable_grad():
+        found = iter(torch.autograd.grad(_fusion_differentiable(*inputs), wanted, dout,
+                                         create_graph=True))
+    return [next(found) if need else None for need in needs_input_grad]
 
 
 def _fuse(x, y, lam, dim, pairs, axis):
@@ -70,6 +95,17 @@ class _ReferenceFusion(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, y, lam = ctx.saved_tensors
+        if torch.is_grad_enabled():             # create_graph=True: grad of grad
+            if ctx.axis == -1:                  # B H W C' views -> B C' H W
+                a, g = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
+                d = dout.flatten(-2).permute(0, 3, 1, 2)
+            else:
+                a, g, d = x, y, dout.flatten(1, 2)
+            da, dg, dlam = _second_order((a, g, lam), ctx.needs_input_grad[:3], d)
+            if ctx.axis == -1:
+                da = None if da is None else da.permute(0, 2, 3, 1)
+                dg = None if dg is None else dg.permute(0, 2, 3, 1)
+            return da, dg, dlam, None, None, None
         d1, d2 = dout.flatten(ctx.axis - 1, ctx.axis).chunk(2, dim=ctx.dim)   # the two halves
         dp = dout.select(ctx.axis, 0) + dout.select(ctx.axis, 1)     # a sum over 2 is slow in ATen
         sx, sy = torch.sigmoid(x), torch.sigmoid(y)
@@ -359,6 +395,77 @@ def bytes_moved(shape_a, itemsize: int = 4) -> dict:
     return {"fused": fused, "unfused": unfused}
 
 
+LIBRARY = "anyir_fusion"    # csrc/anyir_fusion.c
+
+
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+SIGNATURES = {
+    # (attention, gated, lam, output, pixels, channels, threads)
+    "anyir_fusion_forward": [_PTR, _PTR, ctypes.c_float, _PTR, _I64, _I64, _INT],
+    # (attention, gated, lam, grad_output, grad_attention, grad_gated, grad_lam, pixels,
+    #  channels, threads)
+    "anyir_fusion_backward": [_PTR, _PTR, ctypes.c_float, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
+                              _INT],
+}
+
+
+def _library() -> ctypes.CDLL:
+    return _cpu_build.library(LIBRARY, SIGNATURES)
+
+
+class _FusionCpu(torch.autograd.Function):
+    """The compiled C kernel (csrc/anyir_fusion.c): float32 CPU tensors, channels_last output;
+    one pass forward, one pass backward (da, dg and dlam). Grad of grad differentiates
+    plain ops (``_fusion_differentiable``)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor):
+        ctx.save_for_backward(a, g, lam)
+        b, c, h, w = a.shape
+        a_ = a.detach().contiguous(memory_format=torch.channels_last)
+        g_ = g.detach().contiguous(memory_format=torch.channels_last)
+        out = empty(b, 2 * c, h, w, like=a, memory_format=torch.channels_last)
+        if out.numel():
+            check_status(_library().anyir_fusion_forward(
+                address(a_),
+                address(g_),
+                float(lam),
+                address(out),
+                b * h * w,
+                c,
+                torch.get_num_threads(),
+            ), "anyir_fusion", "forward")
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        a, g, lam = ctx.saved_tensors
+        if torch.is_grad_enabled():             # create_graph=True: grad of grad
+            return tuple(_second_order((a, g, lam), ctx.needs_input_grad, dout))
+        b, c, h, w = a.shape
+        # named: a temporary passed as address(...) would be freed before the call
+        a_ = a.detach().contiguous(memory_format=torch.channels_last)
+        g_ = g.detach().contiguous(memory_format=torch.channels_last)
+        dout_ = dout.contiguous(memory_format=torch.channels_last)
+        da = empty(b, c, h, w, like=a, memory_format=torch.channels_last)
+        dg = empty(b, c, h, w, like=a, memory_format=torch.channels_last)
+        dlam = torch.zeros((), dtype=torch.float64)
+        if da.numel():
+            check_status(_library().anyir_fusion_backward(
+                address(a_),
+                address(g_),
+                float(lam),
+                address(dout_),
+                address(da),
+                address(dg),
+                address(dlam),
+                b * h * w,
+                c,
+                torch.get_num_threads(),
+            ), "anyir_fusion", "backward")
+        return da, dg, dlam.to(lam.dtype).reshape(lam.shape)
+
+
 @register("kernel", "anyir_fusion")
 def anyir_fusion(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
                  impl: str | None = None) -> torch.Tensor:
@@ -370,6 +477,9 @@ def anyir_fusion(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
     if a.shape != g.shape or a.dim() != 4:
         raise ValueError(f"anyir_fusion: a and g must both be B x C' x H x W, got {tuple(a.shape)} "
                          f"and {tuple(g.shape)}")
-    if select(impl, a, g) == "triton":
+    choice = select(impl, a, g, cpu_kernel=LIBRARY)
+    if choice == "triton":
         return _fusion_op(a, g, lam.reshape(()))
+    if choice == "cpu" and cpu_applies(a, g, lam):
+        return _FusionCpu.apply(a, g, lam)
     return anyir_fusion_reference(a, g, lam)

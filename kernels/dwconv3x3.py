@@ -32,71 +32,37 @@ import torch.nn.functional as F
 from irblocks.registry import register
 
 from . import _cpu_build
+from ._cpu_build import address, check_status
+from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, select
 
-__all__ = ["LIBRARY", "library", "cpu_applies", "tap_major", "address", "dwconv3x3",
-           "dwconv3x3_reference"]
+__all__ = ["LIBRARY", "SIGNATURES", "library", "tap_major", "dwconv3x3", "dwconv3x3_reference"]
 
 LIBRARY = "dwconv3x3"       # csrc/dwconv3x3.c
 NAME = "dwconv3x3"
 CHANNELS_LAST = torch.channels_last
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    """ctypes signatures of the library's four entry points (see csrc/dwconv3x3.c)."""
-    i64, ptr, num = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    signatures = {
-        # (input, weight, weight_stride, bias, output, batch, height, width, channels, threads)
-        "dwconv3x3_forward": [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, num],
-        # (input, weight, weight_stride, grad_output, grad_input, grad_weight, grad_bias,
-        #  batch, height, width, channels, threads)
-        "dwconv3x3_backward": [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, num],
-        # (input, weight, weight_stride, bias, output, batch, height, width, channels, threads)
-        "dwconv_gelu_gate_forward": [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, num],
-        # (input, weight, weight_stride, bias, grad_output, grad_input, grad_weight,
-        #  grad_bias, batch, height, width, channels, threads)
-        "dwconv_gelu_gate_backward": [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr,
-                                      i64, i64, i64, i64, num],
-    }
-    for name, argtypes in signatures.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, num
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+SIGNATURES = {
+    # (input, weight, weight_stride, bias, output, batch, height, width, channels, threads)
+    "dwconv3x3_forward": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _INT],
+    # (input, weight, weight_stride, grad_output, grad_input, grad_weight, grad_bias,
+    #  batch, height, width, channels, threads)
+    "dwconv3x3_backward": [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                           _INT],
+    # (input, weight, weight_stride, bias, output, batch, height, width, channels, threads)
+    "dwconv_gelu_gate_forward": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _INT],
+    # (input, weight, weight_stride, bias, grad_output, grad_input, grad_weight, grad_bias,
+    #  batch, height, width, channels, threads)
+    "dwconv_gelu_gate_backward": [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR,
+                                  _I64, _I64, _I64, _I64, _INT],
+}
 
 
 def library() -> ctypes.CDLL:
-    """The built csrc/dwconv3x3.c with its entry points typed."""
-    lib = _cpu_build.load(LIBRARY)
-    if lib is None:                     # select() checked; only a cache wiped meanwhile lands here
-        raise RuntimeError(f"C kernels {LIBRARY!r} unavailable: "
-                           f"{_cpu_build.unavailable(LIBRARY)}")
-    if not getattr(lib, "_irblocks_typed", False):
-        _declare(lib)
-        lib._irblocks_typed = True
-    return lib
-
-
-def check_status(status: int, kernel: str, what: str) -> None:
-    if status:
-        raise MemoryError(f"{kernel}: could not allocate the {what}'s work buffers")
-
-
-def _is_functorch_wrapped(t: torch.Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(t)) if check is not None else False
-
-
-def cpu_applies(*tensors: torch.Tensor | None) -> bool:
-    """Whether the C kernels can run on these arguments (``None`` entries ignored): float32
-    CPU tensors, not traced by torch.compile, not wrapped by torch.func, no autocast."""
-    present = [t for t in tensors if t is not None]
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present)
-            and not torch.compiler.is_compiling()
-            and not any(_is_functorch_wrapped(t) for t in present)
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def address(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+    """The built csrc/dwconv3x3.c with its four entry points typed."""
+    return _cpu_build.library(LIBRARY, SIGNATURES)
 
 
 def tap_major(weight: torch.Tensor) -> torch.Tensor:

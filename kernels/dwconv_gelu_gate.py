@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from irblocks.registry import register
 
+from ._cpu_build import address, check_status
+from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, select
-from .dwconv3x3 import LIBRARY, address, check_status, cpu_applies, library, tap_major
+from .dwconv3x3 import LIBRARY, library, tap_major
 
 __all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference"]
 

@@ -30,34 +30,10 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 #endif
 
+#include "vector_math.h"
+
 #define SQRT1_2 0.70710678118654752f
 #define INV_SQRT_2PI 0.39894228040143268f
-
-/* exp(x) for x <= 0 (Cody-Waite reduction by ln 2, Cephes expf polynomial); x < -87 gives
- * exp(-87) ~ 1.6e-38. The clamp compares the IEEE bit patterns as integers (for x <= 0 a
- * larger integer is a larger magnitude): a float compare-and-select there stops GCC 12 from
- * vectorising the loop. */
-static inline float exp_nonpositive(float x)
-{
-    union { float value; int32_t bits; } clamped = {x};
-    const int32_t minus_87 = (int32_t)0xC2AE0000;
-    clamped.bits = clamped.bits > minus_87 ? minus_87 : clamped.bits;
-    x = clamped.value;
-    /* n = round(x / ln 2) (truncation of a non-positive value - 0.5; floorf would keep
-     * the loop from vectorising) */
-    int32_t k = (int32_t)(x * 1.44269504088896341f - 0.5f);
-    float n = (float)k;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float poly = 1.9875691500e-4f;
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    float e = poly * r * r + r + 1.0f;
-    union { int32_t bits; float value; } scale = {(k + 127) << 23};
-    return e * scale.value;
-}
 
 /* Phi(x) and phi(x) = exp(-x^2 / 2) / sqrt(2 pi) sharing one exp (erf's exp(-u^2), u = x / sqrt 2,
  * is exp(-x^2 / 2)). */

@@ -1,0 +1,44 @@
+/*
+ * Elementwise float math the compiled CPU kernels share, written in plain arithmetic so that
+ * GCC vectorises the loops that call it ("omp simd"; calls into libm would not vectorise).
+ */
+#ifndef IRBLOCKS_VECTOR_MATH_H
+#define IRBLOCKS_VECTOR_MATH_H
+
+#include <stdint.h>
+
+/* exp(x) for x <= 0 (Cody-Waite reduction by ln 2, Cephes expf polynomial); x < -87 gives
+ * exp(-87) ~ 1.6e-38. The clamp compares the IEEE bit patterns as integers (for x <= 0 a
+ * larger integer is a larger magnitude): a float compare-and-select there stops GCC 12 from
+ * vectorising the loop. */
+static inline float exp_nonpositive(float x)
+{
+    union { float value; int32_t bits; } clamped = {x};
+    const int32_t minus_87 = (int32_t)0xC2AE0000;
+    clamped.bits = clamped.bits > minus_87 ? minus_87 : clamped.bits;
+    x = clamped.value;
+    /* n = round(x / ln 2) (truncation of a non-positive value - 0.5; floorf would keep
+     * the loop from vectorising) */
+    int32_t k = (int32_t)(x * 1.44269504088896341f - 0.5f);
+    float n = (float)k;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    float e = poly * r * r + r + 1.0f;
+    union { int32_t bits; float value; } scale = {(k + 127) << 23};
+    return e * scale.value;
+}
+
+/* Logistic sigmoid 1 / (1 + exp(-x)) from exp(-|x|) (no overflow for any x). */
+static inline float sigmoid(float x)
+{
+    float e = exp_nonpositive(-__builtin_fabsf(x));
+    float r = 1.0f / (1.0f + e);
+    return x >= 0.0f ? r : e * r;
+}
+
+#endif
