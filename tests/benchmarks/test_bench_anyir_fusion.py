@@ -6,7 +6,9 @@ reference vs torch.compile of the reference vs Triton (CUDA only).
 import pytest
 import torch
 
+from irblocks.kernels import _cpu_build
 from irblocks.kernels.anyir_fusion import (
+    LIBRARY,
     anyir_fusion,
     anyir_fusion_naive,
     anyir_fusion_reference,
@@ -31,6 +33,8 @@ def _impls():
     out.append(("compiled_reference", "compile"))
     if DEV == "cuda":
         out.append(("triton", lambda a, g, l: anyir_fusion(a, g, l, impl="triton")))
+    elif _cpu_build.load(LIBRARY) is not None:
+        out.append(("c_kernel", lambda a, g, l: anyir_fusion(a, g, l, impl="cpu")))
     return out
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from irblocks.kernels import _cpu_build
-from irblocks.kernels.dwconv_gelu_gate import NAME, dwconv_gelu_gate, dwconv_gelu_gate_reference
+from irblocks.kernels.dwconv3x3 import LIBRARY
+from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate, dwconv_gelu_gate_reference
 
 SHAPES = [(2, 224, 128, 128), (2, 508, 128, 128)]
 
@@ -26,7 +27,7 @@ def released(p, weight, bias=None):
 
 def _impls():
     out = [("released_nchw", released), ("reference_channels_last", dwconv_gelu_gate_reference)]
-    if _cpu_build.load(NAME) is not None:
+    if _cpu_build.load(LIBRARY) is not None:
         out.append(("c_kernel", lambda p, w: dwconv_gelu_gate(p, w, impl="cpu")))
     return out
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from einops import rearrange
 
-from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
+from irblocks.kernels import _cpu_build
+from irblocks.kernels.layernorm import LIBRARY, channel_layer_norm, channel_layer_norm_reference
 from tests.benchmarks._util import compiled_or_skip
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,6 +48,8 @@ def _impls():
            ("compiled_reference", "compile")]
     if DEV == "cuda":
         out.append(("triton", lambda x, w, b: channel_layer_norm(x, w, b, impl="triton")))
+    elif _cpu_build.load(LIBRARY) is not None:
+        out.append(("c_kernel", lambda x, w, b: channel_layer_norm(x, w, b, impl="cpu")))
     return out
 
 

@@ -127,3 +127,82 @@ def test_flops_zero_and_meta(triton_interp):
 def test_bad_impl_is_one_line_error():
     with pytest.raises(ValueError, match="impl argument"):
         channel_layer_norm(torch.randn(1, 2, 2, 2), torch.ones(2), impl="cuda")
+
+
+# --- the compiled C kernel (CPU, float32): csrc/layernorm.c --------------------------------
+# Tolerance vs the float64 reference, relative to the largest magnitude: 1e-5 (observed
+# ~3e-7 for y, dx, dw, db; dw / db sum over every pixel in float per 64 pixels, double across).
+
+def _c_kernel_or_skip():
+    from irblocks.kernels import _cpu_build
+    from irblocks.kernels.layernorm import LIBRARY
+
+    if _cpu_build.load(LIBRARY) is None:
+        pytest.skip(f"C kernel unavailable here: {_cpu_build.unavailable(LIBRARY)}")
+
+
+def _c_vs_float64(x, weight, bias, center):
+    from tests._compare import rel_error
+
+    inputs = [t for t in (x, weight, bias) if t is not None]
+
+    def run(impl):
+        def fn(*ts):
+            return channel_layer_norm(ts[0], ts[1], ts[2] if len(ts) > 2 else None,
+                                      impl=impl, center=center)
+        return fn
+
+    out_c, g_c = grads(run("cpu"), inputs)
+    out_r, g_r = grads(run("reference"), [t.detach().double().requires_grad_() for t in inputs])
+    assert out_c.is_contiguous(memory_format=torch.channels_last)
+    for name, a, r in zip(["y", "dx", "dw", "db"], [out_c, *g_c], [out_r, *g_r]):
+        if r.abs().max() < 1e-9:     # one channel: dx is 0 (float64 leaves ~1e-17 there)
+            assert a.abs().max() < 1e-6, f"{name}: {a.abs().max():.2e}"
+            continue
+        assert rel_error(a, r) < 1e-5, f"{name}: {rel_error(a, r):.2e}"
+
+
+@pytest.mark.parametrize("variant", ["with_bias", "bias_free", "centered"])
+@pytest.mark.parametrize("channels", [1, 3, 28, 97])
+@pytest.mark.parametrize("shape,layout", cases(shapes=[(1, 5, 7), (3, 1, 9), (1, 13, 11)]))
+def test_c_kernel_matches_reference(shape, layout, channels, variant):
+    _c_kernel_or_skip()
+    b, h, w = shape
+    x = make(b, channels, h, w, layout, requires_grad=True, scale=3.0)
+    with torch.no_grad():
+        x.add_(1.5)                                   # a mean far from zero
+    weight = torch.randn(channels, requires_grad=True)
+    bias = torch.randn(channels, requires_grad=True) if variant == "with_bias" else None
+    _c_vs_float64(x, weight, bias, True if variant == "centered" else None)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_c_kernel_thread_counts(threads):
+    _c_kernel_or_skip()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = make(2, 12, 9, 10, "channels_last", requires_grad=True)
+        _c_vs_float64(x, torch.randn(12, requires_grad=True), torch.randn(12, requires_grad=True),
+                      None)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_c_kernel_picked_and_grad_of_grad():
+    _c_kernel_or_skip()
+    x = make(1, 6, 3, 4, "channels_last", requires_grad=True)
+    weight, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    # auto: the C kernel for BiasFree only (WithBias keeps F.layer_norm, on par in speed)
+    assert type(channel_layer_norm(x, weight, None).grad_fn).__name__.startswith("_LayerNormCpu")
+    assert not type(channel_layer_norm(x, weight, bias).grad_fn).__name__.startswith("_LayerNorm")
+
+    def second_order(impl):
+        xx, ww, bb = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        (gx,) = torch.autograd.grad(channel_layer_norm(xx, ww, bb, impl=impl).square().sum(), xx,
+                                    create_graph=True)
+        gx.square().sum().backward()
+        return [gx, xx.grad, ww.grad, bb.grad]
+
+    for c, r in zip(second_order("cpu"), second_order("reference")):
+        assert_close(c, r, grad=True)
