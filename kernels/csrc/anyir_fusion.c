@@ -17,19 +17,9 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static inline int omp_get_thread_num(void) { return 0; }
-static inline int omp_get_num_threads(void) { return 1; }
-#endif
 
-#include "vector_math.h"
+#include "common.h"
 
-static int64_t block_start(int64_t pixels, int blocks, int block)
-{
-    return pixels * block / blocks;
-}
 
 int anyir_fusion_forward(
     const float *attention,  /* a, (P, C), P = B * H * W pixels */
@@ -40,10 +30,10 @@ int anyir_fusion_forward(
     int64_t channels,        /* C */
     int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
 {
-    float *pair_sums = malloc((size_t)(num_threads * 2 * channels) * sizeof(float));
+    const int blocks = num_threads < 1 ? 1 : num_threads;
+    float *pair_sums = malloc((size_t)(blocks * 2 * channels) * sizeof(float));
     if (!pair_sums)
         return 1;
-    const int blocks = num_threads < 1 ? 1 : num_threads;
     #pragma omp parallel num_threads(blocks)
     {
         const int team = omp_get_num_threads();

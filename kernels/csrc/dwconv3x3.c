@@ -23,14 +23,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static inline int omp_get_thread_num(void) { return 0; }
-static inline int omp_get_num_threads(void) { return 1; }
-#endif
 
-#include "vector_math.h"
+#include "common.h"
+
 
 #define SQRT1_2 0.70710678118654752f
 #define INV_SQRT_2PI 0.39894228040143268f
@@ -78,11 +73,6 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t3[c] * weight[3 * stride + c] + t4[c] * weight[4 * stride + c]                 \
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
-
-static int64_t band_start(int64_t rows, int threads, int thread)
-{
-    return rows * thread / threads;
-}
 
 /*
  * input:  (B, H, W, 2C) float32, contiguous
@@ -317,8 +307,8 @@ int dwconv_gelu_gate_backward(
             float *ring = rings + band * 3 * ring_row_size;
             double *sum = sums + band * 10 * channels2;   /* 9 taps + bias */
             float *partial = partials + band * 10 * channels2;
-            const int64_t first = band_start(rows, bands, band);
-            const int64_t last = band_start(rows, bands, band + 1);
+            const int64_t first = block_start(rows, bands, band);
+            const int64_t last = block_start(rows, bands, band + 1);
             for (int64_t x0 = 0; x0 < width; x0 += TILE_WIDTH) {
                 const int64_t x1 = x0 + TILE_WIDTH < width ? x0 + TILE_WIDTH : width;
                 const int64_t g_x0 = x0 > 0 ? x0 - 1 : 0, g_x1 = x1 < width ? x1 + 1 : width;
@@ -443,8 +433,8 @@ int dwconv3x3_backward(
         for (int band = omp_get_thread_num(); band < bands; band += team) {
             double *sum = sums + band * 10 * channels;
             float *partial = partials + band * 10 * channels;
-            const int64_t first = band_start(rows, bands, band);
-            const int64_t last = band_start(rows, bands, band + 1);
+            const int64_t first = block_start(rows, bands, band);
+            const int64_t last = block_start(rows, bands, band + 1);
             for (int64_t row = first; row < last; ++row) {
                 const int64_t image = row / height, y = row % height;
                 const float *base = input + image * height * width * channels;

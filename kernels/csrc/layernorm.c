@@ -17,20 +17,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static inline int omp_get_thread_num(void) { return 0; }
-static inline int omp_get_num_threads(void) { return 1; }
-#endif
+
+#include "common.h"
 
 /* Pixels whose weight/bias gradient terms are summed in float before going to double. */
 #define PIXEL_CHUNK 64
-
-static int64_t block_start(int64_t pixels, int blocks, int block)
-{
-    return pixels * block / blocks;
-}
 
 int layer_norm_forward(
     const float *input,    /* x, (P, C) */
@@ -104,8 +95,7 @@ int layer_norm_backward(
         for (int block = omp_get_thread_num(); block < blocks; block += team) {
             float *restrict dw_chunk = chunk_sums + block * 2 * channels;
             float *restrict db_chunk = dw_chunk + channels;
-            double *restrict dw_sum = sums + block * 2 * channels;
-            double *restrict db_sum = dw_sum + channels;
+            double *restrict dw_sum = sums + block * 2 * channels;   /* then db's sums */
             const int64_t first = block_start(pixels, blocks, block);
             const int64_t last = block_start(pixels, blocks, block + 1);
             for (int64_t chunk = first; chunk < last; chunk += PIXEL_CHUNK) {
@@ -145,7 +135,7 @@ int layer_norm_backward(
                     }
                 }
                 #pragma omp simd
-                for (int64_t c = 0; c < 2 * channels; ++c)
+                for (int64_t c = 0; c < 2 * channels; ++c)       /* dw and db */
                     dw_sum[c] += (double)dw_chunk[c];
             }
         }

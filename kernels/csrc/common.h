@@ -1,11 +1,25 @@
 /*
- * Elementwise float math the compiled CPU kernels share, written in plain arithmetic so that
- * GCC vectorises the loops that call it ("omp simd"; calls into libm would not vectorise).
+ * What the compiled CPU kernels share: OpenMP stand-ins for a build without OpenMP, the split
+ * of rows or pixels into one contiguous block per thread, and elementwise float math written
+ * in plain arithmetic so that GCC vectorises the loops that call it ("omp simd"; calls into
+ * libm would not vectorise).
  */
-#ifndef IRBLOCKS_VECTOR_MATH_H
-#define IRBLOCKS_VECTOR_MATH_H
+#ifndef IRBLOCKS_COMMON_H
+#define IRBLOCKS_COMMON_H
 
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+#endif
+
+/* First item of block `block` when `items` are split into `blocks` contiguous blocks. */
+static inline int64_t block_start(int64_t items, int blocks, int block)
+{
+    return items * block / blocks;
+}
 
 /* exp(x) for x <= 0 (Cody-Waite reduction by ln 2, Cephes expf polynomial); x < -87 gives
  * exp(-87) ~ 1.6e-38. The clamp compares the IEEE bit patterns as integers (for x <= 0 a
