@@ -36,7 +36,8 @@ from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, select
 
-__all__ = ["LIBRARY", "SIGNATURES", "library", "tap_major", "dwconv3x3", "dwconv3x3_reference"]
+__all__ = ["LIBRARY", "SIGNATURES", "library", "tap_major", "check_depthwise3x3", "dwconv3x3",
+           "dwconv3x3_reference"]
 
 LIBRARY = "dwconv3x3"       # csrc/dwconv3x3.c
 NAME = "dwconv3x3"
@@ -74,6 +75,17 @@ def tap_major(weight: torch.Tensor) -> torch.Tensor:
     lines += 1 - lines % 2
     taps = weight.detach().reshape(c, 9).t()
     return F.pad(taps, (0, lines * 16 - c)).contiguous()
+
+
+def check_depthwise3x3(kernel: str, channels: int, weight: torch.Tensor,
+                       bias: torch.Tensor | None) -> None:
+    """One-line errors for a depthwise 3x3 weight (C, 1, 3, 3) and bias (C,) of C channels."""
+    if tuple(weight.shape) != (channels, 1, 3, 3):
+        raise ValueError(f"{kernel}: expected a depthwise 3x3 weight of shape ({channels}, 1, 3, "
+                         f"3) for {channels} channels, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"{kernel}: expected bias of shape ({channels},), got "
+                         f"{tuple(bias.shape)}")
 
 
 def dwconv3x3_reference(x: torch.Tensor, weight: torch.Tensor,
@@ -154,12 +166,7 @@ def dwconv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     convolution, stride 1, zero padding 1 (``F.conv2d(..., padding=1, groups=C)``)."""
     if x.dim() != 4:
         raise ValueError(f"{NAME}: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    if tuple(weight.shape) != (x.shape[1], 1, 3, 3):
-        raise ValueError(f"{NAME}: expected a depthwise 3x3 weight of shape ({x.shape[1]}, 1, 3, 3)"
-                         f" for {x.shape[1]} channels, got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (x.shape[1],):
-        raise ValueError(f"{NAME}: expected bias of shape ({x.shape[1]},), got "
-                         f"{tuple(bias.shape)}")
+    check_depthwise3x3(NAME, x.shape[1], weight, bias)
     if select(impl, x, weight, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(x, weight, bias):
         return _Dwconv3x3Cpu.apply(x, weight, bias)
     return dwconv3x3_reference(x, weight, bias)

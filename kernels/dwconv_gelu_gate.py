@@ -33,7 +33,7 @@ from irblocks.registry import register
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, select
-from .dwconv3x3 import LIBRARY, library, tap_major
+from .dwconv3x3 import LIBRARY, check_depthwise3x3, library, tap_major
 
 __all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference"]
 
@@ -136,12 +136,7 @@ def dwconv_gelu_gate(p: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if p.dim() != 4 or p.shape[1] % 2:
         raise ValueError(f"{NAME}: expected p of shape (B, 2C, H, W) with an even channel count, "
                          f"got {tuple(p.shape)}")
-    if tuple(weight.shape) != (p.shape[1], 1, 3, 3):
-        raise ValueError(f"{NAME}: expected a depthwise 3x3 weight of shape ({p.shape[1]}, 1, 3, 3)"
-                         f" for {p.shape[1]} channels, got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (p.shape[1],):
-        raise ValueError(f"{NAME}: expected bias of shape ({p.shape[1]},), got "
-                         f"{tuple(bias.shape)}")
+    check_depthwise3x3(NAME, p.shape[1], weight, bias)
     if select(impl, p, weight, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(p, weight, bias):
         return _DwconvGeluGateCpu.apply(p, weight, bias)
     return dwconv_gelu_gate_reference(p, weight, bias)

@@ -10,3 +10,14 @@ def rel_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     diff = (actual - reference).abs().max().item()
     scale = reference.abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+def assert_rel_close(names: list[str], actual: list[torch.Tensor], reference: list[torch.Tensor],
+                     tolerance: float | dict[str, float]) -> None:
+    """rel_error(actual[i], reference[i]) < tolerance (or tolerance[names[i]]) for every i; the
+    failure names the tensor, the error and the bound."""
+    assert len(names) == len(actual) == len(reference), (names, len(actual), len(reference))
+    for name, a, r in zip(names, actual, reference):
+        bound = tolerance[name] if isinstance(tolerance, dict) else tolerance
+        err = rel_error(a, r)
+        assert err < bound, f"{name}: relative error {err:.2e}, bound {bound:.0e}"

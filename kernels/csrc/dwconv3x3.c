@@ -74,6 +74,51 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
 
+/* Depthwise 3x3 of input (B, H, W, channels) + bias, then either written as is (gate 0, output
+ * (B, H, W, channels)) or gated, gelu(z1) * z2 over the two halves (gate 1, output
+ * (B, H, W, channels / 2)). Rows split over the threads. */
+static int depthwise_forward(const float *input, const float *weight, int64_t weight_stride,
+                             const float *bias, float *output, int64_t batch, int64_t height,
+                             int64_t width, int64_t channels, int gate, int num_threads)
+{
+    const int64_t half = channels / 2, out_channels = gate ? half : channels;
+    float *zeros = calloc((size_t)channels, sizeof(float));
+    float *no_bias = calloc((size_t)channels, sizeof(float));
+    if (!zeros || !no_bias) {
+        free(zeros);
+        free(no_bias);
+        return 1;
+    }
+    const float *shift = bias ? bias : no_bias;
+    #pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t row = 0; row < batch * height; ++row) {
+        const int64_t image = row / height, y = row % height;
+        const float *base = input + image * height * width * channels;
+        for (int64_t x = 0; x < width; ++x) {
+            const float *tap[9];
+            taps(base, zeros, y, x, height, width, channels, tap);
+            TAP_LOCALS(tap);
+            float *restrict out = output + (row * width + x) * out_channels;
+            if (gate) {
+                #pragma omp simd
+                for (int64_t c = 0; c < half; ++c) {
+                    float z1 = shift[c] + CONV9(weight, weight_stride, c);
+                    float z2 = shift[half + c] + CONV9(weight, weight_stride, half + c);
+                    float unused_pdf;   /* the compiler drops its computation */
+                    out[c] = z1 * normal_cdf_pdf(z1, &unused_pdf) * z2;
+                }
+            } else {
+                #pragma omp simd
+                for (int64_t c = 0; c < channels; ++c)
+                    out[c] = shift[c] + CONV9(weight, weight_stride, c);
+            }
+        }
+    }
+    free(zeros);
+    free(no_bias);
+    return 0;
+}
+
 /*
  * input:  (B, H, W, 2C) float32, contiguous
  * weight: (9, weight_stride) float32, weight[(ky * 3 + kx) * weight_stride + c] = conv weight
@@ -96,36 +141,8 @@ int dwconv_gelu_gate_forward(
     int64_t channels,        /* C, channels of each half */
     int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
 {
-    const int64_t channels2 = 2 * channels;
-    float *zeros = calloc((size_t)channels2, sizeof(float));
-    float *no_bias = calloc((size_t)channels2, sizeof(float));
-    if (!zeros || !no_bias) {
-        free(zeros);
-        free(no_bias);
-        return 1;
-    }
-    const float *shift = bias ? bias : no_bias;
-    #pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t row = 0; row < batch * height; ++row) {
-        const int64_t image = row / height, y = row % height;
-        const float *base = input + image * height * width * channels2;
-        for (int64_t x = 0; x < width; ++x) {
-            const float *tap[9];
-            taps(base, zeros, y, x, height, width, channels2, tap);
-            TAP_LOCALS(tap);
-            float *restrict out = output + (row * width + x) * channels;
-            #pragma omp simd
-            for (int64_t c = 0; c < channels; ++c) {
-                float z1 = shift[c] + CONV9(weight, weight_stride, c);
-                float z2 = shift[channels + c] + CONV9(weight, weight_stride, channels + c);
-                float unused_pdf;   /* the compiler drops its computation */
-                out[c] = z1 * normal_cdf_pdf(z1, &unused_pdf) * z2;
-            }
-        }
-    }
-    free(zeros);
-    free(no_bias);
-    return 0;
+    return depthwise_forward(input, weight, weight_stride, bias, output, batch, height, width,
+                             2 * channels, 1, num_threads);
 }
 
 /* Columns per backward tile: the ring of three gate-gradient rows and the four input rows
@@ -373,31 +390,8 @@ int dwconv3x3_forward(
     int64_t channels,        /* C */
     int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
 {
-    float *zeros = calloc((size_t)channels, sizeof(float));
-    float *no_bias = calloc((size_t)channels, sizeof(float));
-    if (!zeros || !no_bias) {
-        free(zeros);
-        free(no_bias);
-        return 1;
-    }
-    const float *shift = bias ? bias : no_bias;
-    #pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t row = 0; row < batch * height; ++row) {
-        const int64_t image = row / height, y = row % height;
-        const float *base = input + image * height * width * channels;
-        for (int64_t x = 0; x < width; ++x) {
-            const float *tap[9];
-            taps(base, zeros, y, x, height, width, channels, tap);
-            TAP_LOCALS(tap);
-            float *restrict out = output + (row * width + x) * channels;
-            #pragma omp simd
-            for (int64_t c = 0; c < channels; ++c)
-                out[c] = shift[c] + CONV9(weight, weight_stride, c);
-        }
-    }
-    free(zeros);
-    free(no_bias);
-    return 0;
+    return depthwise_forward(input, weight, weight_stride, bias, output, batch, height, width,
+                             channels, 0, num_threads);
 }
 
 int dwconv3x3_backward(
