@@ -17,7 +17,7 @@ weight) and values are those of ``F.conv2d``; gradients agree to float rounding.
 
 With autograd on CPU in float32, 3x3 kernels run the compiled C kernel
 :mod:`irblocks.kernels.dwconv3x3` instead (forward, and one backward pass for the input and
-weight gradients; 1.1-3x faster than the above on the blocks' shapes), when it builds
+weight gradients; 1.0-1.4x faster than the above on the blocks' shapes), when it builds
 (``IRBLOCKS_KERNELS``, README "Execution switches").
 
 Both are used by the ``"fast"`` execution of GDFN, MDTA, GatedDA and the AnyIR fusion on

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ._dispatch import out_format
+
 __all__ = ["CACHE_ENV", "SOURCES", "load", "unavailable", "cache_dir", "library", "applies",
            "address", "check_status"]
 
@@ -147,14 +149,19 @@ def _is_functorch_wrapped(t: torch.Tensor) -> bool:
     return bool(check(t)) if check is not None else False
 
 
-def applies(*tensors: torch.Tensor | None) -> bool:
-    """Whether a C kernel can run on these arguments (``None`` entries ignored): float32 CPU
-    tensors, not traced by torch.compile, not wrapped by torch.func, no autocast."""
-    present = [t for t in tensors if t is not None]
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present)
-            and not torch.compiler.is_compiling()
+def applies(feature: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether a C kernel can run on these arguments (``None`` entries ignored): ``feature`` a
+    (B, C, H, W) map with channels as its fastest axis (the C kernels write channels_last
+    outputs; an NCHW input keeps the reference, so outputs follow the input's layout as
+    everywhere else), all float32 CPU tensors, not traced by torch.compile, not wrapped by
+    torch.func, no autocast."""
+    present = [feature] + [t for t in others if t is not None]
+    # layout last: torch.func's wrappers cannot answer memory-format queries
+    return (not torch.compiler.is_compiling()
             and not any(_is_functorch_wrapped(t) for t in present)
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu")
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present)
+            and feature.dim() == 4 and out_format(feature) == torch.channels_last)
 
 
 def address(t: torch.Tensor | None) -> int | None:

@@ -11,11 +11,11 @@ Implementations
 - cpu: float32 CPU tensors, output channels_last. Forward: one pass over x. Backward: one
   pass that reads dy and x once, writes dx (the transposed convolution of dy) and sums the
   weight and bias gradients (sixteen channels at a time in registers, double per band of
-  rows). Measured here (1 thread, x 2 x C x 128 x 128): ~0.7 ns per element forward and for
-  dx, ~0.8-1.05 ns for the weight gradient; forward + backward vs oneDNN's forward +
-  flipped-kernel forward + ``convolution_backward`` (the previous fast path, 2 threads):
-  3.0 vs 9.7 ms at C = 84, 31 vs 35 ms at C = 288. Values equal ``F.conv2d``'s to float
-  rounding (the weight gradient sums in a different order: ~5e-6 relative).
+  rows). Forward + backward, 2 threads, pytest-benchmark min (tests/benchmarks/
+  test_bench_dwconv3x3.py): 27.5 vs 38.5 ms at 2x288x128x128, on par (3.9 ms) at
+  2x84x128x128 against oneDNN's forward + flipped-kernel forward + ``convolution_backward``
+  (the previous fast path). Values equal ``F.conv2d``'s to float rounding (the weight gradient
+  sums in a different order: ~5e-6 relative).
   Not used (the reference runs) under ``torch.compile``/``torch.export`` tracing,
   ``torch.func`` transforms, autocast or other dtypes; grad of grad differentiates the
   reference.

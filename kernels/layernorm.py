@@ -402,7 +402,7 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         if center and bias is None:   # Centered: the WithBias kernel with a zero bias (no grad)
             bias = torch.zeros_like(weight)
         return _ln_op(x, weight, bias, float(eps))
-    if choice == "cpu" and cpu_applies(x, weight, bias) and x.dim() == 4:
+    if choice == "cpu" and cpu_applies(x, weight, bias):
         centered = bias is not None or bool(center)
         return _LayerNormCpu.apply(x, weight, bias, float(eps), centered)
     return channel_layer_norm_reference(x, weight, bias, eps, center)

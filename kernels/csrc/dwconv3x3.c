@@ -148,9 +148,7 @@ int dwconv_gelu_gate_forward(
 /* Columns per backward tile: the ring of three gate-gradient rows and the four input rows
  * they read stay in L2 (2C = 510: 3 x 34 x 510 x 4 B = 208 KB + 285 KB) where whole rows
  * (1.8 MB at W = 128) spilled. */
-#ifndef TILE_WIDTH
 #define TILE_WIDTH 32
-#endif
 #define LANES 16
 typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
 
@@ -165,9 +163,7 @@ static inline void store_lanes(float *target, lanes_t value)
 {
     memcpy(target, &value, sizeof value);
 }
-#ifndef PIXEL_CHUNK
 #define PIXEL_CHUNK 8
-#endif
 
 /* Gate gradient g = [dy z2 gelu'(z1) | dy gelu(z1)] of row y, columns [x0, x1), into
  * ring_row (x1 - x0, 2C). */

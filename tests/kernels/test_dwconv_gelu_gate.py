@@ -45,7 +45,8 @@ def _check(inputs):
     out_c, g_c = _run("cpu", inputs)
     out_r, g_r = _run("reference", inputs)
     out_64, g_64 = _run("reference", inputs, torch.float64)
-    assert out_c.is_contiguous(memory_format=torch.channels_last)
+    if _dispatch.out_format(inputs[0]) == torch.channels_last:        # the C kernel ran
+        assert out_c.is_contiguous(memory_format=torch.channels_last)
     names = ["out", "dp", "dweight", "dbias"][:1 + len(g_c)]
     assert_rel_close(names, [out_c, *g_c], [out_64, *g_64], RTOL)         # vs float64
     assert_rel_close(names, [out_c, *g_c], [out_r, *g_r], RTOL)           # vs float32 reference
