@@ -11,9 +11,11 @@ The gradient of a stride-1 depthwise convolution with "same" padding (odd k, pad
 with respect to its input is the same depthwise convolution of the output gradient with the
 spatially flipped kernel. On CPU, oneDNN's forward depthwise convolution in channels_last is
 2-5x faster than its backward-data pass (measured on 2 x 112 x 128 x 128 and 2 x 19 x 128 x 128,
-3x3 and 7x7), so :func:`depthwise_conv2d` computes ``dx`` as that forward convolution and only
-the weight gradient with ATen's ``convolution_backward``. Forward, saved tensors (input and
-weight) and values are those of ``F.conv2d``; gradients agree to float rounding.
+3x3 and 7x7), so :func:`depthwise_conv2d` computes ``dx`` as that forward convolution, and
+the weight and bias gradients with :func:`irblocks.kernels.depthwise_weight_grad.
+depthwise_weight_grad` (a compiled C kernel on float32 CPU tensors when it builds, ATen's
+``convolution_backward`` otherwise). Forward, saved tensors (input and weight) and values are
+those of ``F.conv2d``; gradients agree to float rounding.
 
 With autograd on CPU in float32, 3x3 kernels run the compiled C kernel
 :mod:`irblocks.kernels.dwconv3x3` instead (forward, and one backward pass for the input and
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 
 from irblocks.kernels._cpu_build import applies as cpu_applies
 from irblocks.kernels._dispatch import select
+from irblocks.kernels.depthwise_weight_grad import depthwise_weight_grad
 from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3
 
 __all__ = ["depthwise_conv2d", "pointwise_conv2d"]
@@ -57,10 +60,10 @@ class _DepthwiseConv(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = F.conv2d(dy, weight.flip(-2, -1), padding=p, groups=c)
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:
-            dw = torch.ops.aten.convolution_backward(dy, x, weight, None, [1, 1], [p, p], [1, 1],
-                                                     False, [0, 0], c, [False, True, False])[1]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dw, db = depthwise_weight_grad(dy, x, weight.shape[-1], with_bias=need_db)
+        if need_db and db is None:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None
 

@@ -8,8 +8,9 @@ Implementations
 - reference: plain torch ops: raw gram + row norms (no normalised copies of q and k),
   channel-major for NCHW and pixel-major for channels_last inputs (see its docstring).
   ``channel_attention_packed`` (the MDTA block's entry point, given the whole qkv tensor)
-  adds, for one head while training on CPU with channels_last qkv, a single gram of the
-  adjacent [q | k] rows that yields q k^T and both norms, with a one-matmul backward.
+  adds, while training on CPU with channels_last qkv, :class:`_PackedAttention`: matmuls on
+  strided views of the pixel rows and a backward that writes dq, dk and dv straight into one
+  gradient tensor.
 - triton (two passes over H*W forward, two backward; everything else is d x d):
   forward pass 1 ``_gram_kernel``: raw gram ``q k^T`` and the row sums of squares of q
   and k, split over N across programs (partials summed in torch, deterministic); the
@@ -37,6 +38,7 @@ import torch
 
 from irblocks.registry import register
 
+from ._cpu_build import _is_functorch_wrapped
 from ._dispatch import block_size, empty, interpreting, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
@@ -100,43 +102,131 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return (attn @ vh).reshape(b, c, h, w)
 
 
-class _SelfGram(torch.autograd.Function):
-    """G = X^T X per batch for X (B, N, K) with any row stride -> (B, K, K); backward
-    dX = X (dG + dG^T) as one matmul (autograd's bmm backward would take two and an add)."""
+def _sumsq_over_pixels(rows: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """(B, N, K) with any strides -> (B, K): sums of squares over N, ``chunk`` pixels at a
+    time so the squared temporary stays cache-sized (no full-size copy)."""
+    total = rows[:, :chunk].square().sum(1)
+    for start in range(chunk, rows.shape[1], chunk):
+        total += rows[:, start:start + chunk].square().sum(1)
+    return total
 
-    generate_vmap_rule = True
+
+def _per_head(x: torch.Tensor, heads: int) -> list[torch.Tensor]:
+    """Matmul operands of every (batch, head): (B, N, heads * d) with the channels fastest ->
+    [(B, N, d)] for one head (one batched call), else one (heads, N, d) view per batch item.
+    (B, heads, d, d) -> [(B, d, d)] or [(heads, d, d)] * B alike. Views, never copies."""
+    if x.dim() == 4:                                                  # (B, heads, d, d)
+        return [x[:, 0]] if heads == 1 else list(x.unbind(0))
+    if heads == 1:
+        return [x]
+    return [item.unflatten(-1, (heads, -1)).transpose(0, 1) for item in x.unbind(0)]
+
+
+def _packed_attention_map(gram: torch.Tensor, sumsq: torch.Tensor,
+                          temperature: torch.Tensor) -> torch.Tensor:
+    """softmax(qn kn^T * t): gram (B, heads, d, d) = q k^T, sumsq (B, 2C) = the sums of squares
+    of [q | k]'s channels, temperature (heads,) -> (B, heads, d, d)."""
+    b, heads, d, _ = gram.shape
+    norms = _norms_from_sumsq(sumsq).view(b, 2, heads, d)
+    return _attention(gram, norms[:, 0], norms[:, 1], temperature.view(1, heads, 1, 1))
+
+
+class _PackedAttention(torch.autograd.Function):
+    """Channel attention on the pixel rows of a channels-fastest qkv: rows (B, N, 3C) with
+    [q | k | v] per pixel, temperature (heads,) -> (B, N, C).
+
+    Forward: the raw grams q k^T per head (one matmul each, like the official code) and the
+    sums of squares of q and k over N (chunked, no copy); the d x d normalisation and softmax
+    run on tiny tensors; out = v A^T. Backward (no autograd over the N-sized tensors):
+    dA = dout^T v; dG, dsumsq, dt from autograd over the d x d part; then dq = 2 dsumsq_q q
+    + k dG^T, dk = 2 dsumsq_k k + q dG, dv = dout A, each written by its matmul straight into
+    its channel slice of one (B, N, 3C) gradient (no per-part tensors concatenated).
+    Under ``create_graph`` the backward differentiates :func:`channel_attention_reference`.
+    """
 
     @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(x.transpose(1, 2), x)
+    def forward(rows: torch.Tensor, temperature: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, c3 = rows.shape
+        c = c3 // 3
+        d = c // heads
+        sumsq = _sumsq_over_pixels(rows[..., :2 * c])
+        gram = rows.new_empty(b, heads, d, d)
+        for q, k, g in zip(_per_head(rows[..., :c], heads), _per_head(rows[..., c:2 * c], heads),
+                           _per_head(gram, heads)):
+            torch.bmm(q.transpose(1, 2), k, out=g)
+        attn = _packed_attention_map(gram, sumsq, temperature)
+        out = rows.new_empty(b, n, c)
+        for v, a, o in zip(_per_head(rows[..., 2 * c:], heads), _per_head(attn, heads),
+                           _per_head(out, heads)):
+            torch.bmm(v, a.transpose(1, 2), out=o)
+        return out, gram, sumsq
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
+        rows, temperature, heads = inputs
+        _, gram, sumsq = output
+        ctx.save_for_backward(rows, temperature, gram, sumsq)
+        ctx.heads = heads
+        ctx.mark_non_differentiable(gram, sumsq)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.bmm(x, grad + grad.transpose(1, 2))
+    def backward(ctx, dout: torch.Tensor, _dgram, _dsumsq):
+        rows, temperature, gram, sumsq = ctx.saved_tensors
+        heads, c = ctx.heads, rows.shape[-1] // 3
+        need_rows, need_t = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():             # create_graph=True: grad of grad
+            wanted = [t for t, need in ((rows, need_rows), (temperature, need_t)) if need]
+            with torch.enable_grad():
+                out = _packed_differentiable(rows, temperature, heads)
+                found = iter(torch.autograd.grad(out, wanted, dout, create_graph=True))
+            return (next(found) if need_rows else None), (next(found) if need_t else None), None
+        with torch.enable_grad():
+            leaves = (gram.detach().requires_grad_(need_rows),
+                      sumsq.detach().requires_grad_(need_rows),
+                      temperature.detach().requires_grad_(need_t))
+            attn = _packed_attention_map(*leaves)
+        dattn = torch.empty_like(gram)
+        for dy, v, da in zip(_per_head(dout, heads), _per_head(rows[..., 2 * c:], heads),
+                             _per_head(dattn, heads)):
+            torch.bmm(dy.transpose(1, 2), v, out=da)
+        wanted = [t for t in leaves if t.requires_grad]
+        found = iter(torch.autograd.grad(attn, wanted, dattn))
+        dgram, dsumsq = (next(found), next(found)) if need_rows else (None, None)
+        dt = next(found) if need_t else None
+        if not need_rows:
+            return None, dt, None
+        drows = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        attn = attn.detach()
+        for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
+                             _per_head(drows[..., 2 * c:], heads)):
+            torch.bmm(dy, a, out=dv)
+        torch.mul(rows[..., :2 * c], (2.0 * dsumsq).unsqueeze(1), out=drows[..., :2 * c])
+        for q, k, dq, dk, dg in zip(_per_head(rows[..., :c], heads),
+                                    _per_head(rows[..., c:2 * c], heads),
+                                    _per_head(drows[..., :c], heads),
+                                    _per_head(drows[..., c:2 * c], heads),
+                                    _per_head(dgram, heads)):
+            dq.baddbmm_(k, dg.transpose(1, 2))
+            dk.baddbmm_(q, dg)
+        return drows, dt, None
 
 
-def _packed_single_head(qkv: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """One head, channels-fastest qkv (B, 3C, H, W) -> (B, C, H, W) channels_last view.
+def _packed_differentiable(rows: torch.Tensor, temperature: torch.Tensor,
+                           heads: int) -> torch.Tensor:
+    """:class:`_PackedAttention`'s value with plain differentiable ops (grad of grad)."""
+    b, n, c3 = rows.shape
+    qkv = rows.unsqueeze(2).permute(0, 3, 1, 2)                       # (B, 3C, N, 1), a view
+    out = channel_attention_reference(*qkv.chunk(3, dim=1), temperature, heads)
+    return out.permute(0, 2, 3, 1).reshape(b, n, c3 // 3)
 
-    The rows [q | k] of every pixel are adjacent in memory, so one gram of that (N, 2C)
-    matrix gives q k^T (its off-diagonal block) and both rows' sums of squares (its
-    diagonal): q and k are read once, with no squared copies, and its backward is one
-    matmul that writes dq and dk together.
-    """
+
+def _packed_rows(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> torch.Tensor:
+    """The packed training path: qkv (B, 3C, H, W) channels-fastest -> (B, C, H, W)
+    channels_last view (see :class:`_PackedAttention`)."""
     b, c3, h, w = qkv.shape
-    c = c3 // 3
     rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, c3)           # a view (channels-fastest)
-    qk, v = rows.split([2 * c, c], dim=-1)
-    gram = _SelfGram.apply(qk)                                       # B, 2C, 2C
-    norms = _norms_from_sumsq(torch.diagonal(gram, dim1=1, dim2=2))
-    attn = _attention(gram[:, :c, c:], norms[:, :c], norms[:, c:],
-                      temperature.reshape(1, 1, 1))                  # B, C, C
-    return (v @ attn.transpose(-2, -1)).reshape(b, h, w, c).permute(0, 3, 1, 2)
+    out = _PackedAttention.apply(rows, temperature.reshape(-1), heads)[0]
+    return out.view(b, h, w, c3 // 3).permute(0, 3, 1, 2)
 
 
 def _like(x: torch.Tensor, shape=None) -> torch.Tensor:
@@ -566,24 +656,38 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
     return channel_attention_reference(q, k, v, t, heads)
 
 
+PACKED_MIN_PIXELS = 1024   # several heads: below this the per-batch-item matmuls cost more in
+                           # Python overhead than the chunk path's concatenated gradient
+
+
+def _packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`channel_attention_packed` takes :class:`_PackedAttention`."""
+    c = qkv.shape[1] // 3
+    return (heads >= 1 and c % heads == 0 and temperature.numel() == heads
+            and (heads == 1 or qkv.shape[2] * qkv.shape[3] >= PACKED_MIN_PIXELS)
+            and qkv.device.type == "cpu" and qkv.dtype in (torch.float32, torch.float64)
+            and torch.is_grad_enabled() and qkv.requires_grad and qkv.numel() > 0
+            and not torch.compiler.is_compiling() and not _is_functorch_wrapped(qkv)
+            and not torch.is_autocast_enabled("cpu")
+            # layout last: torch.func's wrappers cannot answer memory-format queries
+            and qkv.stride(1) == 1 and not qkv.is_contiguous())
+
+
 def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
                              impl: str | None = None) -> torch.Tensor:
     """qkv: (B, 3C, H, W) with q, k, v as consecutive channel thirds -> (B, C, H, W).
 
     Same value as ``channel_attention(*qkv.chunk(3, dim=1), temperature, heads)``. On the
-    reference path while training on CPU with one head and a channels-fastest (channels_last)
-    qkv it takes :func:`_packed_single_head` (one gram for q k^T and both norms, one-matmul
-    backward; gradients equal to float rounding); everywhere else it chunks and calls
-    :func:`channel_attention`. (Training only, so inference FLOP counts stay the two
-    matmuls.)
+    reference path while training on CPU (float32/64) with a channels-fastest
+    (channels_last) qkv it takes :class:`_PackedAttention` (matmuls on strided views of the
+    pixel rows, the input gradient written in one (B, H, W, 3C) tensor; gradients equal to
+    float rounding; several heads from ``PACKED_MIN_PIXELS`` pixels on); everywhere else it
+    chunks and calls :func:`channel_attention`.
     """
     if qkv.dim() != 4 or qkv.shape[1] % 3:
         raise ValueError("channel_attention_packed: qkv must be (B, 3C, H, W), got "
                          f"{tuple(qkv.shape)}")
-    if (heads == 1 and temperature.numel() == 1 and qkv.device.type == "cpu"
-            and torch.is_grad_enabled() and qkv.requires_grad and qkv.stride(1) == 1
-            and not qkv.is_contiguous() and qkv.numel() > 0
-            and select(impl, qkv) == "reference"):
-        return _packed_single_head(qkv, temperature)
+    if _packs(qkv, temperature, heads) and select(impl, qkv) == "reference":
+        return _packed_rows(qkv, temperature, heads)
     q, k, v = qkv.chunk(3, dim=1)
     return channel_attention(q, k, v, temperature, heads, impl=impl)

@@ -1,5 +1,6 @@
-"""channel_attention_packed: the one-head, channels_last training path (one gram for q k^T
-and both norms) against channel_attention on the chunks.
+"""channel_attention_packed: the channels_last training path (_PackedAttention: matmuls on
+strided views of the pixel rows, one input-gradient tensor) against channel_attention on the
+chunks.
 
 Tolerances: float64 1e-10 (gradcheck on the packed path itself); float32 2e-6 relative on
 the output and 1e-5 relative on every gradient (sums are reordered, nothing else).
@@ -19,15 +20,19 @@ def _qkv(b, c, h, w, dtype=torch.float32):
     return x.requires_grad_()
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 1, 3, 3), (3, 16, 8, 8)])
-def test_packed_equals_chunked_channel_attention(shape):
+@pytest.mark.parametrize("shape,heads", [((2, 5, 7, 9), 1), ((1, 1, 3, 3), 1), ((3, 16, 8, 8), 1),
+                                         ((2, 12, 32, 33), 3), ((1, 8, 32, 32), 8)])
+def test_packed_equals_chunked_channel_attention(shape, heads, monkeypatch):
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)      # several heads on small maps too
     torch.manual_seed(0)
     qkv = _qkv(*shape)
     ref_in = qkv.detach().clone().requires_grad_()
-    t = torch.tensor([1.7], requires_grad=True)
+    t = torch.linspace(0.5, 1.7, heads).requires_grad_()
     t_ref = t.detach().clone().requires_grad_()
-    out = channel_attention_packed(qkv, t, heads=1)
-    ref = channel_attention(*ref_in.chunk(3, dim=1), t_ref, heads=1)
+    calls = _count_packed(monkeypatch)
+    out = channel_attention_packed(qkv, t, heads=heads)
+    assert calls == [1]
+    ref = channel_attention(*ref_in.chunk(3, dim=1), t_ref, heads=heads)
     grad = torch.randn_like(ref)
     out.backward(grad)
     ref.backward(grad)
@@ -35,27 +40,57 @@ def test_packed_equals_chunked_channel_attention(shape):
     for a, r in ((qkv.grad, ref_in.grad), (t.grad, t_ref.grad)):
         assert rel_error(a, r) < 1e-5
     assert out.is_contiguous(memory_format=torch.channels_last)
+    assert qkv.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def _count_packed(monkeypatch) -> list:
+    calls = []
+    real = mdta._packed_rows
+    monkeypatch.setattr(mdta, "_packed_rows", lambda *a: calls.append(1) or real(*a))
+    return calls
 
 
 def test_packed_path_is_taken_only_where_it_applies(monkeypatch):
-    calls = []
-    real = mdta._packed_single_head
-    monkeypatch.setattr(mdta, "_packed_single_head", lambda *a: calls.append(1) or real(*a))
+    calls = _count_packed(monkeypatch)
     t = torch.ones(1)
     channel_attention_packed(_qkv(1, 4, 5, 5), t, heads=1)             # training, channels_last
     assert calls == [1]
-    with torch.no_grad():                                              # inference: two matmuls
+    with torch.no_grad():                                              # inference: chunks
         channel_attention_packed(_qkv(1, 4, 5, 5), t, heads=1)
     channel_attention_packed(_qkv(1, 4, 5, 5).detach().contiguous().requires_grad_(), t, 1)
-    channel_attention_packed(_qkv(1, 4, 5, 5), torch.ones(2), heads=2)
+    channel_attention_packed(_qkv(1, 4, 5, 5), torch.ones(2), heads=2)   # small map, 2 heads
+    channel_attention_packed(_qkv(1, 4, 5, 5).to(torch.bfloat16), t.bfloat16(), heads=1)
+    with torch.autocast("cpu"):
+        channel_attention_packed(_qkv(1, 4, 5, 5), t, heads=1)
     assert calls == [1]
+    channel_attention_packed(_qkv(1, 4, 32, 32), torch.ones(2), heads=2)  # 1024 pixels
+    assert calls == [1, 1]
 
 
-def test_packed_gradcheck_float64():
+@pytest.mark.parametrize("heads", [1, 2])
+def test_packed_gradcheck_float64(heads, monkeypatch):
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
     torch.manual_seed(0)
-    qkv = _qkv(2, 3, 4, 5, torch.float64)
-    t = torch.tensor([0.8], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, tt: mdta._packed_single_head(x, tt), (qkv, t))
+    qkv = _qkv(2, 4, 4, 5, torch.float64)
+    t = torch.tensor([0.8, 1.3][:heads], dtype=torch.float64, requires_grad=True)
+    calls = _count_packed(monkeypatch)
+    assert torch.autograd.gradcheck(lambda x, tt: channel_attention_packed(x, tt, heads),
+                                    (qkv, t))
+    assert torch.autograd.gradgradcheck(lambda x, tt: channel_attention_packed(x, tt, heads),
+                                        (qkv, t))
+    assert calls
+
+
+def test_packed_gradient_of_qkv_only_or_temperature_only():
+    torch.manual_seed(0)
+    qkv, t = _qkv(1, 4, 5, 5), torch.tensor([1.2], requires_grad=True)
+    ref_in = qkv.detach().clone().requires_grad_()
+    (dq,) = torch.autograd.grad(channel_attention_packed(qkv, t.detach(), 1).sum(), qkv)
+    (dq_ref,) = torch.autograd.grad(channel_attention(*ref_in.chunk(3, 1), t, 1).sum(), ref_in)
+    assert rel_error(dq, dq_ref) < 1e-5
+    (dt,) = torch.autograd.grad(channel_attention_packed(qkv, t, 1).sum(), t)
+    (dt_ref,) = torch.autograd.grad(channel_attention(*ref_in.chunk(3, 1), t, 1).sum(), t)
+    assert rel_error(dt, dt_ref) < 1e-5
 
 
 def test_packed_rejects_a_channel_count_not_divisible_by_three():
