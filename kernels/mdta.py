@@ -131,12 +131,17 @@ def _packed_attention_map(gram: torch.Tensor, sumsq: torch.Tensor,
     return _attention(gram, norms[:, 0], norms[:, 1], temperature.view(1, heads, 1, 1))
 
 
+FULL_GRAM_MAX_CHANNELS = 64     # one head, C <= this: q k^T and the norms from one gram
+
+
 class _PackedAttention(torch.autograd.Function):
     """Channel attention on the pixel rows of a channels-fastest qkv: rows (B, N, 3C) with
     [q | k | v] per pixel, temperature (heads,) -> (B, N, C).
 
     Forward: the raw grams q k^T per head (one matmul each, like the official code) and the
-    sums of squares of q and k over N (chunked, no copy); the d x d normalisation and softmax
+    sums of squares of q and k over N (chunked, no copy), or, for one head of at most
+    ``FULL_GRAM_MAX_CHANNELS`` channels, both from one gram of [q | k] (its off-diagonal block
+    and its diagonal: one call instead of many small ones); the d x d normalisation and softmax
     run on tiny tensors; out = v A^T. Backward (no autograd over the N-sized tensors):
     dA = dout^T v; dG, dsumsq, dt from autograd over the d x d part; then dq = 2 dsumsq_q q
     + k dG^T, dk = 2 dsumsq_k k + q dG, dv = dout A, each written by its matmul straight into
@@ -149,11 +154,18 @@ class _PackedAttention(torch.autograd.Function):
         b, n, c3 = rows.shape
         c = c3 // 3
         d = c // heads
-        sumsq = _sumsq_over_pixels(rows[..., :2 * c])
-        gram = rows.new_empty(b, heads, d, d)
-        for q, k, g in zip(_per_head(rows[..., :c], heads), _per_head(rows[..., c:2 * c], heads),
-                           _per_head(gram, heads)):
-            torch.bmm(q.transpose(1, 2), k, out=g)
+        if heads == 1 and c <= FULL_GRAM_MAX_CHANNELS:
+            # one gram of [q | k]: q k^T is its off-diagonal block, the sums of squares its
+            # diagonal (fewer, larger calls: cheaper than the two below for narrow q and k)
+            qk = rows[..., :2 * c]
+            full = torch.bmm(qk.transpose(1, 2), qk)
+            gram, sumsq = full[:, None, :c, c:], torch.diagonal(full, dim1=1, dim2=2)
+        else:
+            sumsq = _sumsq_over_pixels(rows[..., :2 * c])
+            gram = rows.new_empty(b, heads, d, d)
+            for q, k, g in zip(_per_head(rows[..., :c], heads),
+                               _per_head(rows[..., c:2 * c], heads), _per_head(gram, heads)):
+                torch.bmm(q.transpose(1, 2), k, out=g)
         attn = _packed_attention_map(gram, sumsq, temperature)
         out = rows.new_empty(b, n, c)
         for v, a, o in zip(_per_head(rows[..., 2 * c:], heads), _per_head(attn, heads),
@@ -200,6 +212,13 @@ class _PackedAttention(torch.autograd.Function):
         for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
                              _per_head(drows[..., 2 * c:], heads)):
             torch.bmm(dy, a, out=dv)
+        if heads == 1 and c <= FULL_GRAM_MAX_CHANNELS:
+            # [q | k] (dF + dF^T), dF the gradient of the full gram: one matmul for dq and dk
+            dfull = torch.diag_embed(dsumsq)
+            dfull[:, :c, c:] += dgram[:, 0]
+            qk = rows[..., :2 * c]
+            torch.bmm(qk, dfull + dfull.transpose(1, 2), out=drows[..., :2 * c])
+            return drows, dt, None
         torch.mul(rows[..., :2 * c], (2.0 * dsumsq).unsqueeze(1), out=drows[..., :2 * c])
         for q, k, dq, dk, dg in zip(_per_head(rows[..., :c], heads),
                                     _per_head(rows[..., c:2 * c], heads),
@@ -656,7 +675,7 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tempera
     return channel_attention_reference(q, k, v, t, heads)
 
 
-PACKED_MIN_PIXELS = 1024   # several heads: below this the per-batch-item matmuls cost more in
+PACKED_MIN_PIXELS = 4096   # several heads: below this the per-batch-item matmuls cost more in
                            # Python overhead than the chunk path's concatenated gradient
 
 

@@ -21,7 +21,8 @@ def _qkv(b, c, h, w, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("shape,heads", [((2, 5, 7, 9), 1), ((1, 1, 3, 3), 1), ((3, 16, 8, 8), 1),
-                                         ((2, 12, 32, 33), 3), ((1, 8, 32, 32), 8)])
+                                         ((2, 12, 32, 33), 3), ((1, 8, 32, 32), 8),
+                                         ((2, 70, 5, 6), 1)])  # one head: full gram up to 64
 def test_packed_equals_chunked_channel_attention(shape, heads, monkeypatch):
     monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)      # several heads on small maps too
     torch.manual_seed(0)
@@ -63,13 +64,14 @@ def test_packed_path_is_taken_only_where_it_applies(monkeypatch):
     with torch.autocast("cpu"):
         channel_attention_packed(_qkv(1, 4, 5, 5), t, heads=1)
     assert calls == [1]
-    channel_attention_packed(_qkv(1, 4, 32, 32), torch.ones(2), heads=2)  # 1024 pixels
+    channel_attention_packed(_qkv(1, 4, 64, 64), torch.ones(2), heads=2)  # 4096 pixels
     assert calls == [1, 1]
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_packed_gradcheck_float64(heads, monkeypatch):
+@pytest.mark.parametrize("heads,full_gram", [(1, True), (1, False), (2, False)])
+def test_packed_gradcheck_float64(heads, full_gram, monkeypatch):
     monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
+    monkeypatch.setattr(mdta, "FULL_GRAM_MAX_CHANNELS", 64 if full_gram else 0)
     torch.manual_seed(0)
     qkv = _qkv(2, 4, 4, 5, torch.float64)
     t = torch.tensor([0.8, 1.3][:heads], dtype=torch.float64, requires_grad=True)
