@@ -12,8 +12,8 @@ Implementations
   a kernel row stay in registers over groups of 8 rows. Measured here (2 threads,
   pytest-benchmark min, tests/benchmarks/test_bench_depthwise_weight_grad.py), 7x7 weight +
   bias gradient: 0.83 vs 4.14 ms at 2x19x128x128, 0.42 vs 1.88 ms at 2x37x64x64; values equal
-  the reference's to float rounding (~1e-7 relative). Not used under ``torch.compile``/``torch.export`` tracing,
-  ``torch.func`` transforms, autocast or other dtypes.
+  the reference's to float rounding (~1e-7 relative). Not used under ``torch.compile`` /
+  ``torch.export`` tracing, ``torch.func`` transforms, autocast or other dtypes.
 
 Used by :func:`irblocks.conv.depthwise_conv2d`'s backward for kernels other than 3x3 (3x3
 runs the whole :mod:`irblocks.kernels.dwconv3x3` kernel).
