@@ -74,6 +74,18 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
 
+#define LANES 16
+
+/* First channel of the LANES-wide block that starts at `block` in a loop over `channels`: the
+ * block itself, or, for the last one, the LANES channels that end the row (overlapping the
+ * previous block) so every block is a full vector; with fewer than LANES channels, 0. */
+static inline int64_t block_begin(int64_t block, int64_t channels)
+{
+    if (channels < LANES)
+        return 0;
+    return block + LANES <= channels ? block : channels - LANES;
+}
+
 /* Depthwise 3x3 of input (B, H, W, channels) + bias, then either written as is (gate 0, output
  * (B, H, W, channels)) or gated, gelu(z1) * z2 over the two halves (gate 1, output
  * (B, H, W, channels / 2)). Rows split over the threads. */
@@ -100,17 +112,28 @@ static int depthwise_forward(const float *input, const float *weight, int64_t we
             TAP_LOCALS(tap);
             float *restrict out = output + (row * width + x) * out_channels;
             if (gate) {
-                #pragma omp simd
-                for (int64_t c = 0; c < half; ++c) {
-                    float z1 = shift[c] + CONV9(weight, weight_stride, c);
-                    float z2 = shift[half + c] + CONV9(weight, weight_stride, half + c);
-                    float unused_pdf;   /* the compiler drops its computation */
-                    out[c] = z1 * normal_cdf_pdf(z1, &unused_pdf) * z2;
+                /* full vectors only: the last block overlaps the one before it (same values
+                 * written twice); a scalar remainder of GELUs cost as much as the vectors */
+                for (int64_t block = 0; block < half; block += LANES) {
+                    const int64_t c0 = block_begin(block, half);
+                    const int64_t count = half < LANES ? half : LANES;
+                    #pragma omp simd
+                    for (int64_t j = 0; j < count; ++j) {
+                        const int64_t c = c0 + j;
+                        float z1 = shift[c] + CONV9(weight, weight_stride, c);
+                        float z2 = shift[half + c] + CONV9(weight, weight_stride, half + c);
+                        float unused_pdf;   /* the compiler drops its computation */
+                        out[c] = z1 * normal_cdf_pdf(z1, &unused_pdf) * z2;
+                    }
                 }
             } else {
-                #pragma omp simd
-                for (int64_t c = 0; c < channels; ++c)
-                    out[c] = shift[c] + CONV9(weight, weight_stride, c);
+                for (int64_t block = 0; block < channels; block += LANES) {
+                    const int64_t c0 = block_begin(block, channels);
+                    const int64_t count = channels < LANES ? channels : LANES;
+                    #pragma omp simd
+                    for (int64_t j = 0; j < count; ++j)
+                        out[c0 + j] = shift[c0 + j] + CONV9(weight, weight_stride, c0 + j);
+                }
             }
         }
     }
@@ -149,7 +172,6 @@ int dwconv_gelu_gate_forward(
  * they read stay in L2 (2C = 510: 3 x 34 x 510 x 4 B = 208 KB + 285 KB) where whole rows
  * (1.8 MB at W = 128) spilled. */
 #define TILE_WIDTH 32
-#define LANES 16
 typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
 
 static inline lanes_t load_lanes(const float *source)
@@ -180,16 +202,51 @@ static void gate_gradient_row(const float *base, const float *grad_base, const f
         TAP_LOCALS(tap);
         const float *restrict dy = grad_base + (y * width + x) * channels;
         float *restrict g = ring_row + (x - x0) * channels2;
-        #pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) {
-            float z1 = shift[c] + CONV9(weight, weight_stride, c);
-            float z2 = shift[channels + c] + CONV9(weight, weight_stride, channels + c);
-            float pdf;
-            float cdf = normal_cdf_pdf(z1, &pdf);
-            g[c] = dy[c] * z2 * (cdf + z1 * pdf);
-            g[channels + c] = dy[c] * z1 * cdf;
+        for (int64_t block = 0; block < channels; block += LANES) {   /* as in the forward */
+            const int64_t c0 = block_begin(block, channels);
+            const int64_t count = channels < LANES ? channels : LANES;
+            #pragma omp simd
+            for (int64_t j = 0; j < count; ++j) {
+                const int64_t c = c0 + j;
+                float z1 = shift[c] + CONV9(weight, weight_stride, c);
+                float z2 = shift[channels + c] + CONV9(weight, weight_stride, channels + c);
+                float pdf;
+                float cdf = normal_cdf_pdf(z1, &pdf);
+                g[c] = dy[c] * z2 * (cdf + z1 * pdf);
+                g[channels + c] = dy[c] * z1 * cdf;
+            }
         }
     }
+}
+
+/* Adds to partial (10, 2C) the sums over pixels [x0, x1) of row y of g(y, x) * input(y + ky - 1,
+ * x + kx - 1) (taps 0-8) and of g (9: the bias) for the LANES channels from `block` on, g
+ * multiplied by `mask` (1 or 0 per lane: the last block of a row whose width is not a multiple
+ * of LANES overlaps the previous one and counts only its new lanes). GCC vector type: the ten
+ * sums stay in registers (a float[10][16] array was kept on the stack, one load and store per
+ * FMA). */
+static inline __attribute__((always_inline)) void weight_sums_block(
+    const float *base, const float *g_row, int64_t g_x0, const float *zeros, float *partial,
+    int64_t y, int64_t x0, int64_t x1, int64_t height, int64_t width, int64_t channels2,
+    int64_t block, lanes_t mask)
+{
+    lanes_t acc[10];
+    #pragma GCC unroll 10
+    for (int t = 0; t < 10; ++t)
+        acc[t] = (lanes_t){0};
+    for (int64_t x = x0; x < x1; ++x) {
+        const float *tap[9];
+        taps(base, zeros, y, x, height, width, channels2, tap);
+        const lanes_t g = load_lanes(g_row + (x - g_x0) * channels2 + block) * mask;
+        #pragma GCC unroll 9
+        for (int t = 0; t < 9; ++t)
+            acc[t] += g * load_lanes(tap[t] + block);
+        acc[9] += g;
+    }
+    #pragma GCC unroll 10
+    for (int t = 0; t < 10; ++t)
+        store_lanes(partial + t * channels2 + block,
+                    load_lanes(partial + t * channels2 + block) + acc[t]);
 }
 
 /* Adds to sum (10, 2C) the sums over columns [x0, x1) of row y of g(y, x) * input(y + ky - 1,
@@ -201,32 +258,24 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
                                  int64_t x0, int64_t x1, int64_t height, int64_t width,
                                  int64_t channels2)
 {
+    const lanes_t ones = (lanes_t){0} + 1.0f;
+    lanes_t tail_mask = ones;                 /* lanes of the overlapping last block to count */
+    const int64_t fresh = channels2 % LANES;
+    for (int j = 0; j < LANES; ++j)
+        tail_mask[j] = j >= LANES - fresh ? 1.0f : 0.0f;
     memset(partial, 0, (size_t)(10 * channels2) * sizeof(float));
     for (int64_t chunk = x0; chunk < x1; chunk += PIXEL_CHUNK) {
         const int64_t chunk_end = chunk + PIXEL_CHUNK < x1 ? chunk + PIXEL_CHUNK : x1;
         int64_t block = 0;
-        for (; block + LANES <= channels2; block += LANES) {
-            /* GCC vector type: the ten sums stay in registers (a float[10][16] array was
-             * kept on the stack, one load and store per FMA) */
-            lanes_t acc[10];
-            #pragma GCC unroll 10
-            for (int t = 0; t < 10; ++t)
-                acc[t] = (lanes_t){0};
-            for (int64_t x = chunk; x < chunk_end; ++x) {
-                const float *tap[9];
-                taps(base, zeros, y, x, height, width, channels2, tap);
-                const lanes_t g = load_lanes(g_row + (x - g_x0) * channels2 + block);
-                #pragma GCC unroll 9
-                for (int t = 0; t < 9; ++t)
-                    acc[t] += g * load_lanes(tap[t] + block);
-                acc[9] += g;
-            }
-            #pragma GCC unroll 10
-            for (int t = 0; t < 10; ++t)
-                store_lanes(partial + t * channels2 + block,
-                            load_lanes(partial + t * channels2 + block) + acc[t]);
+        for (; block + LANES <= channels2; block += LANES)
+            weight_sums_block(base, g_row, g_x0, zeros, partial, y, chunk, chunk_end, height,
+                              width, channels2, block, ones);
+        if (fresh && channels2 >= LANES) {
+            weight_sums_block(base, g_row, g_x0, zeros, partial, y, chunk, chunk_end, height,
+                              width, channels2, channels2 - LANES, tail_mask);
+            continue;
         }
-        for (int64_t c = block; c < channels2; ++c) {        /* fewer than LANES left */
+        for (int64_t c = block; c < channels2; ++c) {        /* fewer than LANES channels */
             float acc[10] = {0};
             for (int64_t x = chunk; x < chunk_end; ++x) {
                 const float *tap[9];
@@ -264,9 +313,13 @@ static void input_gradient_tile(const float *const g_rows[3], int64_t g_x0, int6
         }
         TAP_LOCALS(tap);
         float *restrict dp = grad_row + x * channels2;
-        #pragma omp simd
-        for (int64_t c = 0; c < channels2; ++c)
-            dp[c] = CONV9(weight, weight_stride, c);
+        for (int64_t block = 0; block < channels2; block += LANES) {   /* full vectors */
+            const int64_t c0 = block_begin(block, channels2);
+            const int64_t count = channels2 < LANES ? channels2 : LANES;
+            #pragma omp simd
+            for (int64_t j = 0; j < count; ++j)
+                dp[c0 + j] = CONV9(weight, weight_stride, c0 + j);
+        }
     }
 }
 
