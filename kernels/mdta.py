@@ -168,7 +168,7 @@ class _PackedAttention(torch.autograd.Function):
                                _per_head(rows[..., c:2 * c], heads), _per_head(gram, heads)):
                 torch.bmm(q.transpose(1, 2), k, out=g)
         attn = _packed_attention_map(gram, sumsq, temperature)
-        out = rows.new_empty(b, n, c)
+        out = empty(b, n, c, like=rows)
         for v, a, o in zip(_per_head(rows[..., 2 * c:], heads), _per_head(attn, heads),
                            _per_head(out, heads)):
             torch.bmm(v, a.transpose(1, 2), out=o)
@@ -204,7 +204,7 @@ class _PackedAttention(torch.autograd.Function):
         dt = next(found) if need_t else None
         if not need_rows:
             return None, dt, None
-        drows = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        drows = empty(*rows.shape, like=rows)
         attn = attn.detach()
         for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
                              _per_head(drows[..., 2 * c:], heads)):

@@ -28,7 +28,7 @@ def _impls():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name,fn", _impls(), ids=[n for n, _ in _impls()])
-def test_weight_grad(benchmark, name, fn, shape):
+def test_backward_weight_grad(benchmark, name, fn, shape):
     benchmark.group = f"depthwise 7x7 weight+bias gradient {'x'.join(map(str, shape))}"
     torch.manual_seed(0)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)

@@ -2,8 +2,10 @@
 multiply) vs the reference (each half convolved dense, channels_last) vs the compiled C
 kernel (one pass forward, one pass backward; CPU only).
 
-Sizes are the gate's input at AnyIR's and Restormer's first level (batch 2 at 128x128, as in
-the training-step benchmark): 2 x 112 (AnyIR, width 56) and 2 x 254 (Restormer, width 48).
+Sizes are the gate's input p at the first level of AnyIR and Restormer (batch 2 at 128x128,
+as in the training-step benchmark): 2 x 112 and 2 x 224 (AnyIR's encoder, width 28, and
+decoder, width 56), 2 x 254 and 2 x 510 (Restormer's encoder, width 48, and decoder, 96);
+112, 254 and 510 are not multiples of 32, i.e. each half ends in a partial vector.
 ``OMP_NUM_THREADS=2 pytest tests/benchmarks/test_bench_dwconv_gelu_gate.py --benchmark-only``
 Bytes read + written per forward (float32, E = B*C*H*W*4 with C the gate's output channels):
 C kernel 3E (read p, write y); eager chain 9E (conv: read 2E, write 2E; gelu: read E, write E;
@@ -17,7 +19,7 @@ from irblocks.kernels import _cpu_build
 from irblocks.kernels.dwconv3x3 import LIBRARY
 from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate, dwconv_gelu_gate_reference
 
-SHAPES = [(2, 224, 128, 128), (2, 508, 128, 128)]
+SHAPES = [(2, 112, 128, 128), (2, 224, 128, 128), (2, 254, 128, 128), (2, 510, 128, 128)]
 
 
 def released(p, weight, bias=None):
