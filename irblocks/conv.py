@@ -17,10 +17,11 @@ depthwise_weight_grad` (a compiled C kernel on float32 CPU tensors when it build
 ``convolution_backward`` otherwise). Forward, saved tensors (input and weight) and values are
 those of ``F.conv2d``; gradients agree to float rounding.
 
-With autograd on CPU in float32, 3x3 kernels run the compiled C kernel
-:mod:`irblocks.kernels.dwconv3x3` instead (forward, and one backward pass for the input and
-weight gradients; 1.0-1.4x faster than the above on the blocks' shapes), when it builds
-(``IRBLOCKS_KERNELS``, README "Execution switches").
+The compiled one-pass 3x3 kernel :mod:`irblocks.kernels.dwconv3x3` (forward, and one backward
+pass for the input and weight gradients) is not used here: with the weight gradient from
+the C kernel above, this path measured 1.5-2% faster per training step (AnyIR and Restormer,
+2026-11-30, interleaved in one process) and 13.5 vs 16.1 ms forward + backward at
+2x288x128x128.
 
 Both are used by the ``"fast"`` execution of GDFN, MDTA, GatedDA and the AnyIR fusion on
 CPU tensors; other devices, memory formats and convolution shapes, and the depthwise
@@ -31,10 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from irblocks.kernels._cpu_build import applies as cpu_applies
-from irblocks.kernels._dispatch import select
 from irblocks.kernels.depthwise_weight_grad import depthwise_weight_grad
-from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3
 
 __all__ = ["depthwise_conv2d", "pointwise_conv2d"]
 
@@ -73,7 +71,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """Stride-1 depthwise convolution: x (B, C, H, W), weight (C, 1, k, k) with odd k,
     ``padding`` k // 2 (default) -> (B, C, H, W). Same as
     ``F.conv2d(x, weight, bias, padding=padding, groups=C)``; on CPU with autograd the input
-    gradient runs as a forward convolution, or, for 3x3 in float32, the compiled C kernel
+    gradient runs as a forward convolution and the weight gradient as a compiled C kernel
     (see the module docstring)."""
     k = weight.shape[-1]
     p = k // 2 if padding is None else padding
@@ -83,9 +81,6 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             and not torch.is_autocast_enabled(x.device.type))   # backward would mix dtypes
     if not fast:
         return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
-    if (k == 3 and select(None, x, cpu_kernel=LIBRARY) == "cpu"
-            and cpu_applies(x, weight, bias)):
-        return dwconv3x3(x, weight, bias, impl="cpu")
     return _DepthwiseConv.apply(x, weight, bias, p)
 
 

@@ -15,8 +15,7 @@ Implementations
   the reference's to float rounding (~1e-7 relative). Not used under ``torch.compile`` /
   ``torch.export`` tracing, ``torch.func`` transforms, autocast or other dtypes.
 
-Used by :func:`irblocks.conv.depthwise_conv2d`'s backward for kernels other than 3x3 (3x3
-runs the whole :mod:`irblocks.kernels.dwconv3x3` kernel).
+Used by :func:`irblocks.conv.depthwise_conv2d`'s backward (MDTA's 3x3, GatedDA's 7x7).
 
 Shapes: dy, x (B, C, H, W), kernel_size k -> (dW (C, 1, k, k), db (C,) or None).
 """

@@ -12,10 +12,12 @@ Implementations
   pass that reads dy and x once, writes dx (the transposed convolution of dy) and sums the
   weight and bias gradients (sixteen channels at a time in registers, double per band of
   rows). Forward + backward, 2 threads, pytest-benchmark min (tests/benchmarks/
-  test_bench_dwconv3x3.py): 27.5 vs 38.5 ms at 2x288x128x128, on par (3.9 ms) at
-  2x84x128x128 against oneDNN's forward + flipped-kernel forward + ``convolution_backward``
-  (the previous fast path). Values equal ``F.conv2d``'s to float rounding (the weight gradient
-  sums in a different order: ~5e-6 relative).
+  test_bench_dwconv3x3.py, 2026-11-30 10:40 UTC): 16.1 ms at 2x288x128x128 and 3.7 ms at
+  2x84x128x128, against 13.5 and 3.7 ms for :func:`irblocks.conv.depthwise_conv2d` (oneDNN's
+  forward and flipped-kernel forward + the C weight gradient of
+  :mod:`irblocks.kernels.depthwise_weight_grad`), which the blocks therefore use; this kernel
+  stays an explicit entry point (``impl="cpu"``). Values equal ``F.conv2d``'s to float
+  rounding (the weight gradient sums in a different order: ~5e-6 relative).
   Not used (the reference runs) under ``torch.compile``/``torch.export`` tracing,
   ``torch.func`` transforms, autocast or other dtypes; grad of grad differentiates the
   reference.

@@ -93,21 +93,22 @@ def test_kernel_sizes_the_c_kernel_does_not_take_run_the_reference():
     _check(*_pair(1, 3, 20, 20), MAX_KERNEL_SIZE + 2)
 
 
-def test_depthwise_conv2d_backward_uses_it(monkeypatch):
+@pytest.mark.parametrize("k", [3, 7])
+def test_depthwise_conv2d_backward_uses_it(k, monkeypatch):
     from irblocks import conv
     calls = []
     real = conv.depthwise_weight_grad
     monkeypatch.setattr(conv, "depthwise_weight_grad",
-                        lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+                        lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
     x = make(2, 19, 9, 11, "channels_last", requires_grad=True)
-    weight = torch.randn(19, 1, 7, 7, requires_grad=True)
+    weight = torch.randn(19, 1, k, k, requires_grad=True)
     bias = torch.randn(19, requires_grad=True)
     dy = torch.randn(2, 19, 9, 11)
     grads = torch.autograd.grad(depthwise_conv2d(x, weight, bias), (x, weight, bias), dy)
     ref = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
-    ref_grads = torch.autograd.grad(torch.nn.functional.conv2d(*ref, padding=3, groups=19),
+    ref_grads = torch.autograd.grad(torch.nn.functional.conv2d(*ref, padding=k // 2, groups=19),
                                     ref, dy.double())
-    assert calls == [7]
+    assert calls == [k]
     for g, r in zip(grads, ref_grads):
         assert rel_error(g, r) < TOL
 

@@ -8,7 +8,6 @@ Outputs come NaN-prefilled (tests/kernels/conftest.py).
 import pytest
 import torch
 
-from irblocks.conv import depthwise_conv2d
 from irblocks.kernels import _cpu_build
 from irblocks.kernels._dispatch import out_format
 from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3, dwconv3x3_reference, tap_major
@@ -90,16 +89,6 @@ def test_grad_of_grad_matches_reference():
 
     for a, r in zip(second_order("cpu"), second_order("reference")):
         assert rel_error(a, r) < TOL["dweight"]
-
-
-def test_blocks_use_it_through_depthwise_conv2d():
-    x, weight, bias = _inputs(1, 6, 4, 4)
-    y = depthwise_conv2d(x, weight, bias)
-    assert type(y.grad_fn).__name__.startswith("_Dwconv3x3Cpu")
-    with torch.no_grad():                    # inference keeps oneDNN's forward
-        assert depthwise_conv2d(x, weight, bias).grad_fn is None
-    x5, w5 = torch.randn(1, 3, 6, 6, requires_grad=True), torch.randn(3, 1, 5, 5)
-    assert not type(depthwise_conv2d(x5, w5).grad_fn).__name__.startswith("_Dwconv3x3")
 
 
 def test_tap_major_padding_is_an_odd_number_of_lines():
