@@ -8,12 +8,30 @@
 #define IRBLOCKS_COMMON_H
 
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #else
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 #endif
+
+/* Sixteen floats as a GCC vector type (one AVX-512 register): sums meant to stay in registers
+ * across a loop do when they are of this type (float arrays were kept on the stack). */
+#define LANES 16
+typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline lanes_t load_lanes(const float *source)
+{
+    lanes_t value;
+    memcpy(&value, source, sizeof value);
+    return value;
+}
+
+static inline void store_lanes(float *target, lanes_t value)
+{
+    memcpy(target, &value, sizeof value);
+}
 
 /* First item of block `block` when `items` are split into `blocks` contiguous blocks. */
 static inline int64_t block_start(int64_t items, int blocks, int block)

@@ -26,22 +26,9 @@
 #define ROW_GROUP 8
 #define FOLD_GROUPS 16
 #define TILE_FLOATS 2560        /* flat positions per column tile: (k * k + 1) sums of each */
-#define LANES 16
-typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
-
-static inline lanes_t load_lanes(const float *source)
-{
-    lanes_t value;
-    memcpy(&value, source, sizeof value);
-    return value;
-}
-
 static inline void add_to(float *target, lanes_t value)
 {
-    lanes_t current;
-    memcpy(&current, target, sizeof current);
-    current += value;
-    memcpy(target, &current, sizeof current);
+    store_lanes(target, load_lanes(target) + value);
 }
 
 /* Adds the group's products to flat (k * k + 1, span): flat[ky * k + kx][i] += sum over the

@@ -74,8 +74,6 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
 
-#define LANES 16
-
 /* First channel of the LANES-wide block that starts at `block` in a loop over `channels`: the
  * block itself, or, for the last one, the LANES channels that end the row (overlapping the
  * previous block) so every block is a full vector; with fewer than LANES channels, 0. */
@@ -172,19 +170,6 @@ int dwconv_gelu_gate_forward(
  * they read stay in L2 (2C = 510: 3 x 34 x 510 x 4 B = 208 KB + 285 KB) where whole rows
  * (1.8 MB at W = 128) spilled. */
 #define TILE_WIDTH 32
-typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float))));
-
-static inline lanes_t load_lanes(const float *source)
-{
-    lanes_t value;
-    memcpy(&value, source, sizeof value);
-    return value;
-}
-
-static inline void store_lanes(float *target, lanes_t value)
-{
-    memcpy(target, &value, sizeof value);
-}
 #define PIXEL_CHUNK 8
 
 /* Gate gradient g = [dy z2 gelu'(z1) | dy gelu(z1)] of row y, columns [x0, x1), into
