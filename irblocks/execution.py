@@ -8,8 +8,9 @@ float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and 
 1x1 convolutions as matrix products and custom backward passes (depthwise convolutions,
 skip-split, AnyIR's fusion; ``irblocks/conv.py``), and GatedDA with BatchNorm folded into
 its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``) and
-one-head MDTA from one gram of [q | k] while training (``channel_attention_packed``), with
-the same gradients (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
+MDTA's attention on strided views of the qkv rows with one input-gradient tensor while
+training (``channel_attention_packed``), with the same gradients
+(tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
 tests/kernels/test_mdta_packed.py).
 
 Every execution switch (this one, ``impl`` / ``IRBLOCKS_KERNELS``, memory format,
