@@ -13,7 +13,8 @@ Implementations
   pytest-benchmark min, tests/benchmarks/test_bench_depthwise_weight_grad.py), 7x7 weight +
   bias gradient: 0.83 vs 4.14 ms at 2x19x128x128, 0.42 vs 1.88 ms at 2x37x64x64; values equal
   the reference's to float rounding (~1e-7 relative). Not used under ``torch.compile`` /
-  ``torch.export`` tracing, ``torch.func`` transforms, autocast or other dtypes.
+  ``torch.export`` tracing, ``torch.func`` transforms, autocast, other dtypes, or when a graph
+  is being recorded through it (grad of grad: the reference is differentiable).
 
 Used by :func:`irblocks.conv.depthwise_conv2d`'s backward (MDTA's 3x3, GatedDA's 7x7).
 
@@ -98,7 +99,9 @@ def depthwise_weight_grad(dy: torch.Tensor, x: torch.Tensor, kernel_size: int,
                          f"{tuple(dy.shape)} and {tuple(x.shape)}")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"{NAME}: kernel_size must be a positive odd number, got {kernel_size}")
-    if (3 <= kernel_size <= MAX_KERNEL_SIZE
+    # a graph through it (grad of grad, create_graph=True) needs the differentiable reference
+    graph = torch.is_grad_enabled() and (dy.requires_grad or x.requires_grad)
+    if (3 <= kernel_size <= MAX_KERNEL_SIZE and not graph
             and select(impl, x, dy, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(x, dy)):
         return _cpu(dy, x, kernel_size, with_bias)
     return depthwise_weight_grad_reference(dy, x, kernel_size, with_bias)

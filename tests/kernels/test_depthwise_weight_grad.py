@@ -113,6 +113,22 @@ def test_depthwise_conv2d_backward_uses_it(k, monkeypatch):
         assert rel_error(g, r) < TOL
 
 
+def test_grad_of_grad_through_depthwise_conv2d_matches_conv2d():
+    """create_graph=True: the weight gradient must stay differentiable (the reference runs)."""
+    def second_order(conv):
+        torch.manual_seed(0)
+        x = make(1, 5, 6, 7, "channels_last", requires_grad=True)
+        weight = torch.randn(5, 1, 7, 7, requires_grad=True)
+        (gw,) = torch.autograd.grad(conv(x, weight).square().sum(), weight, create_graph=True)
+        gw.square().sum().backward()
+        return [gw, x.grad, weight.grad]
+
+    ours = second_order(depthwise_conv2d)
+    ref = second_order(lambda a, w: torch.nn.functional.conv2d(a, w, padding=3, groups=5))
+    for a, r in zip(ours, ref):
+        assert rel_error(a, r) < TOL
+
+
 def test_errors():
     x = torch.randn(1, 4, 5, 5)
     with pytest.raises(ValueError, match=r"one \(B, C, H, W\) shape, got \(1, 4, 5, 4\) and "
