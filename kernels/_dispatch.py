@@ -19,7 +19,7 @@ import warnings
 import torch
 
 __all__ = ["ENV", "IMPLS", "triton_available", "interpreting", "select", "cpu_kernel_available",
-           "block_size", "empty", "out_format", "OUTPUT_FILL"]
+           "block_size", "empty", "out_format", "reference_grads", "OUTPUT_FILL"]
 
 ENV = "IRBLOCKS_KERNELS"
 IMPLS = ("auto", "triton", "cpu", "reference")
@@ -117,3 +117,16 @@ def out_format(x: torch.Tensor) -> torch.memory_format:
     if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def reference_grads(reference, inputs, needs_input_grad, grad_output: torch.Tensor) -> list:
+    """The backward of a custom ``autograd.Function`` run under ``create_graph=True`` (grad of
+    grad): the gradients of ``reference(*inputs)`` (plain, differentiable torch ops) for
+    ``grad_output``, with a graph. One entry per input, ``None`` where ``needs_input_grad``
+    (zipped with ``inputs``) is False."""
+    needs = [bool(need) for need, _ in zip(needs_input_grad, inputs)]
+    wanted = [t for t, need in zip(inputs, needs) if need]   # autograd asks for at least one
+    with torch.enable_grad():
+        found = iter(torch.autograd.grad(reference(*inputs), wanted, grad_output,
+                                         create_graph=True))
+    return [next(found) if need else None for need in needs]

@@ -32,7 +32,7 @@ from irblocks.registry import register
 from . import _cpu_build
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
-from ._dispatch import block_size, empty, select, triton_available
+from ._dispatch import block_size, empty, reference_grads, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
@@ -53,16 +53,6 @@ def _fusion_differentiable(a: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) 
     differentiates for the reference and the C kernel."""
     f_s = torch.cat([a + torch.sigmoid(g), g + torch.sigmoid(a)], dim=1)
     return lam * f_s + (1.0 - lam) * (a + g).repeat_interleave(2, dim=1)
-
-
-def _second_order(inputs, needs_input_grad, dout):
-    """Gradients of ``_fusion_differentiable`` with a graph (for a backward run under
-    ``create_graph=True``); ``inputs`` = (a, g, lam) as the forward saw them."""
-    wanted = [t for t, need in zip(inputs, needs_input_grad) if need]
-    with torch.enable_grad():
-        found = iter(torch.autograd.grad(_fusion_differentiable(*inputs), wanted, dout,
-                                         create_graph=True))
-    return [next(found) if need else None for need in needs_input_grad]
 
 
 def _fuse(x, y, lam, dim, pairs, axis):
@@ -101,7 +91,8 @@ class _ReferenceFusion(torch.autograd.Function):
                 d = dout.flatten(-2).permute(0, 3, 1, 2)
             else:
                 a, g, d = x, y, dout.flatten(1, 2)
-            da, dg, dlam = _second_order((a, g, lam), ctx.needs_input_grad[:3], d)
+            da, dg, dlam = reference_grads(_fusion_differentiable, (a, g, lam),
+                                           ctx.needs_input_grad, d)
             if ctx.axis == -1:
                 da = None if da is None else da.permute(0, 2, 3, 1)
                 dg = None if dg is None else dg.permute(0, 2, 3, 1)
@@ -441,7 +432,8 @@ class _FusionCpu(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor):
         a, g, lam = ctx.saved_tensors
         if torch.is_grad_enabled():             # create_graph=True: grad of grad
-            return tuple(_second_order((a, g, lam), ctx.needs_input_grad, dout))
+            return tuple(reference_grads(_fusion_differentiable, (a, g, lam),
+                                         ctx.needs_input_grad, dout))
         b, c, h, w = a.shape
         # named: a temporary passed as address(...) would be freed before the call
         a_ = a.detach().contiguous(memory_format=torch.channels_last)

@@ -36,7 +36,7 @@ from irblocks.registry import register
 from . import _cpu_build
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
-from ._dispatch import empty, select
+from ._dispatch import empty, reference_grads, select
 
 __all__ = ["LIBRARY", "SIGNATURES", "library", "tap_major", "check_depthwise3x3", "dwconv3x3",
            "dwconv3x3_reference"]
@@ -123,13 +123,9 @@ class _Dwconv3x3Cpu(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         x, weight, bias = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            # create_graph=True (grad of grad): differentiate the reference instead
-            wanted = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad) if need]
-            with torch.enable_grad():
-                found = iter(torch.autograd.grad(dwconv3x3_reference(x, weight, bias), wanted,
-                                                 dy, create_graph=True))
-            return tuple(next(found) if need else None for need in ctx.needs_input_grad)
+        if torch.is_grad_enabled():             # create_graph=True: grad of grad
+            return tuple(reference_grads(dwconv3x3_reference, (x, weight, bias),
+                                         ctx.needs_input_grad, dy))
         b, c, h, w = x.shape
         dx = empty(b, c, h, w, like=x, memory_format=CHANNELS_LAST) if need_x else None
         d_taps = empty(9, c, like=x) if need_w else None

@@ -33,7 +33,7 @@ from irblocks.registry import register
 
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
-from ._dispatch import empty, select
+from ._dispatch import empty, reference_grads, select
 from .dwconv3x3 import LIBRARY, check_depthwise3x3, library, tap_major
 
 __all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference"]
@@ -115,13 +115,9 @@ class _DwconvGeluGateCpu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         p, weight, bias = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (grad of grad): differentiate the reference instead
-            wanted = [t for t, need in zip((p, weight, bias), ctx.needs_input_grad) if need]
-            with torch.enable_grad():
-                out = dwconv_gelu_gate_reference(p, weight, bias)
-                found = iter(torch.autograd.grad(out, wanted, dy, create_graph=True))
-            return tuple(next(found) if need else None for need in ctx.needs_input_grad)
+        if torch.is_grad_enabled():             # create_graph=True: grad of grad
+            return tuple(reference_grads(dwconv_gelu_gate_reference, (p, weight, bias),
+                                         ctx.needs_input_grad, dy))
         bias_ = None if bias is None else bias.detach().contiguous()
         dp, d_taps, d_bias = _backward_cpu(p.detach().contiguous(memory_format=_CL),
                                            tap_major(weight), bias_,

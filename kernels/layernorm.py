@@ -43,7 +43,7 @@ from irblocks.registry import register
 from . import _cpu_build
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
-from ._dispatch import block_size, empty, select, triton_available
+from ._dispatch import block_size, empty, reference_grads, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
@@ -291,7 +291,6 @@ def _ln_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return _fwd_triton(x, weight, bias, eps)
 
 
-# --------------------------------------------------------------------------- entry point
 # --------------------------------------------------------------------------- C (CPU)
 LIBRARY = "layernorm"    # csrc/layernorm.c
 _I64, _PTR, _INT, _FLOAT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -342,13 +341,10 @@ class _LayerNormCpu(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():             # create_graph=True: grad of grad
-            inputs = (x, weight, bias)
-            wanted = [t for t, need in zip(inputs, (need_x, need_w, need_b)) if need]
-            with torch.enable_grad():
-                out = channel_layer_norm_reference(x, weight, bias, ctx.eps, ctx.centered)
-                found = iter(torch.autograd.grad(out, wanted, dy, create_graph=True))
-            return (*[next(found) if need else None for need in (need_x, need_w, need_b)],
-                    None, None)
+            eps, centered = ctx.eps, ctx.centered
+            return (*reference_grads(
+                lambda *t: channel_layer_norm_reference(*t, eps, centered), (x, weight, bias),
+                ctx.needs_input_grad, dy), None, None)
         b, c, h, w = x.shape
         # named: a temporary passed as address(...) would be freed before the call
         x_ = x.detach().contiguous(memory_format=torch.channels_last)
@@ -379,6 +375,7 @@ class _LayerNormCpu(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
+# --------------------------------------------------------------------------- entry point
 @register("kernel", "channel_layer_norm")
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                        eps: float = 1e-5, impl: str | None = None,

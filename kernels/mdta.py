@@ -39,7 +39,7 @@ import torch
 from irblocks.registry import register
 
 from ._cpu_build import _is_functorch_wrapped
-from ._dispatch import block_size, empty, interpreting, select, triton_available
+from ._dispatch import block_size, empty, interpreting, reference_grads, select, triton_available
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
@@ -155,7 +155,8 @@ class _PackedAttention(torch.autograd.Function):
         b, n, c3 = rows.shape
         c = c3 // 3
         d = c // heads
-        if heads == 1 and c <= FULL_GRAM_MAX_CHANNELS:
+        full_gram = heads == 1 and c <= FULL_GRAM_MAX_CHANNELS
+        if full_gram:
             # one gram of [q | k]: q k^T is its off-diagonal block, the sums of squares its
             # diagonal (fewer, larger calls: cheaper than the two below for narrow q and k)
             qk = rows[..., :2 * c]
@@ -174,7 +175,7 @@ class _PackedAttention(torch.autograd.Function):
             torch.bmm(v, a.transpose(1, 2), out=o)
         # (forward(ctx, ...) style: apply() then skips inspect's signature binding, ~30 us a call)
         ctx.save_for_backward(rows, temperature, gram, sumsq)
-        ctx.heads = heads
+        ctx.heads, ctx.full_gram = heads, full_gram
         ctx.mark_non_differentiable(gram, sumsq)
         return out, gram, sumsq
 
@@ -184,11 +185,8 @@ class _PackedAttention(torch.autograd.Function):
         heads, c = ctx.heads, rows.shape[-1] // 3
         need_rows, need_t = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():             # create_graph=True: grad of grad
-            wanted = [t for t, need in ((rows, need_rows), (temperature, need_t)) if need]
-            with torch.enable_grad():
-                out = _packed_differentiable(rows, temperature, heads)
-                found = iter(torch.autograd.grad(out, wanted, dout, create_graph=True))
-            return (next(found) if need_rows else None), (next(found) if need_t else None), None
+            return (*reference_grads(lambda r, t: _packed_differentiable(r, t, heads),
+                                     (rows, temperature), ctx.needs_input_grad, dout), None)
         with torch.enable_grad():
             leaves = (gram.detach().requires_grad_(need_rows),
                       sumsq.detach().requires_grad_(need_rows),
@@ -209,7 +207,7 @@ class _PackedAttention(torch.autograd.Function):
         for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
                              _per_head(drows[..., 2 * c:], heads)):
             torch.bmm(dy, a, out=dv)
-        if heads == 1 and c <= FULL_GRAM_MAX_CHANNELS:
+        if ctx.full_gram:
             # [q | k] (dF + dF^T), dF the gradient of the full gram: one matmul for dq and dk
             dfull = torch.diag_embed(dsumsq)
             dfull[:, :c, c:] += dgram[:, 0]

@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 __all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol",
-           "make", "make_like", "grads", "both_paths", "assert_close", "case_id", "cases"]
+           "make", "make_like", "grads", "both_paths", "assert_close", "case_id", "cases",
+           "c_kernel_or_skip"]
 
 # (B, H, W): channel count is chosen by each test (kernels have constraints such as C % heads).
 SHAPES: list[tuple[int, int, int]] = [
@@ -172,3 +173,14 @@ def cases(shapes: Iterable = SHAPES, layouts: Iterable[str] = LAYOUTS) -> list:
     """pytest.mark.parametrize("shape,layout", cases()) with readable ids."""
     import pytest
     return [pytest.param(s, l, id=case_id(s, l)) for s in shapes for l in layouts]
+
+
+def c_kernel_or_skip(library: str) -> None:
+    """Skip (with the build's one-line reason) when kernels/csrc/<library>.c cannot be built
+    here, e.g. no C compiler."""
+    import pytest
+
+    from irblocks.kernels import _cpu_build
+
+    if _cpu_build.load(library) is None:
+        pytest.skip(f"C kernel unavailable here: {_cpu_build.unavailable(library)}")

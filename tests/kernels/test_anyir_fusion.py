@@ -7,7 +7,7 @@ the lam grad in float16 is compared at 2e-2 (a sum over every element).
 """
 import pytest
 import torch
-from kutil import SMALL_SHAPES, assert_close, both_paths, cases, grads, make
+from kutil import SMALL_SHAPES, assert_close, both_paths, c_kernel_or_skip, cases, grads, make
 
 from irblocks.kernels._dispatch import out_format
 from irblocks.kernels.anyir_fusion import (
@@ -16,6 +16,7 @@ from irblocks.kernels.anyir_fusion import (
     anyir_fusion_reference,
     bytes_moved,
 )
+from tests._compare import assert_rel_close
 
 C_HALF = 3   # C' (odd on purpose: the released layout interleaves c0, c0, c1, c1, ...)
 
@@ -159,17 +160,7 @@ def test_float16_grads(triton_interp):
 # outputs and a, g gradients observed ~1e-7; the lam gradient sums every element in float
 # per pixel and double across pixels: observed ~5e-7).
 
-def _c_kernel_or_skip():
-    from irblocks.kernels import _cpu_build
-    from irblocks.kernels.anyir_fusion import LIBRARY
-
-    if _cpu_build.load(LIBRARY) is None:
-        pytest.skip(f"C kernel unavailable here: {_cpu_build.unavailable(LIBRARY)}")
-
-
 def _c_vs_float64(a, g, lam):
-    from tests._compare import assert_rel_close
-
     out_c, g_c = grads(lambda x, y, l: anyir_fusion(x, y, l, impl="cpu"), [a, g, lam])
     as64 = [t.detach().double().requires_grad_() for t in (a, g, lam)]
     out_r, g_r = grads(anyir_fusion_reference, as64)
@@ -181,7 +172,7 @@ def _c_vs_float64(a, g, lam):
 @pytest.mark.parametrize("c_half", [1, 3, 14, 17, 56])
 @pytest.mark.parametrize("shape,layout", cases(shapes=SMALL_SHAPES))
 def test_c_kernel_matches_reference(shape, layout, c_half):
-    _c_kernel_or_skip()
+    c_kernel_or_skip("anyir_fusion")
     b, h, w = shape
     a = make(b, c_half, h, w, layout, requires_grad=True, scale=3.0)
     g = make(b, c_half, h, w, layout, requires_grad=True, scale=3.0)
@@ -190,7 +181,7 @@ def test_c_kernel_matches_reference(shape, layout, c_half):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_c_kernel_thread_counts_and_saturation(threads):
-    _c_kernel_or_skip()
+    c_kernel_or_skip("anyir_fusion")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:                                    # |x| up to ~200: sigmoid saturates both ways
@@ -202,7 +193,7 @@ def test_c_kernel_thread_counts_and_saturation(threads):
 
 
 def test_c_kernel_picked_and_grad_of_grad():
-    _c_kernel_or_skip()
+    c_kernel_or_skip("anyir_fusion")
     a = make(1, 4, 3, 3, "channels_last", requires_grad=True)
     g = make(1, 4, 3, 3, "channels_last", requires_grad=True)
     assert type(anyir_fusion(a, g, _lam()).grad_fn).__name__.startswith("_FusionCpu")

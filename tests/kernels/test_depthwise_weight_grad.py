@@ -88,9 +88,15 @@ def test_without_bias_and_empty_maps():
     assert dw.abs().sum() == 0 and db.abs().sum() == 0
 
 
-def test_kernel_sizes_the_c_kernel_does_not_take_run_the_reference():
+def test_kernel_sizes_the_c_kernel_does_not_take_run_the_reference(monkeypatch):
+    from irblocks.kernels import depthwise_weight_grad as module
+    calls = []
+    real = module._cpu
+    monkeypatch.setattr(module, "_cpu", lambda *a: calls.append(a[2]) or real(*a))
     _check(*_pair(1, 3, 9, 9), 1)
     _check(*_pair(1, 3, 20, 20), MAX_KERNEL_SIZE + 2)
+    _check(*_pair(1, 3, 20, 20), MAX_KERNEL_SIZE)
+    assert calls == [MAX_KERNEL_SIZE]
 
 
 @pytest.mark.parametrize("k", [3, 7])

@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import irblocks
 from irblocks.kernels._dispatch import out_format
 from irblocks.kernels.layernorm import channel_layer_norm, channel_layer_norm_reference
-from tests.kernels.kutil import ALL_LAYOUTS, assert_close, cases, grads, make
+from tests._compare import assert_rel_close
+from tests.kernels.kutil import ALL_LAYOUTS, assert_close, c_kernel_or_skip, cases, grads, make
 
 C = 6  # not a power of two: exercises the channel mask
 
@@ -134,17 +135,7 @@ def test_bad_impl_is_one_line_error():
 # Tolerance vs the float64 reference, relative to the largest magnitude: 1e-5 (observed
 # ~3e-7 for y, dx, dw, db; dw / db sum over every pixel in float per 64 pixels, double across).
 
-def _c_kernel_or_skip():
-    from irblocks.kernels import _cpu_build
-    from irblocks.kernels.layernorm import LIBRARY
-
-    if _cpu_build.load(LIBRARY) is None:
-        pytest.skip(f"C kernel unavailable here: {_cpu_build.unavailable(LIBRARY)}")
-
-
 def _c_vs_float64(x, weight, bias, center):
-    from tests._compare import rel_error
-
     inputs = [t for t in (x, weight, bias) if t is not None]
 
     def run(impl):
@@ -157,15 +148,15 @@ def _c_vs_float64(x, weight, bias, center):
     out_r, g_r = grads(run("reference"), [t.detach().double().requires_grad_() for t in inputs])
     if out_format(x) == torch.channels_last:                # the C kernel ran
         assert out_c.is_contiguous(memory_format=torch.channels_last)
-    for name, a, r in zip(["y", "dx", "dw", "db"], [out_c, *g_c], [out_r, *g_r]):
-        assert rel_error(a, r) < 1e-5, f"{name}: {rel_error(a, r):.2e}"
+    names = ["y", "dx", "dw", "db"][:1 + len(g_c)]
+    assert_rel_close(names, [out_c, *g_c], [out_r, *g_r], 1e-5)
 
 
 @pytest.mark.parametrize("variant", ["with_bias", "bias_free", "centered"])
 @pytest.mark.parametrize("channels", [3, 5, 28, 97])   # 1 or 2 channels: dx ~ 0 (degenerate)
 @pytest.mark.parametrize("shape,layout", cases(shapes=[(1, 5, 7), (3, 1, 9), (1, 13, 11)]))
 def test_c_kernel_matches_reference(shape, layout, channels, variant):
-    _c_kernel_or_skip()
+    c_kernel_or_skip("layernorm")
     b, h, w = shape
     x = make(b, channels, h, w, layout, requires_grad=True, scale=3.0)
     with torch.no_grad():
@@ -177,7 +168,7 @@ def test_c_kernel_matches_reference(shape, layout, channels, variant):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_c_kernel_thread_counts(threads):
-    _c_kernel_or_skip()
+    c_kernel_or_skip("layernorm")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -189,7 +180,7 @@ def test_c_kernel_thread_counts(threads):
 
 
 def test_c_kernel_picked_and_grad_of_grad():
-    _c_kernel_or_skip()
+    c_kernel_or_skip("layernorm")
     x = make(1, 6, 3, 4, "channels_last", requires_grad=True)
     weight, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
     # auto: the C kernel for BiasFree only (WithBias keeps F.layer_norm, on par in speed)
