@@ -64,7 +64,7 @@ def test_packed_path_is_taken_only_where_it_applies(monkeypatch):
     with torch.autocast("cpu"):
         channel_attention_packed(_qkv(1, 4, 5, 5), t, heads=1)
     assert calls == [1]
-    channel_attention_packed(_qkv(1, 4, 64, 64), torch.ones(2), heads=2)  # 4096 pixels
+    channel_attention_packed(_qkv(1, 4, 16, 16), torch.ones(2), heads=2)  # PACKED_MIN_PIXELS
     assert calls == [1, 1]
 
 
