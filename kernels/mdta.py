@@ -104,7 +104,9 @@ def channel_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 def _sumsq_over_pixels(rows: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """(B, N, K) with any strides -> (B, K): sums of squares over N, ``chunk`` pixels at a
-    time so the squared temporary stays cache-sized (no full-size copy)."""
+    time so the squared temporary stays cache-sized (no full-size copy). For the eager packed
+    path only: :func:`_row_norms` (the reference) keeps one ``square().sum()`` so that tracing
+    (torch.compile, torch.export with dynamic sizes) sees no Python loop over N."""
     total = rows[:, :chunk].square().sum(1)
     for start in range(chunk, rows.shape[1], chunk):
         total += rows[:, start:start + chunk].square().sum(1)

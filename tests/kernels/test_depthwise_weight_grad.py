@@ -144,9 +144,19 @@ def test_errors():
         depthwise_weight_grad(x, x, 4)
 
 
-def test_gradcheck_reference_float64():
-    """The reference is ATen's convolution_backward: check the convolution it differentiates."""
-    x = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+def test_gradcheck_reference_float64(monkeypatch):
+    """float64 takes the reference (``convolution_backward``) inside depthwise_conv2d's custom
+    backward: its weight and bias gradients (and the flipped-kernel input gradient) against
+    numerical differences, with the path asserted."""
+    from irblocks import conv
+    calls = []
+    real = conv.depthwise_weight_grad
+    monkeypatch.setattr(conv, "depthwise_weight_grad",
+                        lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 5, 6, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda a, w: torch.nn.functional.conv2d(a, w, padding=2, groups=3), (x, weight))
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(depthwise_conv2d, (x, weight, bias))
+    assert calls and set(calls) == {5}
