@@ -33,6 +33,45 @@ static inline void store_lanes(float *target, lanes_t value)
     memcpy(target, &value, sizeof value);
 }
 
+/* First channel of the LANES-wide block that starts at `block` in a loop over `channels`: the
+ * block itself, or, for the last one, the LANES channels that end the row (overlapping the
+ * previous block) so every block is a full vector; with fewer than LANES channels, 0. */
+static inline int64_t block_begin(int64_t block, int64_t channels)
+{
+    if (channels < LANES)
+        return 0;
+    return block + LANES <= channels ? block : channels - LANES;
+}
+
+/* 1 for the lanes of the last block_begin() block of `channels` (>= LANES) that no earlier
+ * block covers, 0 for the ones it shares with the block before it: sums over a row's channels
+ * multiply that block by this mask. All ones when LANES divides `channels`. */
+static inline lanes_t tail_mask(int64_t channels)
+{
+    const int64_t fresh = channels % LANES;
+    lanes_t mask;
+    for (int j = 0; j < LANES; ++j)
+        mask[j] = fresh == 0 || j >= LANES - fresh ? 1.0f : 0.0f;
+    return mask;
+}
+
+/* Sum of the LANES lanes (a tree of shuffles). */
+static inline float lanes_sum(lanes_t v)
+{
+#if defined(__clang__) || __GNUC__ >= 12
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return v[0];
+#else
+    float total = 0.0f;
+    for (int j = 0; j < LANES; ++j)
+        total += v[j];
+    return total;
+#endif
+}
+
 /* First item of block `block` when `items` are split into `blocks` contiguous blocks. */
 static inline int64_t block_start(int64_t items, int blocks, int block)
 {

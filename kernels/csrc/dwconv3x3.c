@@ -74,16 +74,6 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
 
-/* First channel of the LANES-wide block that starts at `block` in a loop over `channels`: the
- * block itself, or, for the last one, the LANES channels that end the row (overlapping the
- * previous block) so every block is a full vector; with fewer than LANES channels, 0. */
-static inline int64_t block_begin(int64_t block, int64_t channels)
-{
-    if (channels < LANES)
-        return 0;
-    return block + LANES <= channels ? block : channels - LANES;
-}
-
 /* Depthwise 3x3 of input (B, H, W, channels) + bias, then either written as is (gate 0, output
  * (B, H, W, channels)) or gated, gelu(z1) * z2 over the two halves (gate 1, output
  * (B, H, W, channels / 2)). Rows split over the threads. */
@@ -244,10 +234,8 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
                                  int64_t channels2)
 {
     const lanes_t ones = (lanes_t){0} + 1.0f;
-    lanes_t tail_mask = ones;                 /* lanes of the overlapping last block to count */
+    const lanes_t last_mask = tail_mask(channels2);   /* lanes of the overlapping last block */
     const int64_t fresh = channels2 % LANES;
-    for (int j = 0; j < LANES; ++j)
-        tail_mask[j] = j >= LANES - fresh ? 1.0f : 0.0f;
     memset(partial, 0, (size_t)(10 * channels2) * sizeof(float));
     for (int64_t chunk = x0; chunk < x1; chunk += PIXEL_CHUNK) {
         const int64_t chunk_end = chunk + PIXEL_CHUNK < x1 ? chunk + PIXEL_CHUNK : x1;
@@ -260,7 +248,7 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
                               block, ones);
         if (fresh && channels2 >= LANES) {
             weight_sums_block(chunk_taps, g_row, g_x0, partial, chunk, chunk_end, channels2,
-                              channels2 - LANES, tail_mask);
+                              channels2 - LANES, last_mask);
             continue;
         }
         for (int64_t c = block; c < channels2; ++c) {        /* fewer than LANES channels */

@@ -153,7 +153,9 @@ def _c_vs_float64(x, weight, bias, center):
 
 
 @pytest.mark.parametrize("variant", ["with_bias", "bias_free", "centered"])
-@pytest.mark.parametrize("channels", [3, 5, 28, 97])   # 1 or 2 channels: dx ~ 0 (degenerate)
+# 1 or 2 channels: dx ~ 0 (degenerate). The C kernel keeps 16-128 channels in 1-8 vectors
+# (16, 48, 128: whole vectors; 28, 56: an overlapping last vector) and loops otherwise
+@pytest.mark.parametrize("channels", [3, 5, 16, 28, 48, 56, 97, 128, 130])
 @pytest.mark.parametrize("shape,layout", cases(shapes=[(1, 5, 7), (3, 1, 9), (1, 13, 11)]))
 def test_c_kernel_matches_reference(shape, layout, channels, variant):
     c_kernel_or_skip("layernorm")
@@ -167,14 +169,16 @@ def test_c_kernel_matches_reference(shape, layout, channels, variant):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_c_kernel_thread_counts(threads):
+@pytest.mark.parametrize("channels", [12, 28])          # the loops, the register path
+def test_c_kernel_thread_counts(threads, channels):
     c_kernel_or_skip("layernorm")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = make(2, 12, 9, 10, "channels_last", requires_grad=True)
-        _c_vs_float64(x, torch.randn(12, requires_grad=True), torch.randn(12, requires_grad=True),
-                      None)
+        # 2 x 19 x 23 = 874 pixels: several 64-pixel chunks per thread, a partial last one
+        x = make(2, channels, 19, 23, "channels_last", requires_grad=True)
+        _c_vs_float64(x, torch.randn(channels, requires_grad=True),
+                      torch.randn(channels, requires_grad=True), None)
     finally:
         torch.set_num_threads(old)
 
@@ -183,9 +187,13 @@ def test_c_kernel_picked_and_grad_of_grad():
     c_kernel_or_skip("layernorm")
     x = make(1, 6, 3, 4, "channels_last", requires_grad=True)
     weight, bias = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
-    # auto: the C kernel for BiasFree only (WithBias keeps F.layer_norm, on par in speed)
-    assert type(channel_layer_norm(x, weight, None).grad_fn).__name__.startswith("_LayerNormCpu")
-    assert not type(channel_layer_norm(x, weight, bias).grad_fn).__name__.startswith("_LayerNorm")
+    # auto: the C kernel for every variant (channels_last float32 CPU input)
+    for b, center in ((None, None), (bias, None), (None, True)):
+        y = channel_layer_norm(x, weight, b, center=center)
+        assert type(y.grad_fn).__name__.startswith("_LayerNormCpu"), (b is None, center)
+    nchw = x.detach().contiguous().requires_grad_()
+    nchw_fn = type(channel_layer_norm(nchw, weight, bias).grad_fn).__name__
+    assert not nchw_fn.startswith("_LayerNorm"), nchw_fn
 
     def second_order(impl):
         xx, ww, bb = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
