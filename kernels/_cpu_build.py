@@ -7,13 +7,18 @@ and cache is the only way to fuse them here. ``torch.compile`` (inductor) was me
 same chain and was 3.5x *slower* than eager (it materialises the backward's shifted sums).
 
 Build: the system C compiler (``$CC``, else ``cc``, ``gcc``, ``clang``) with
-``-O3 -march=native -fopenmp`` into ``$IRBLOCKS_CACHE_DIR`` (default
+``-O3 -march=native -ffp-contract=fast -fopenmp`` into ``$IRBLOCKS_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/irblocks`` or ``~/.cache/irblocks``) under a name keyed by the source
 (and the shared headers in csrc/),
 the compiler's version and the flags, so a changed source or compiler rebuilds and
 concurrent processes never see a half-written library (each writes its own temporary file
 and renames it). ``-march=native`` is right because the library is built on the machine
-that runs it. The library links the OpenMP runtime torch loaded (``torch/lib/libgomp*``
+that runs it. ``-ffp-contract=fast`` lets a * b + c become one fused multiply-add (``-std=c11``
+turns contraction off; GCC's GNU modes have it on): the convolutions' tap sums are chains of
+them. Measured: the GDFN gate 12-25% faster forward and backward with the data in cache,
+whole training step 3.1% faster (AnyIR) and 2.6% (Restormer), interleaved in one process;
+results stay within the kernels' tested tolerances (an FMA rounds once instead of twice).
+The library links the OpenMP runtime torch loaded (``torch/lib/libgomp*``
 when the wheel ships one): one thread pool, sized per call with ``torch.get_num_threads()``.
 
 When no compiler (or no OpenMP) is available, :func:`load` returns ``None`` and
@@ -41,7 +46,8 @@ __all__ = ["CACHE_ENV", "SOURCES", "load", "unavailable", "cache_dir", "library"
 
 CACHE_ENV = "IRBLOCKS_CACHE_DIR"
 SOURCES = Path(__file__).parent / "csrc"
-FLAGS = ("-std=c11", "-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared",
+FLAGS = ("-std=c11", "-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast",
+         "-fPIC", "-shared",
          "-fopenmp", "-Wall", "-Wno-psabi")
 BUILD_TIMEOUT_S = 300
 _REASONS: dict[str, str] = {}
