@@ -11,13 +11,13 @@ Implementations
 - cpu: float32 CPU tensors, output channels_last. Forward: one pass over x. Backward: one
   pass that reads dy and x once, writes dx (the transposed convolution of dy) and sums the
   weight and bias gradients (sixteen channels at a time in registers, double per band of
-  rows). Forward + backward, 2 threads, pytest-benchmark min (tests/benchmarks/
-  test_bench_dwconv3x3.py, 2026-11-30 10:40 UTC): 16.1 ms at 2x288x128x128 and 3.7 ms at
-  2x84x128x128, against 13.5 and 3.7 ms for :func:`irblocks.conv.depthwise_conv2d` (oneDNN's
-  forward and flipped-kernel forward + the C weight gradient of
-  :mod:`irblocks.kernels.depthwise_weight_grad`), which the blocks therefore use; this kernel
-  stays an explicit entry point (``impl="cpu"``). Values equal ``F.conv2d``'s to float
-  rounding (the weight gradient sums in a different order: ~5e-6 relative).
+  rows). :func:`irblocks.conv.depthwise_conv2d` runs it for every 3x3 while training (MDTA's
+  qkv convolution): since the kernels are built with FMA contraction (``_cpu_build``) it
+  beats oneDNN's forward + flipped-kernel forward + the C weight gradient of
+  :mod:`irblocks.kernels.depthwise_weight_grad` per whole training step (AnyIR 1.484 ->
+  1.434 s, Restormer 3.389 -> 3.330 s, interleaved in one process, 2026-11-30); before that
+  it lost by 1.5-2%. Values equal ``F.conv2d``'s to float rounding (the weight gradient sums
+  in a different order: ~5e-6 relative).
   Not used (the reference runs) under ``torch.compile``/``torch.export`` tracing,
   ``torch.func`` transforms, autocast or other dtypes; grad of grad differentiates the
   reference.
@@ -39,7 +39,7 @@ from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, reference_grads, select
 
 __all__ = ["LIBRARY", "SIGNATURES", "library", "tap_major", "check_depthwise3x3", "dwconv3x3",
-           "dwconv3x3_reference"]
+           "dwconv3x3_reference", "runs_cpu_kernel"]
 
 LIBRARY = "dwconv3x3"       # csrc/dwconv3x3.c
 NAME = "dwconv3x3"
@@ -165,6 +165,14 @@ def dwconv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     if x.dim() != 4:
         raise ValueError(f"{NAME}: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
     check_depthwise3x3(NAME, x.shape[1], weight, bias)
-    if select(impl, x, weight, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(x, weight, bias):
+    if runs_cpu_kernel(x, weight, bias, impl):
         return _Dwconv3x3Cpu.apply(x, weight, bias)
     return dwconv3x3_reference(x, weight, bias)
+
+
+def runs_cpu_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    impl: str | None = None) -> bool:
+    """Whether :func:`dwconv3x3` runs the C kernel on these arguments (the dispatcher's
+    choice for ``impl`` is ``"cpu"`` and the kernel applies: float32 channels_last CPU tensors,
+    no tracing, no torch.func transform, no autocast)."""
+    return select(impl, x, weight, cpu_kernel=LIBRARY) == "cpu" and cpu_applies(x, weight, bias)

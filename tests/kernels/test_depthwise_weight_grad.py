@@ -99,9 +99,12 @@ def test_kernel_sizes_the_c_kernel_does_not_take_run_the_reference(monkeypatch):
     assert calls == [MAX_KERNEL_SIZE]
 
 
-@pytest.mark.parametrize("k", [3, 7])
-def test_depthwise_conv2d_backward_uses_it(k, monkeypatch):
+@pytest.mark.parametrize("k,kernels", [(3, "cpu"), (3, "reference"), (7, "cpu")])
+def test_depthwise_conv2d_backward_uses_it(k, kernels, monkeypatch):
+    """depthwise_conv2d's backward takes this weight gradient, except for a 3x3 while the C
+    kernels run: then the one-pass dwconv3x3 kernel does forward and backward."""
     from irblocks import conv
+    monkeypatch.setenv("IRBLOCKS_KERNELS", kernels)
     calls = []
     real = conv.depthwise_weight_grad
     monkeypatch.setattr(conv, "depthwise_weight_grad",
@@ -110,11 +113,14 @@ def test_depthwise_conv2d_backward_uses_it(k, monkeypatch):
     weight = torch.randn(19, 1, k, k, requires_grad=True)
     bias = torch.randn(19, requires_grad=True)
     dy = torch.randn(2, 19, 9, 11)
-    grads = torch.autograd.grad(depthwise_conv2d(x, weight, bias), (x, weight, bias), dy)
+    y = depthwise_conv2d(x, weight, bias)
+    one_pass = k == 3 and kernels == "cpu" and conv.runs_cpu_kernel(x, weight, bias)
+    assert (type(y.grad_fn).__name__ == "_Dwconv3x3CpuBackward") == one_pass
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
     ref = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     ref_grads = torch.autograd.grad(torch.nn.functional.conv2d(*ref, padding=k // 2, groups=19),
                                     ref, dy.double())
-    assert calls == [k]
+    assert calls == ([] if one_pass else [k])
     for g, r in zip(grads, ref_grads):
         assert rel_error(g, r) < TOL
 
