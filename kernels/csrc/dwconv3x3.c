@@ -224,19 +224,56 @@ static inline __attribute__((always_inline)) void weight_sums_block(
                     load_lanes(partial + t * channels2 + block) + acc[t]);
 }
 
-/* Adds to sum (10, 2C) the sums over columns [x0, x1) of row y of g(y, x) * input(y + ky - 1,
- * x + kx - 1) (taps 0-8) and of g (9: the bias). g_row holds columns from g_x0 on. Sixteen
- * channels at a time with the ten sums in registers (ten loads and FMAs per pixel): float
- * within the tile, double across tiles. */
-static void weight_gradient_tile(const float *base, const float *g_row, int64_t g_x0,
-                                 const float *zeros, float *partial, double *sum, int64_t y,
-                                 int64_t x0, int64_t x1, int64_t height, int64_t width,
-                                 int64_t channels2)
+/* weight_sums_block for the interior columns [x0, x1) of a row (1 <= x0, x1 <= W - 1: every
+ * tap column inside the image): the taps of row ky + 1 are rows[ky] + column * steps[ky]
+ * (steps 0 and rows the zero row when that image row is outside), so the loop walks three
+ * pointers instead of loading nine per pixel, and the ten sums stay in registers across the
+ * whole run (gate backward 5-12% faster in cache, one thread; whole training step ~1%). */
+static inline __attribute__((always_inline)) void weight_sums_run(
+    const float *const rows[3], const int64_t steps[3], const float *g_row, int64_t g_x0,
+    float *partial, int64_t x0, int64_t x1, int64_t channels2, int64_t block, lanes_t mask)
+{
+    lanes_t acc[10];
+    #pragma GCC unroll 10
+    for (int t = 0; t < 10; ++t)
+        acc[t] = (lanes_t){0};
+    const int64_t s0 = steps[0], s1 = steps[1], s2 = steps[2];
+    const float *r0 = rows[0] + (x0 - 1) * s0 + block;
+    const float *r1 = rows[1] + (x0 - 1) * s1 + block;
+    const float *r2 = rows[2] + (x0 - 1) * s2 + block;
+    const float *gp = g_row + (x0 - g_x0) * channels2 + block;
+    for (int64_t x = x0; x < x1; ++x) {
+        const lanes_t g = load_lanes(gp) * mask;
+        acc[0] += g * load_lanes(r0);
+        acc[1] += g * load_lanes(r0 + s0);
+        acc[2] += g * load_lanes(r0 + 2 * s0);
+        acc[3] += g * load_lanes(r1);
+        acc[4] += g * load_lanes(r1 + s1);
+        acc[5] += g * load_lanes(r1 + 2 * s1);
+        acc[6] += g * load_lanes(r2);
+        acc[7] += g * load_lanes(r2 + s2);
+        acc[8] += g * load_lanes(r2 + 2 * s2);
+        acc[9] += g;
+        r0 += s0;
+        r1 += s1;
+        r2 += s2;
+        gp += channels2;
+    }
+    #pragma GCC unroll 10
+    for (int t = 0; t < 10; ++t)
+        store_lanes(partial + t * channels2 + block,
+                    load_lanes(partial + t * channels2 + block) + acc[t]);
+}
+
+/* Adds to partial (10, 2C) the weight and bias sums of row y, columns [x0, x1), through the
+ * per-chunk pointer tables (any column, any channel count). */
+static void weight_sums_chunks(const float *base, const float *g_row, int64_t g_x0,
+                               const float *zeros, float *partial, int64_t y, int64_t x0,
+                               int64_t x1, int64_t height, int64_t width, int64_t channels2)
 {
     const lanes_t ones = (lanes_t){0} + 1.0f;
     const lanes_t last_mask = tail_mask(channels2);   /* lanes of the overlapping last block */
     const int64_t fresh = channels2 % LANES;
-    memset(partial, 0, (size_t)(10 * channels2) * sizeof(float));
     for (int64_t chunk = x0; chunk < x1; chunk += PIXEL_CHUNK) {
         const int64_t chunk_end = chunk + PIXEL_CHUNK < x1 ? chunk + PIXEL_CHUNK : x1;
         const float *chunk_taps[PIXEL_CHUNK][9];
@@ -263,6 +300,46 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
             for (int t = 0; t < 10; ++t)
                 partial[t * channels2 + c] += acc[t];
         }
+    }
+}
+
+/* Adds to sum (10, 2C) the sums over columns [x0, x1) of row y of g(y, x) * input(y + ky - 1,
+ * x + kx - 1) (taps 0-8) and of g (9: the bias). g_row holds columns from g_x0 on. Sixteen
+ * channels at a time with the ten sums in registers (ten loads and FMAs per pixel): float
+ * within the tile, double across tiles. Interior columns run along three row pointers
+ * (weight_sums_run); the image's first and last column, and fewer than LANES channels, take
+ * the pointer tables (weight_sums_chunks). */
+static void weight_gradient_tile(const float *base, const float *g_row, int64_t g_x0,
+                                 const float *zeros, float *partial, double *sum, int64_t y,
+                                 int64_t x0, int64_t x1, int64_t height, int64_t width,
+                                 int64_t channels2)
+{
+    memset(partial, 0, (size_t)(10 * channels2) * sizeof(float));
+    const int64_t inner0 = x0 > 1 ? x0 : 1, inner1 = x1 < width - 1 ? x1 : width - 1;
+    if (channels2 < LANES || inner0 >= inner1) {
+        weight_sums_chunks(base, g_row, g_x0, zeros, partial, y, x0, x1, height, width,
+                           channels2);
+    } else {
+        const float *rows[3];
+        int64_t steps[3];
+        for (int ky = 0; ky < 3; ++ky) {
+            const int64_t yy = y + ky - 1;
+            const int inside = yy >= 0 && yy < height;
+            rows[ky] = inside ? base + yy * width * channels2 : zeros;
+            steps[ky] = inside ? channels2 : 0;
+        }
+        const lanes_t ones = (lanes_t){0} + 1.0f;
+        int64_t block = 0;
+        for (; block + LANES <= channels2; block += LANES)
+            weight_sums_run(rows, steps, g_row, g_x0, partial, inner0, inner1, channels2, block,
+                            ones);
+        if (channels2 % LANES)
+            weight_sums_run(rows, steps, g_row, g_x0, partial, inner0, inner1, channels2,
+                            channels2 - LANES, tail_mask(channels2));
+        weight_sums_chunks(base, g_row, g_x0, zeros, partial, y, x0, inner0, height, width,
+                           channels2);
+        weight_sums_chunks(base, g_row, g_x0, zeros, partial, y, inner1, x1, height, width,
+                           channels2);
     }
     #pragma omp simd
     for (int64_t i = 0; i < 10 * channels2; ++i)
