@@ -9,9 +9,10 @@ Implementations
   for float32 CPU tensors. Forward: reads p once, writes y; z never reaches memory.
   Backward: recomputes z three rows at a time in a cache-resident ring, writes dp and sums the
   weight and bias gradients in one pass. Saved for backward: p only (the eager chain saves
-  five tensors of the hidden width). Forward + backward, 2 threads, pytest-benchmark min:
-  17 vs 44 ms at 2x224x128x128, 92 vs 165 ms at 2x508x128x128 against the reference (GDFN's
-  two dense halves). Inputs whose channels are not the fastest axis (NCHW) keep the reference.
+  five tensors of the hidden width). Forward + backward, 2 threads, pytest-benchmark
+  medians (2026-11-30): 9.8 vs 36.2 ms at 2x224x128x128, 49.8 vs 136 ms at 2x510x128x128
+  against the reference (GDFN's two dense halves). Inputs whose channels are not the
+  fastest axis (NCHW) keep the reference.
   Accuracy vs the float64 reference: ~2e-7 relative, like torch's own float32 ops (erf is
   the Abramowitz & Stegun 7.1.26 form ATen vectorises). Not used (the reference runs) under
   ``torch.compile``/``torch.export`` tracing, ``torch.func`` transforms (ClusIR's vmapped

@@ -73,7 +73,7 @@ def test_model_forward(benchmark, name, size, style):
         print(f"\n{name} 1x3x{size}x{size}: official / fast = {ratio:.2f}x (target >= 2x)")
 
 
-TRAIN_BATCH, TRAIN_SIZE, TRAIN_ROUNDS = 2, 128, 3
+TRAIN_BATCH, TRAIN_SIZE, TRAIN_ROUNDS = 2, 128, 7
 
 _PEAK_SCRIPT = textwrap.dedent("""
     import sys, torch, irblocks
