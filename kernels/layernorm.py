@@ -14,10 +14,11 @@ Implementations
 - cpu: a compiled C kernel (``csrc/layernorm.c``) for float32 CPU tensors: one pass forward
   keeping mean and rstd per pixel, one pass backward writing dx and summing dw / db per
   thread (in registers for 16-128 channels). Measured here (forward + backward through
-  autograd, 2 threads, medians): WithBias 1.08 vs 4.55 ms (``F.layer_norm``) at
-  2x28x128x128, 1.74 vs 3.78 ms at 2x56x128x128, 0.63 vs 1.09 ms at 2x56x64x64, on par at
-  2x112x32x32; BiasFree 2.0 vs 9.6 ms at 2x48x128x128 and 3.7 vs 29 ms at 2x96x128x128 (the
-  reference's mean / norm / rsqrt chain). The dispatcher picks it for all three variants.
+  autograd into leaf tensors, 2 threads, medians, 2026-11-30): WithBias 1.08 vs 4.55 ms
+  (``F.layer_norm``) at 2x28x128x128, 1.74 vs 3.78 ms at 2x56x128x128, 0.63 vs 1.09 ms at
+  2x56x64x64, on par at 2x96x128x128 and 2x112x32x32; BiasFree 1.30 vs 8.94 ms at
+  2x48x128x128 and 2.61 vs 18.5 ms at 2x96x128x128 (the reference's mean / norm / rsqrt
+  chain). The dispatcher picks it for all three variants.
   Falls back to the reference under torch.compile, torch.func, autocast.
 - triton: one program normalises ``BLOCK_SIZE_P`` pixels of one image x all channels, reading
   the input through its own strides (NCHW, channels_last or any view: no permute copy;
