@@ -104,6 +104,17 @@ static void forward_loops(const float *input, const float *weight, const float *
     }
 }
 
+/* One switch case per register-path vector count (1 to MAX_VECTORS). */
+#define EACH_VECTOR_COUNT(CASE) \
+    CASE(1);                    \
+    CASE(2);                    \
+    CASE(3);                    \
+    CASE(4);                    \
+    CASE(5);                    \
+    CASE(6);                    \
+    CASE(7);                    \
+    CASE(8)
+
 /* Vectors per pixel for the register path, or 0 for the loops. */
 static int register_vectors(int64_t channels)
 {
@@ -140,14 +151,7 @@ int layer_norm_forward(
             const int64_t first = block_start(pixels, blocks, block);
             const int64_t last = block_start(pixels, blocks, block + 1);
             switch (vectors) {
-                FORWARD_CASE(1);
-                FORWARD_CASE(2);
-                FORWARD_CASE(3);
-                FORWARD_CASE(4);
-                FORWARD_CASE(5);
-                FORWARD_CASE(6);
-                FORWARD_CASE(7);
-                FORWARD_CASE(8);
+                EACH_VECTOR_COUNT(FORWARD_CASE);
             default:
                 forward_loops(input, weight, bias, center, eps, output, mean, rstd, first, last,
                               channels);
@@ -307,14 +311,7 @@ int layer_norm_backward(
             const int64_t first = block_start(pixels, blocks, block);
             const int64_t last = block_start(pixels, blocks, block + 1);
             switch (vectors) {
-                BACKWARD_CASE(1);
-                BACKWARD_CASE(2);
-                BACKWARD_CASE(3);
-                BACKWARD_CASE(4);
-                BACKWARD_CASE(5);
-                BACKWARD_CASE(6);
-                BACKWARD_CASE(7);
-                BACKWARD_CASE(8);
+                EACH_VECTOR_COUNT(BACKWARD_CASE);
             default:
                 backward_loops(input, weight, center, mean, rstd, grad_output, grad_input, sum,
                                chunk_sums + block * 2 * stride, first, last, channels);
