@@ -194,6 +194,16 @@ static void gate_gradient_row(const float *base, const float *grad_base, const f
     }
 }
 
+/* partial[t][block .. block + LANES) += acc[t] for the nine taps and the bias (t = 9). */
+static inline __attribute__((always_inline)) void add_sums(float *partial, const lanes_t acc[10],
+                                                           int64_t channels2, int64_t block)
+{
+    #pragma GCC unroll 10
+    for (int t = 0; t < 10; ++t)
+        store_lanes(partial + t * channels2 + block,
+                    load_lanes(partial + t * channels2 + block) + acc[t]);
+}
+
 /* Adds to partial (10, 2C) the sums over pixels [x0, x1) of a row of g(y, x) * input(y + ky - 1,
  * x + kx - 1) (taps 0-8) and of g (9: the bias) for the LANES channels from `block` on, g
  * multiplied by `mask` (1 or 0 per lane: the last block of a row whose width is not a multiple
@@ -218,10 +228,7 @@ static inline __attribute__((always_inline)) void weight_sums_block(
             acc[t] += g * load_lanes(tap[t] + block);
         acc[9] += g;
     }
-    #pragma GCC unroll 10
-    for (int t = 0; t < 10; ++t)
-        store_lanes(partial + t * channels2 + block,
-                    load_lanes(partial + t * channels2 + block) + acc[t]);
+    add_sums(partial, acc, channels2, block);
 }
 
 /* weight_sums_block for the interior columns [x0, x1) of a row (1 <= x0, x1 <= W - 1: every
@@ -259,10 +266,7 @@ static inline __attribute__((always_inline)) void weight_sums_run(
         r2 += s2;
         gp += channels2;
     }
-    #pragma GCC unroll 10
-    for (int t = 0; t < 10; ++t)
-        store_lanes(partial + t * channels2 + block,
-                    load_lanes(partial + t * channels2 + block) + acc[t]);
+    add_sums(partial, acc, channels2, block);
 }
 
 /* Adds to partial (10, 2C) the weight and bias sums of row y, columns [x0, x1), through the
