@@ -199,3 +199,45 @@ def test_compiler_error_is_one_line(fresh_build, monkeypatch, tmp_path):
     reason = _cpu_build.unavailable(LIBRARY)
     assert reason == f"fakecc failed on {LIBRARY}.c: fakecc: error: unsupported option"
     assert not list((fresh_build / "cpu_kernels").glob("*"))         # nothing half-written
+
+
+def _graph_names(t: torch.Tensor) -> set[str]:
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(n for n, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("dim,expansion,bias", [(6, 2.66, True), (6, 2.66, False),
+                                                (8, 2.0, True), (24, 1.0, False)])
+def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias):
+    """GDFN's C path pads the hidden width h to a multiple of HIDDEN_MULTIPLE with zero
+    channels; output, input gradient and every parameter's gradient equal the official
+    form's (chunk + F.gelu on the unpadded weights) to RTOL (float32, the C path)."""
+    from irblocks.gdfn import GDFN, HIDDEN_MULTIPLE
+    torch.manual_seed(0)
+    block = GDFN(dim, expansion=expansion, bias=bias)
+    for p in block.parameters():                      # biases too: a wrong pad would show
+        torch.nn.init.normal_(p, std=0.5)
+    in_w, in_b, dw_w, dw_b, out_w = block.padded_weights()
+    hp = -(-block.hidden // HIDDEN_MULTIPLE) * HIDDEN_MULTIPLE
+    assert in_w.shape[0] == dw_w.shape[0] == 2 * hp and out_w.shape[1] == hp
+    assert (in_b is None) == (dw_b is None) == (not bias)
+    x = torch.randn(2, dim, 9, 13).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(2, dim, 9, 13)
+    results = []
+    for style in ("fast", "official"):
+        irblocks.set_execution(block, style)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        y = block(x)
+        if style == "fast":
+            assert "_DwconvGeluGateCpuBackward" in _graph_names(y)
+        y.backward(g)
+        results.append([y.detach(), x.grad] + [p.grad for p in block.parameters()])
+    names = ["out", "x"] + [n for n, _ in block.named_parameters()]
+    assert_rel_close(names, *results, RTOL)
