@@ -3,7 +3,13 @@
 :func:`pointwise_conv2d`: a 1x1 convolution of a channels_last tensor is a matrix product
 over its (B H W, C) view; ``F.linear`` runs it (and its backward: two GEMMs, no zero-filled
 gradient buffers) 20-35% faster than ATen's CPU convolution paths on the blocks' shapes
-(2 x 14..112 x 128 x 128; 1 and 2 threads).
+(2 x 14..112 x 128 x 128; 1 and 2 threads). An expanding 1x1 (Cout > Cin) multiplies by a
+contiguous (Cin, Cout) copy of the weight instead: autograd then computes its weight gradient
+as X^T dY (Cin x Cout, read along the long pixel axis of both operands) where ``F.linear``
+computes dY^T X to return it in the weight's layout; with 2 threads the forward and both
+backward GEMMs together took 0.80-0.97x the time at most expanding shapes of the networks
+(2 x 96 -> 512 x 128 x 128: 0.90x; 28 -> 128: 0.80x) and 1.05-1.46x at reducing ones, where
+``F.linear`` stays.
 
 :func:`depthwise_conv2d`: stride-1 depthwise convolution with a faster CPU backward.
 
@@ -95,5 +101,11 @@ def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor,
     (B, H, W, Cin) view, output channels_last; otherwise ``F.conv2d``. (Only
     ``is_contiguous()`` is asked: ``torch.func.vmap`` cannot answer memory-format queries.)"""
     if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
+        if weight.shape[0] > weight.shape[1]:          # expanding: see the module doc
+            b, cin, h, w = x.shape
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)
+            weight_t = weight.flatten(1).t().contiguous()      # (Cin, Cout), a small copy
+            y = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+            return y.view(b, h, w, -1).permute(0, 3, 1, 2)
         return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
     return F.conv2d(x, weight, bias)
