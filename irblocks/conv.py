@@ -9,7 +9,9 @@ as X^T dY (Cin x Cout, read along the long pixel axis of both operands) where ``
 computes dY^T X to return it in the weight's layout; with 2 threads the forward and both
 backward GEMMs together took 0.80-0.97x the time at most expanding shapes of the networks
 (2 x 96 -> 512 x 128 x 128: 0.90x; 28 -> 128: 0.80x) and 1.05-1.46x at reducing ones, where
-``F.linear`` stays.
+``F.linear`` stays. The transposed copy (and its gradient's copy back) costs about as much
+as the gain below ~1000 pixels (a 384 x 2048 weight: ~1.8 ms in the step against ~3 ms for
+the three GEMMs at 2 x 16 x 16), so it needs :data:`TRANSPOSED_WEIGHT_MIN_PIXELS` pixels.
 
 :func:`depthwise_conv2d`: stride-1 depthwise convolution with a faster CPU backward.
 
@@ -94,15 +96,20 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _DepthwiseConv.apply(x, weight, bias, p)
 
 
+TRANSPOSED_WEIGHT_MIN_PIXELS = 4096
+
+
 def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution: x (B, Cin, H, W), weight (Cout, Cin, 1, 1) -> (B, Cout, H, W). For a
     non-NCHW-contiguous CPU tensor (channels_last: then a zero-copy view), ``F.linear`` on its
-    (B, H, W, Cin) view, output channels_last; otherwise ``F.conv2d``. (Only
+    (B, H, W, Cin) view, output channels_last (an expanding one, Cout > Cin, over at least
+    :data:`TRANSPOSED_WEIGHT_MIN_PIXELS` pixels: a product with the transposed weight, see the
+    module docstring); otherwise ``F.conv2d``. (Only
     ``is_contiguous()`` is asked: ``torch.func.vmap`` cannot answer memory-format queries.)"""
     if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
-        if weight.shape[0] > weight.shape[1]:          # expanding: see the module doc
-            b, cin, h, w = x.shape
+        b, cin, h, w = x.shape
+        if weight.shape[0] > cin and b * h * w >= TRANSPOSED_WEIGHT_MIN_PIXELS:
             rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)
             weight_t = weight.flatten(1).t().contiguous()      # (Cin, Cout), a small copy
             y = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)

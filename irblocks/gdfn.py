@@ -71,7 +71,7 @@ class GDFN(nn.Module):
 
         A padded channel is 0 after project_in and the depthwise conv, gelu(0) * 0 = 0 enters
         project_out through a zero column, and its gradient reaches no parameter (the
-        concatenation's backward drops it): the output and every gradient equal the unpadded
+        padding's backward drops it): the output and every gradient equal the unpadded
         GDFN's up to float rounding. Differentiable (built per call; the weights are small).
         """
         pi, dw, po = self.project_in, self.dwconv, self.project_out
@@ -81,8 +81,9 @@ class GDFN(nn.Module):
         def halves(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or pad == 0:
                 return t
-            zeros = t.new_zeros(pad, *t.shape[1:])
-            return torch.cat([t[:h], zeros, t[h:], zeros])
+            # one pad of the (2, h, ...) view: its backward is one slice of the gradient
+            pads = (0, 0) * (t.dim() - 1) + (0, pad)
+            return F.pad(t.view(2, h, *t.shape[1:]), pads).view(2 * (h + pad), *t.shape[1:])
 
         out_weight = po.weight if pad == 0 else F.pad(po.weight, (0, 0, 0, 0, 0, pad))
         return (halves(pi.weight), halves(pi.bias), halves(dw.weight), halves(dw.bias),

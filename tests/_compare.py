@@ -1,4 +1,5 @@
-"""The one relative-error figure the tests state their tolerances in."""
+"""The one relative-error figure the tests state their tolerances in, and which autograd path
+a result took."""
 from __future__ import annotations
 
 import torch
@@ -21,3 +22,14 @@ def assert_rel_close(names: list[str], actual: list[torch.Tensor], reference: li
         bound = tolerance[name] if isinstance(tolerance, dict) else tolerance
         err = rel_error(a, r)
         assert err < bound, f"{name}: relative error {err:.2e}, bound {bound:.0e}"
+
+
+def graph_node_names(t: torch.Tensor) -> set[str]:
+    """The class names of every autograd node behind ``t`` (which path a function took)."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(n for n, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}

@@ -16,7 +16,7 @@ import irblocks
 from irblocks.kernels import _cpu_build, _dispatch
 from irblocks.kernels.dwconv3x3 import LIBRARY
 from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate, dwconv_gelu_gate_reference
-from tests._compare import assert_rel_close, rel_error
+from tests._compare import assert_rel_close, graph_node_names, rel_error
 from tests.kernels.kutil import LAYOUTS, grads, make
 
 RTOL = 1e-5
@@ -201,16 +201,6 @@ def test_compiler_error_is_one_line(fresh_build, monkeypatch, tmp_path):
     assert not list((fresh_build / "cpu_kernels").glob("*"))         # nothing half-written
 
 
-def _graph_names(t: torch.Tensor) -> set[str]:
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            todo.extend(n for n, _ in node.next_functions)
-    return {type(node).__name__ for node in seen}
-
-
 @pytest.mark.parametrize("dim,expansion,bias", [(6, 2.66, True), (6, 2.66, False),
                                                 (8, 2.0, True), (24, 1.0, False)])
 def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias):
@@ -236,7 +226,7 @@ def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias):
         x.grad = None
         y = block(x)
         if style == "fast":
-            assert "_DwconvGeluGateCpuBackward" in _graph_names(y)
+            assert "_DwconvGeluGateCpuBackward" in graph_node_names(y)
         y.backward(g)
         results.append([y.detach(), x.grad] + [p.grad for p in block.parameters()])
     names = ["out", "x"] + [n for n, _ in block.named_parameters()]
