@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irblocks.conv import depthwise_conv2d, pointwise_conv2d
-from irblocks.kernels.mdta import channel_attention_packed
+from irblocks.kernels.mdta import channel_attention_packed, packs
 from irblocks.registry import Context, register
 
 __all__ = ["MDTA"]
@@ -48,9 +48,13 @@ class MDTA(nn.Module):
             out = (attn @ v).reshape(b, c, h, w)
         else:
             qkv = pointwise_conv2d(x, self.qkv.weight, self.qkv.bias)
-            dw = self.qkv_dwconv
-            out = channel_attention_packed(depthwise_conv2d(qkv, dw.weight, dw.bias),
-                                           self.temperature, self.heads)
-            po = self.project_out
+            dw, po = self.qkv_dwconv, self.project_out
+            qkv = depthwise_conv2d(qkv, dw.weight, dw.bias)
+            if po is not None and packs(qkv, self.temperature, self.heads):
+                # training on CPU: project_out folded into the attention (one N-sized matmul
+                # instead of two forward, two instead of four backward: _PackedAttention)
+                return channel_attention_packed(qkv, self.temperature, self.heads,
+                                                project_weight=po.weight, project_bias=po.bias)
+            out = channel_attention_packed(qkv, self.temperature, self.heads)
             return pointwise_conv2d(out, po.weight, po.bias) if po is not None else out
         return self.project_out(out) if self.project_out is not None else out

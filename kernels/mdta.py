@@ -35,6 +35,7 @@ Implementations
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from irblocks.registry import register
 
@@ -43,7 +44,7 @@ from ._dispatch import block_size, empty, interpreting, reference_grads, select,
 from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
-__all__ = ["channel_attention", "channel_attention_packed", "channel_attention_reference",
+__all__ = ["channel_attention", "channel_attention_packed", "channel_attention_reference", "packs",
            "MAX_TRITON_HEAD_DIM"]
 
 MAX_TRITON_HEAD_DIM = 64
@@ -136,24 +137,38 @@ def _packed_attention_map(gram: torch.Tensor, sumsq: torch.Tensor,
 FULL_GRAM_MAX_CHANNELS = 64     # one head, C <= this: q k^T and the norms from one gram
 
 
+def _projected_map(weight: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """M = W blockdiag(A_1 .. A_heads) per batch item: weight (C, C) of the 1x1 projection
+    after the attention, attn (B, heads, d, d) -> (B, C, C); projection(attention) of v is
+    then v M^T (out = v blockdiag(A)^T, y = out W^T)."""
+    b, heads, d, _ = attn.shape
+    return torch.einsum("ohi,bhij->bohj", weight.view(-1, heads, d), attn).reshape(b, -1,
+                                                                                heads * d)
+
+
 class _PackedAttention(torch.autograd.Function):
     """Channel attention on the pixel rows of a channels-fastest qkv: rows (B, N, 3C) with
-    [q | k | v] per pixel, temperature (heads,) -> (B, N, C).
+    [q | k | v] per pixel, temperature (heads,), optionally the following 1x1 projection's
+    weight (C, C) and bias (C,) -> (B, N, C).
 
     Forward: the raw grams q k^T per head (one matmul each, like the official code) and the
     sums of squares of q and k over N (chunked, no copy), or, for one head of at most
     ``FULL_GRAM_MAX_CHANNELS`` channels, both from one gram of [q | k] (its off-diagonal block
     and its diagonal: one call instead of many small ones); the d x d normalisation and softmax
-    run on tiny tensors; out = v A^T. Backward (no autograd over the N-sized tensors):
-    dA = dout^T v; dG, dsumsq, dt from autograd over the d x d part; then dq = 2 dsumsq_q q
-    + k dG^T, dk = 2 dsumsq_k k + q dG, dv = dout A, each written by its matmul straight into
+    run on tiny tensors; out = v A^T. With a projection W the attention output is never
+    formed: y = (v blockdiag(A)^T) W^T = v M^T with M = W blockdiag(A) (C x C, tiny), one
+    N-sized matmul where there were two (forward), and two where there were four (backward:
+    dv = dy M and dM = dy^T v; dA and dW from dM on C x C tensors).
+    Backward (no autograd over the N-sized tensors): dA = dout^T v (or dM as above); dG,
+    dsumsq, dt (and dW) from autograd over the d x d part; then dq = 2 dsumsq_q q + k dG^T,
+    dk = 2 dsumsq_k k + q dG, dv = dout A (or dy M), each written by its matmul straight into
     its channel slice of one (B, N, 3C) gradient (no per-part tensors concatenated).
     Under ``create_graph`` the backward differentiates :func:`channel_attention_reference`.
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, temperature: torch.Tensor,
-                heads: int) -> torch.Tensor:
+    def forward(ctx, rows: torch.Tensor, temperature: torch.Tensor, heads: int,
+                weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         b, n, c3 = rows.shape
         c = c3 // 3
         d = c // heads
@@ -172,50 +187,70 @@ class _PackedAttention(torch.autograd.Function):
                 torch.bmm(q.transpose(1, 2), k, out=g)
         attn = _packed_attention_map(gram, sumsq, temperature)
         out = empty(b, n, c, like=rows)
-        for v, a, o in zip(_per_head(rows[..., 2 * c:], heads), _per_head(attn, heads),
-                           _per_head(out, heads)):
-            torch.bmm(v, a.transpose(1, 2), out=o)
+        if weight is None:
+            for v, a, o in zip(_per_head(rows[..., 2 * c:], heads), _per_head(attn, heads),
+                               _per_head(out, heads)):
+                torch.bmm(v, a.transpose(1, 2), out=o)
+        else:
+            torch.bmm(rows[..., 2 * c:], _projected_map(weight, attn).transpose(1, 2), out=out)
+            if bias is not None:
+                out += bias
         # (forward(ctx, ...) style: apply() then skips inspect's signature binding, ~30 us a call)
-        ctx.save_for_backward(rows, temperature, gram, sumsq)
+        ctx.save_for_backward(rows, temperature, weight, bias, gram, sumsq)
         ctx.heads, ctx.full_gram = heads, full_gram
         ctx.mark_non_differentiable(gram, sumsq)
         return out, gram, sumsq
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor, _dgram, _dsumsq):
-        rows, temperature, gram, sumsq = ctx.saved_tensors
+        rows, temperature, weight, bias, gram, sumsq = ctx.saved_tensors
         heads, c = ctx.heads, rows.shape[-1] // 3
-        need_rows, need_t = ctx.needs_input_grad[:2]
+        need_rows, need_t, _, need_w, need_b = ctx.needs_input_grad
         if torch.is_grad_enabled():             # create_graph=True: grad of grad
-            return (*reference_grads(lambda r, t: _packed_differentiable(r, t, heads),
-                                     (rows, temperature), ctx.needs_input_grad, dout), None)
+            grads = reference_grads(
+                lambda r, t, w, bb: _packed_differentiable(r, t, heads, w, bb),
+                (rows, temperature, weight, bias), (need_rows, need_t, need_w, need_b), dout)
+            return grads[0], grads[1], None, grads[2], grads[3]
+        projected = weight is not None
         with torch.enable_grad():
-            leaves = (gram.detach().requires_grad_(need_rows),
+            leaves = [gram.detach().requires_grad_(need_rows),
                       sumsq.detach().requires_grad_(need_rows),
-                      temperature.detach().requires_grad_(need_t))
+                      temperature.detach().requires_grad_(need_t)]
             attn = _packed_attention_map(*leaves)
-        dattn = torch.empty_like(gram)
-        for dy, v, da in zip(_per_head(dout, heads), _per_head(rows[..., 2 * c:], heads),
-                             _per_head(dattn, heads)):
-            torch.bmm(dy.transpose(1, 2), v, out=da)
+            if projected:
+                leaves.append(weight.detach().requires_grad_(need_w))
+                mixed = _projected_map(leaves[-1], attn)
+        values = rows[..., 2 * c:]
+        if projected:                           # dM = dy^T v, (B, C, C)
+            target, d_target = mixed, torch.bmm(dout.transpose(1, 2), values)
+        else:                                   # dA = dout^T v per head
+            target, d_target = attn, torch.empty_like(gram)
+            for dy, v, da in zip(_per_head(dout, heads), _per_head(values, heads),
+                                 _per_head(d_target, heads)):
+                torch.bmm(dy.transpose(1, 2), v, out=da)
         wanted = [t for t in leaves if t.requires_grad]
-        found = iter(torch.autograd.grad(attn, wanted, dattn))
+        found = iter(torch.autograd.grad(target, wanted, d_target) if wanted else ())
         dgram, dsumsq = (next(found), next(found)) if need_rows else (None, None)
         dt = next(found) if need_t else None
+        dw = next(found) if projected and need_w else None
+        db = dout.sum((0, 1)) if bias is not None and need_b else None
         if not need_rows:
-            return None, dt, None
+            return None, dt, None, dw, db
         drows = empty(*rows.shape, like=rows)
-        attn = attn.detach()
-        for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
-                             _per_head(drows[..., 2 * c:], heads)):
-            torch.bmm(dy, a, out=dv)
+        if projected:
+            torch.bmm(dout, mixed.detach(), out=drows[..., 2 * c:])
+        else:
+            attn = attn.detach()
+            for dy, a, dv in zip(_per_head(dout, heads), _per_head(attn, heads),
+                                 _per_head(drows[..., 2 * c:], heads)):
+                torch.bmm(dy, a, out=dv)
         if ctx.full_gram:
             # [q | k] (dF + dF^T), dF the gradient of the full gram: one matmul for dq and dk
             dfull = torch.diag_embed(dsumsq)
             dfull[:, :c, c:] += dgram[:, 0]
             qk = rows[..., :2 * c]
             torch.bmm(qk, dfull + dfull.transpose(1, 2), out=drows[..., :2 * c])
-            return drows, dt, None
+            return drows, dt, None, dw, db
         torch.mul(rows[..., :2 * c], (2.0 * dsumsq).unsqueeze(1), out=drows[..., :2 * c])
         for q, k, dq, dk, dg in zip(_per_head(rows[..., :c], heads),
                                     _per_head(rows[..., c:2 * c], heads),
@@ -224,24 +259,29 @@ class _PackedAttention(torch.autograd.Function):
                                     _per_head(dgram, heads)):
             dq.baddbmm_(k, dg.transpose(1, 2))
             dk.baddbmm_(q, dg)
-        return drows, dt, None
+        return drows, dt, None, dw, db
 
 
-def _packed_differentiable(rows: torch.Tensor, temperature: torch.Tensor,
-                           heads: int) -> torch.Tensor:
+def _packed_differentiable(rows: torch.Tensor, temperature: torch.Tensor, heads: int,
+                           weight: torch.Tensor | None = None,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """:class:`_PackedAttention`'s value with plain differentiable ops (grad of grad)."""
     b, n, c3 = rows.shape
     qkv = rows.unsqueeze(2).permute(0, 3, 1, 2)                       # (B, 3C, N, 1), a view
     out = channel_attention_reference(*qkv.chunk(3, dim=1), temperature, heads)
-    return out.permute(0, 2, 3, 1).reshape(b, n, c3 // 3)
+    out = out.permute(0, 2, 3, 1).reshape(b, n, c3 // 3)
+    return out if weight is None else F.linear(out, weight, bias)
 
 
-def _packed_rows(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> torch.Tensor:
+def _packed_rows(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+                 weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """The packed training path: qkv (B, 3C, H, W) channels-fastest -> (B, C, H, W)
-    channels_last view (see :class:`_PackedAttention`)."""
+    channels_last view (see :class:`_PackedAttention`); with ``weight`` (C, C) and ``bias``
+    the 1x1 projection of the attention output."""
     b, c3, h, w = qkv.shape
     rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, c3)           # a view (channels-fastest)
-    out = _PackedAttention.apply(rows, temperature.reshape(-1), heads)[0]
+    out = _PackedAttention.apply(rows, temperature.reshape(-1), heads, weight, bias)[0]
     return out.view(b, h, w, c3 // 3).permute(0, 3, 1, 2)
 
 
@@ -692,21 +732,39 @@ def _packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> bool:
             and qkv.stride(1) == 1 and not qkv.is_contiguous())
 
 
-def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
-                             impl: str | None = None) -> torch.Tensor:
-    """qkv: (B, 3C, H, W) with q, k, v as consecutive channel thirds -> (B, C, H, W).
+def packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+          impl: str | None = None) -> bool:
+    """Whether :func:`channel_attention_packed` takes the packed path (and so folds a given
+    projection into the attention) for these arguments."""
+    return _packs(qkv, temperature, heads) and select(impl, qkv) == "reference"
 
-    Same value as ``channel_attention(*qkv.chunk(3, dim=1), temperature, heads)``. On the
-    reference path while training on CPU (float32/64) with a channels-fastest
-    (channels_last) qkv it takes :class:`_PackedAttention` (matmuls on strided views of the
-    pixel rows, the input gradient written in one (B, H, W, 3C) tensor; gradients equal to
-    float rounding; several heads from ``PACKED_MIN_PIXELS`` pixels on); everywhere else it
-    chunks and calls :func:`channel_attention`.
+
+def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+                             impl: str | None = None,
+                             project_weight: torch.Tensor | None = None,
+                             project_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """qkv: (B, 3C, H, W) with q, k, v as consecutive channel thirds -> (B, C, H, W);
+    ``project_weight`` (C, C, 1, 1) and ``project_bias`` (C,): the 1x1 convolution applied to
+    the attention output, if any (MDTA's project_out).
+
+    Same value as ``channel_attention(*qkv.chunk(3, dim=1), temperature, heads)`` (then
+    ``F.conv2d(out, project_weight, project_bias)``). On the reference path while training on
+    CPU (float32/64) with a channels-fastest (channels_last) qkv (:func:`packs`) it takes
+    :class:`_PackedAttention` (matmuls on strided views of the pixel rows, the input gradient
+    written in one (B, H, W, 3C) tensor, the projection folded into the attention's C x C
+    maps; gradients equal to float rounding; several heads from ``PACKED_MIN_PIXELS`` pixels
+    on); everywhere else it chunks and calls :func:`channel_attention`.
     """
     if qkv.dim() != 4 or qkv.shape[1] % 3:
         raise ValueError("channel_attention_packed: qkv must be (B, 3C, H, W), got "
                          f"{tuple(qkv.shape)}")
-    if _packs(qkv, temperature, heads) and select(impl, qkv) == "reference":
-        return _packed_rows(qkv, temperature, heads)
+    c = qkv.shape[1] // 3
+    if project_weight is not None and tuple(project_weight.shape) != (c, c, 1, 1):
+        raise ValueError(f"channel_attention_packed: project_weight must be ({c}, {c}, 1, 1) "
+                         f"for qkv of {3 * c} channels, got {tuple(project_weight.shape)}")
+    if packs(qkv, temperature, heads, impl):
+        weight = None if project_weight is None else project_weight.flatten(1)
+        return _packed_rows(qkv, temperature, heads, weight, project_bias)
     q, k, v = qkv.chunk(3, dim=1)
-    return channel_attention(q, k, v, temperature, heads, impl=impl)
+    out = channel_attention(q, k, v, temperature, heads, impl=impl)
+    return out if project_weight is None else F.conv2d(out, project_weight, project_bias)

@@ -98,3 +98,85 @@ def test_packed_gradient_of_qkv_only_or_temperature_only():
 def test_packed_rejects_a_channel_count_not_divisible_by_three():
     with pytest.raises(ValueError, match=r"\(B, 3C, H, W\), got \(1, 4, 2, 2\)"):
         channel_attention_packed(torch.randn(1, 4, 2, 2), torch.ones(1), heads=1)
+
+
+def _projection(c, bias, dtype=torch.float32):
+    weight = (torch.randn(c, c, 1, 1, dtype=dtype) / c ** 0.5).requires_grad_()
+    return weight, ((torch.randn(c, dtype=dtype) * 0.5).requires_grad_() if bias else None)
+
+
+@pytest.mark.parametrize("shape,heads", [((2, 5, 7, 9), 1), ((3, 16, 8, 8), 1),
+                                         ((2, 12, 32, 33), 3), ((1, 8, 32, 32), 8),
+                                         ((2, 70, 5, 6), 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_projection_equals_attention_then_conv(shape, heads, bias, monkeypatch):
+    """project_weight folded into the attention (y = v (W blockdiag(A))^T + b) against the
+    chunked attention followed by F.conv2d: output and the gradients of qkv, temperature,
+    weight and bias."""
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
+    torch.manual_seed(0)
+    qkv = _qkv(*shape)
+    t = torch.linspace(0.5, 1.7, heads).requires_grad_()
+    weight, b = _projection(shape[1], bias)
+    leaves = [x for x in (qkv, t, weight, b) if x is not None]
+    copies = [x.detach().clone().requires_grad_() for x in leaves]
+    calls = _count_packed(monkeypatch)
+    out = channel_attention_packed(qkv, t, heads, project_weight=weight, project_bias=b)
+    assert calls == [1] and out.is_contiguous(memory_format=torch.channels_last)
+    ref_qkv, ref_t, ref_w, *ref_b = copies
+    ref = torch.nn.functional.conv2d(channel_attention(*ref_qkv.chunk(3, dim=1), ref_t, heads),
+                                     ref_w, ref_b[0] if bias else None)
+    grad = torch.randn_like(ref)
+    got = [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+    want = [ref.detach(), *torch.autograd.grad(ref, copies, grad)]
+    assert rel_error(got[0], want[0]) < 2e-6
+    for name, a, r in zip(["qkv", "temperature", "weight", "bias"], got[1:], want[1:]):
+        assert rel_error(a, r) < 1e-5, name
+
+
+@pytest.mark.parametrize("heads,full_gram,bias", [(1, True, True), (1, False, False),
+                                                  (2, False, True)])
+def test_packed_projection_gradcheck_float64(heads, full_gram, bias, monkeypatch):
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
+    monkeypatch.setattr(mdta, "FULL_GRAM_MAX_CHANNELS", 64 if full_gram else 0)
+    torch.manual_seed(0)
+    qkv = _qkv(2, 4, 4, 5, torch.float64)
+    t = torch.tensor([0.8, 1.3][:heads], dtype=torch.float64, requires_grad=True)
+    weight, b = _projection(4, bias, torch.float64)
+    inputs = (qkv, t, weight) + ((b,) if bias else ())
+    calls = _count_packed(monkeypatch)
+
+    def f(x, tt, w, *bb):
+        return channel_attention_packed(x, tt, heads, project_weight=w,
+                                        project_bias=bb[0] if bb else None)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+    assert calls
+
+
+def test_packed_projection_gradient_of_the_weight_alone():
+    torch.manual_seed(0)
+    qkv, t = _qkv(1, 4, 5, 5), torch.tensor([1.2])
+    weight, _ = _projection(4, False)
+    out = channel_attention_packed(qkv, t, 1, project_weight=weight)
+    (dw,) = torch.autograd.grad(out.sum(), weight)
+    ref = torch.nn.functional.conv2d(channel_attention(*qkv.detach().chunk(3, 1), t, 1),
+                                     weight)
+    (dw_ref,) = torch.autograd.grad(ref.sum(), weight)
+    assert rel_error(dw, dw_ref) < 1e-5
+
+
+def test_packed_projection_off_the_packed_path_and_shape_errors():
+    torch.manual_seed(0)
+    qkv = _qkv(1, 4, 5, 5)
+    weight, b = _projection(4, True)
+    with torch.no_grad():                                      # inference: chunks, then conv
+        out = channel_attention_packed(qkv, torch.ones(1), 1, project_weight=weight,
+                                       project_bias=b)
+        ref = torch.nn.functional.conv2d(channel_attention(*qkv.chunk(3, 1), torch.ones(1), 1),
+                                         weight, b)
+    assert rel_error(out, ref) < 2e-6
+    with pytest.raises(ValueError, match=r"project_weight must be \(4, 4, 1, 1\) for qkv of 12 "
+                                         r"channels, got \(4, 4\)"):
+        channel_attention_packed(qkv, torch.ones(1), 1, project_weight=weight.flatten(1))
