@@ -16,14 +16,20 @@ from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate
 from irblocks.kernels.gdfn_gate import gelu_gate
 from irblocks.registry import Context, register
 
-__all__ = ["GDFN", "HIDDEN_MULTIPLE"]
+__all__ = ["GDFN", "HIDDEN_MULTIPLE", "PAD_MIN_PIXELS"]
 
 HIDDEN_MULTIPLE = 16
 """The C path's hidden width is padded to a multiple of this (16 float32 = one AVX-512
 vector): GEMMs with N or K of 255/510/1021 ran 5-25% slower than at 256/512/1024 (MKL,
 2 threads), and the gate kernel's channel loop loses its masked tail. Measured as whole
 training steps at 128x128 (batch 2), interleaved in one process: Restormer 3.353 -> 3.282 s,
-AnyIR (hidden 56 -> 64 at level 1, +14% work there) 1.526 -> 1.480 s."""
+AnyIR (hidden 56 -> 64 at level 1, +14% work there) 1.526 -> 1.480 s. Maps below
+:data:`PAD_MIN_PIXELS` pixels run unpadded."""
+
+PAD_MIN_PIXELS = 4096
+"""B * H * W from which the C path pads: the padded weights are copies made per call (and
+their gradients copied back), ~2 ms per step for a 2042 x 384 weight at 2 x 16 x 16 against
+a GEMM saving proportional to the pixels."""
 
 
 @register("block", "gdfn", aliases=("gated_dconv_ffn", "feedforward"))
@@ -34,7 +40,8 @@ class GDFN(nn.Module):
     tensor. On CPU in float32 the depthwise 3x3 and the gate are one compiled C kernel
     (:mod:`irblocks.kernels.dwconv_gelu_gate`; forward + backward ~2x faster than eager,
     saves only the 2h input for backward); there the hidden width runs padded with zero
-    channels to a multiple of :data:`HIDDEN_MULTIPLE` (see :meth:`padded_weights`).
+    channels to a multiple of :data:`HIDDEN_MULTIPLE` from :data:`PAD_MIN_PIXELS` pixels on
+    (see :meth:`padded_weights`).
     Otherwise (reference path) the two halves are
     computed by the two halves of the conv weights into two dense tensors, so the gate runs
     on dense memory instead of channel slices of a channels_last tensor (same weights, same
@@ -98,7 +105,11 @@ class GDFN(nn.Module):
             return self.project_out(gelu_gate(self.dwconv(self.project_in(x))))
         dw, po = self.dwconv, self.project_out
         if impl == "cpu" and cpu_applies(x, dw.weight, dw.bias):
-            in_w, in_b, dw_w, dw_b, out_w = self.padded_weights()
+            if x.shape[0] * x.shape[2] * x.shape[3] >= PAD_MIN_PIXELS:
+                in_w, in_b, dw_w, dw_b, out_w = self.padded_weights()
+            else:
+                in_w, in_b, dw_w, dw_b, out_w = (self.project_in.weight, self.project_in.bias,
+                                                 dw.weight, dw.bias, po.weight)
             y = dwconv_gelu_gate(pointwise_conv2d(x, in_w, in_b), dw_w, dw_b, impl="cpu")
             return pointwise_conv2d(y, out_w, po.bias)
         h = self.hidden

@@ -203,11 +203,21 @@ def test_compiler_error_is_one_line(fresh_build, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("dim,expansion,bias", [(6, 2.66, True), (6, 2.66, False),
                                                 (8, 2.0, True), (24, 1.0, False)])
-def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias):
+@pytest.mark.parametrize("padded", [True, False])
+def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias, padded,
+                                                      monkeypatch):
     """GDFN's C path pads the hidden width h to a multiple of HIDDEN_MULTIPLE with zero
-    channels; output, input gradient and every parameter's gradient equal the official
-    form's (chunk + F.gelu on the unpadded weights) to RTOL (float32, the C path)."""
+    channels from PAD_MIN_PIXELS pixels on (here forced to 0, or left at its default above the
+    test's 234 pixels); output, input gradient and every parameter's gradient equal the
+    official form's (chunk + F.gelu on the unpadded weights) to RTOL (float32, the C path)."""
+    from irblocks import gdfn
     from irblocks.gdfn import GDFN, HIDDEN_MULTIPLE
+    if padded:
+        monkeypatch.setattr(gdfn, "PAD_MIN_PIXELS", 0)
+    padded_calls = []
+    real = GDFN.padded_weights
+    monkeypatch.setattr(GDFN, "padded_weights",
+                        lambda self: padded_calls.append(1) or real(self))
     torch.manual_seed(0)
     block = GDFN(dim, expansion=expansion, bias=bias)
     for p in block.parameters():                      # biases too: a wrong pad would show
@@ -231,3 +241,4 @@ def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias):
         results.append([y.detach(), x.grad] + [p.grad for p in block.parameters()])
     names = ["out", "x"] + [n for n, _ in block.named_parameters()]
     assert_rel_close(names, *results, RTOL)
+    assert len(padded_calls) == 1 + padded       # the shape check above, then the fast forward
