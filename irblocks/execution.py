@@ -7,9 +7,11 @@ exists for the speed benchmarks and for parity debugging; outputs agree to
 float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and on CPU
 1x1 convolutions as matrix products and custom backward passes (depthwise convolutions,
 skip-split, AnyIR's fusion; ``irblocks/conv.py``), and GatedDA with BatchNorm folded into
-its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``) and
-MDTA's attention on strided views of the qkv rows with one input-gradient tensor while
-training (``channel_attention_packed``), with the same gradients
+its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``),
+GDFN's hidden width zero-padded to a multiple of 16 on its C path (``irblocks/gdfn.py``) and
+MDTA's attention on strided views of the qkv rows with one input-gradient tensor and its
+output projection folded in while training (``channel_attention_packed``), with the same
+gradients
 (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
 tests/kernels/test_mdta_packed.py).
 
