@@ -69,12 +69,13 @@ class GDFN(nn.Module):
         y = pointwise_conv2d(x, pi.weight[part], None if pi.bias is None else pi.bias[part])
         return depthwise_conv2d(y, dw.weight[part], None if dw.bias is None else dw.bias[part])
 
-    def padded_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                      torch.Tensor | None, torch.Tensor]:
+    def padded_weights(self, multiple: int = HIDDEN_MULTIPLE
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                  torch.Tensor | None, torch.Tensor]:
         """The weights with the hidden width h padded to hp = the next multiple of
-        :data:`HIDDEN_MULTIPLE`: project_in (2hp, C, 1, 1) and its bias (2hp,), dwconv
-        (2hp, 1, 3, 3) and its bias, each as [half 1 | hp - h zeros | half 2 | hp - h zeros];
-        project_out (C, hp, 1, 1) with hp - h zero input columns.
+        ``multiple`` (1: the weights themselves): project_in (2hp, C, 1, 1) and its bias
+        (2hp,), dwconv (2hp, 1, 3, 3) and its bias, each as [half 1 | hp - h zeros | half 2 |
+        hp - h zeros]; project_out (C, hp, 1, 1) with hp - h zero input columns.
 
         A padded channel is 0 after project_in and the depthwise conv, gelu(0) * 0 = 0 enters
         project_out through a zero column, and its gradient reaches no parameter (the
@@ -83,7 +84,7 @@ class GDFN(nn.Module):
         """
         pi, dw, po = self.project_in, self.dwconv, self.project_out
         h = self.hidden
-        pad = -h % HIDDEN_MULTIPLE
+        pad = -h % multiple
 
         def halves(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or pad == 0:
@@ -105,11 +106,8 @@ class GDFN(nn.Module):
             return self.project_out(gelu_gate(self.dwconv(self.project_in(x))))
         dw, po = self.dwconv, self.project_out
         if impl == "cpu" and cpu_applies(x, dw.weight, dw.bias):
-            if x.shape[0] * x.shape[2] * x.shape[3] >= PAD_MIN_PIXELS:
-                in_w, in_b, dw_w, dw_b, out_w = self.padded_weights()
-            else:
-                in_w, in_b, dw_w, dw_b, out_w = (self.project_in.weight, self.project_in.bias,
-                                                 dw.weight, dw.bias, po.weight)
+            large = x.shape[0] * x.shape[2] * x.shape[3] >= PAD_MIN_PIXELS
+            in_w, in_b, dw_w, dw_b, out_w = self.padded_weights(HIDDEN_MULTIPLE if large else 1)
             y = dwconv_gelu_gate(pointwise_conv2d(x, in_w, in_b), dw_w, dw_b, impl="cpu")
             return pointwise_conv2d(y, out_w, po.bias)
         h = self.hidden

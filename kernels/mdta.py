@@ -719,8 +719,10 @@ PACKED_MIN_PIXELS = 256    # several heads: below this (8x8 maps) the per-batch-
                            # Restormer -1.7% against 4096)
 
 
-def _packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> bool:
-    """Whether :func:`channel_attention_packed` takes :class:`_PackedAttention`."""
+def packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+          impl: str | None = None) -> bool:
+    """Whether :func:`channel_attention_packed` takes :class:`_PackedAttention` (and so folds
+    a given projection into the attention) for these arguments."""
     c = qkv.shape[1] // 3
     return (heads >= 1 and c % heads == 0 and temperature.numel() == heads
             and (heads == 1 or qkv.shape[2] * qkv.shape[3] >= PACKED_MIN_PIXELS)
@@ -729,14 +731,8 @@ def _packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int) -> bool:
             and not torch.compiler.is_compiling() and not _is_functorch_wrapped(qkv)
             and not torch.is_autocast_enabled("cpu")
             # layout last: torch.func's wrappers cannot answer memory-format queries
-            and qkv.stride(1) == 1 and not qkv.is_contiguous())
-
-
-def packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
-          impl: str | None = None) -> bool:
-    """Whether :func:`channel_attention_packed` takes the packed path (and so folds a given
-    projection into the attention) for these arguments."""
-    return _packs(qkv, temperature, heads) and select(impl, qkv) == "reference"
+            and qkv.stride(1) == 1 and not qkv.is_contiguous()
+            and select(impl, qkv) == "reference")
 
 
 def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,

@@ -208,10 +208,10 @@ def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias, padd
     from irblocks.gdfn import GDFN, HIDDEN_MULTIPLE
     if padded:
         monkeypatch.setattr(gdfn, "PAD_MIN_PIXELS", 0)
-    padded_calls = []
+    multiples = []
     real = GDFN.padded_weights
     monkeypatch.setattr(GDFN, "padded_weights",
-                        lambda self: padded_calls.append(1) or real(self))
+                        lambda self, m=HIDDEN_MULTIPLE: multiples.append(m) or real(self, m))
     torch.manual_seed(0)
     block = GDFN(dim, expansion=expansion, bias=bias)
     for p in block.parameters():                      # biases too: a wrong pad would show
@@ -235,4 +235,5 @@ def test_gdfn_padded_hidden_matches_the_official_form(dim, expansion, bias, padd
         results.append([y.detach(), x.grad] + [p.grad for p in block.parameters()])
     names = ["out", "x"] + [n for n, _ in block.named_parameters()]
     assert_rel_close(names, *results, RTOL)
-    assert len(padded_calls) == 1 + padded       # the shape check above, then the fast forward
+    # the shape check above, then the fast forward: padded, or the weights themselves
+    assert multiples == [HIDDEN_MULTIPLE, HIDDEN_MULTIPLE if padded else 1]
