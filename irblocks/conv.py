@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from irblocks.kernels.depthwise_weight_grad import depthwise_weight_grad
-from irblocks.kernels.dwconv3x3 import dwconv3x3, runs_cpu_kernel
+from irblocks.kernels.dwconv3x3 import dwconv3x3, dwconv3x3_sumsq, runs_cpu_kernel
 
-__all__ = ["depthwise_conv2d", "pointwise_conv2d"]
+__all__ = ["depthwise3x3_sumsq", "depthwise_conv2d", "pointwise_conv2d"]
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -85,15 +85,33 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     a 3x3 runs the compiled one-pass kernel (see the module docstring)."""
     k = weight.shape[-1]
     p = k // 2 if padding is None else padding
-    fast = (x.device.type == "cpu" and torch.is_grad_enabled() and weight.shape[1] == 1
-            and weight.shape[-2] == k and k % 2 == 1 and p == k // 2
-            and x.shape[1] == weight.shape[0]
-            and not torch.is_autocast_enabled(x.device.type))   # backward would mix dtypes
-    if not fast:
+    if not _fast_depthwise(x, weight, p):
         return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
     if k == 3 and runs_cpu_kernel(x, weight, bias):
         return dwconv3x3(x, weight, bias)
     return _DepthwiseConv.apply(x, weight, bias, p)
+
+
+def _fast_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """Whether :func:`depthwise_conv2d` leaves ``F.conv2d`` for the paths above: a CPU
+    stride-1 "same" depthwise convolution with autograd on, not under autocast."""
+    k = weight.shape[-1]
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and weight.shape[1] == 1
+            and weight.shape[-2] == k and k % 2 == 1 and padding == k // 2
+            and x.shape[1] == weight.shape[0]
+            and not torch.is_autocast_enabled(x.device.type))   # backward would mix dtypes
+
+
+def depthwise3x3_sumsq(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`depthwise_conv2d` of a 3x3 (padding 1) and, when the one-pass C kernel runs it,
+    the sums of squares of the output's first ``channels`` channels over each image's pixels
+    (B, channels), summed while each output pixel is in cache (MDTA's q and k: see
+    :func:`irblocks.kernels.mdta.channel_attention_packed`); otherwise (y, None)."""
+    if weight.shape[-2:] == (3, 3) and _fast_depthwise(x, weight, 1) and runs_cpu_kernel(
+            x, weight, bias):
+        return dwconv3x3_sumsq(x, weight, bias, channels)
+    return depthwise_conv2d(x, weight, bias), None
 
 
 TRANSPOSED_WEIGHT_MIN_PIXELS = 4096

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irblocks.conv import depthwise_conv2d, pointwise_conv2d
-from irblocks.kernels.mdta import channel_attention_packed, packs
+from irblocks.conv import depthwise3x3_sumsq, depthwise_conv2d, pointwise_conv2d
+from irblocks.kernels.mdta import channel_attention_packed, packs, packs_with_sumsq
 from irblocks.registry import Context, register
 
 __all__ = ["MDTA"]
@@ -49,12 +49,18 @@ class MDTA(nn.Module):
         else:
             qkv = pointwise_conv2d(x, self.qkv.weight, self.qkv.bias)
             dw, po = self.qkv_dwconv, self.project_out
-            qkv = depthwise_conv2d(qkv, dw.weight, dw.bias)
+            sumsq = None
+            if packs_with_sumsq(qkv, self.temperature, self.heads):
+                # q and k's sums of squares from the depthwise 3x3 that writes them
+                qkv, sumsq = depthwise3x3_sumsq(qkv, dw.weight, dw.bias, 2 * self.dim)
+            else:
+                qkv = depthwise_conv2d(qkv, dw.weight, dw.bias)
             if po is not None and packs(qkv, self.temperature, self.heads):
                 # training on CPU: project_out folded into the attention (one N-sized matmul
                 # instead of two forward, two instead of four backward: _PackedAttention)
                 return channel_attention_packed(qkv, self.temperature, self.heads,
-                                                project_weight=po.weight, project_bias=po.bias)
-            out = channel_attention_packed(qkv, self.temperature, self.heads)
+                                                project_weight=po.weight, project_bias=po.bias,
+                                                sumsq=sumsq)
+            out = channel_attention_packed(qkv, self.temperature, self.heads, sumsq=sumsq)
             return pointwise_conv2d(out, po.weight, po.bias) if po is not None else out
         return self.project_out(out) if self.project_out is not None else out

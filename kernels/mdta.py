@@ -45,7 +45,7 @@ from ._dispatch import out_format as _out_format
 from ._op import kernel_op
 
 __all__ = ["channel_attention", "channel_attention_packed", "channel_attention_reference", "packs",
-           "MAX_TRITON_HEAD_DIM"]
+           "packs_with_sumsq", "MAX_TRITON_HEAD_DIM"]
 
 MAX_TRITON_HEAD_DIM = 64
 _EPS = 1e-12  # F.normalize's clamp
@@ -137,6 +137,12 @@ def _packed_attention_map(gram: torch.Tensor, sumsq: torch.Tensor,
 FULL_GRAM_MAX_CHANNELS = 64     # one head, C <= this: q k^T and the norms from one gram
 
 
+def _full_gram(channels: int, heads: int) -> bool:
+    """Whether :class:`_PackedAttention` takes q k^T and the sums of squares from one gram of
+    [q | k] (one head of at most ``FULL_GRAM_MAX_CHANNELS`` channels)."""
+    return heads == 1 and channels <= FULL_GRAM_MAX_CHANNELS
+
+
 def _projected_map(weight: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """M = W blockdiag(A_1 .. A_heads) per batch item: weight (C, C) of the 1x1 projection
     after the attention, attn (B, heads, d, d) -> (B, C, C); projection(attention) of v is
@@ -149,10 +155,13 @@ def _projected_map(weight: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
 class _PackedAttention(torch.autograd.Function):
     """Channel attention on the pixel rows of a channels-fastest qkv: rows (B, N, 3C) with
     [q | k | v] per pixel, temperature (heads,), optionally the following 1x1 projection's
-    weight (C, C) and bias (C,) -> (B, N, C).
+    weight (C, C) and bias (C,), and the sums of squares of [q | k] over N, (B, 2C), if the
+    caller has them (the depthwise 3x3 that wrote qkv can:
+    :func:`irblocks.conv.depthwise3x3_sumsq`; no gradient flows to that argument, the
+    backward's diagonal term below accounts for it) -> (B, N, C).
 
     Forward: the raw grams q k^T per head (one matmul each, like the official code) and the
-    sums of squares of q and k over N (chunked, no copy), or, for one head of at most
+    sums of squares of q and k over N (given, or chunked, no copy), or, for one head of at most
     ``FULL_GRAM_MAX_CHANNELS`` channels, both from one gram of [q | k] (its off-diagonal block
     and its diagonal: one call instead of many small ones); the d x d normalisation and softmax
     run on tiny tensors; out = v A^T. With a projection W the attention output is never
@@ -168,11 +177,12 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, temperature: torch.Tensor, heads: int,
-                weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+                weight: torch.Tensor | None, bias: torch.Tensor | None,
+                given_sumsq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c3 = rows.shape
         c = c3 // 3
         d = c // heads
-        full_gram = heads == 1 and c <= FULL_GRAM_MAX_CHANNELS
+        full_gram = _full_gram(c, heads)
         if full_gram:
             # one gram of [q | k]: q k^T is its off-diagonal block, the sums of squares its
             # diagonal (fewer, larger calls: cheaper than the two below for narrow q and k)
@@ -180,7 +190,8 @@ class _PackedAttention(torch.autograd.Function):
             full = torch.bmm(qk.transpose(1, 2), qk)
             gram, sumsq = full[:, None, :c, c:], torch.diagonal(full, dim1=1, dim2=2)
         else:
-            sumsq = _sumsq_over_pixels(rows[..., :2 * c])
+            sumsq = (_sumsq_over_pixels(rows[..., :2 * c]) if given_sumsq is None
+                     else given_sumsq.detach())
             gram = rows.new_empty(b, heads, d, d)
             for q, k, g in zip(_per_head(rows[..., :c], heads),
                                _per_head(rows[..., c:2 * c], heads), _per_head(gram, heads)):
@@ -198,19 +209,19 @@ class _PackedAttention(torch.autograd.Function):
         # (forward(ctx, ...) style: apply() then skips inspect's signature binding, ~30 us a call)
         ctx.save_for_backward(rows, temperature, weight, bias, gram, sumsq)
         ctx.heads, ctx.full_gram = heads, full_gram
-        ctx.mark_non_differentiable(gram, sumsq)
-        return out, gram, sumsq
+        ctx.mark_non_differentiable(gram)
+        return out, gram
 
     @staticmethod
-    def backward(ctx, dout: torch.Tensor, _dgram, _dsumsq):
+    def backward(ctx, dout: torch.Tensor, _dgram):
         rows, temperature, weight, bias, gram, sumsq = ctx.saved_tensors
         heads, c = ctx.heads, rows.shape[-1] // 3
-        need_rows, need_t, _, need_w, need_b = ctx.needs_input_grad
+        need_rows, need_t, _, need_w, need_b, _ = ctx.needs_input_grad
         if torch.is_grad_enabled():             # create_graph=True: grad of grad
             grads = reference_grads(
                 lambda r, t, w, bb: _packed_differentiable(r, t, heads, w, bb),
                 (rows, temperature, weight, bias), (need_rows, need_t, need_w, need_b), dout)
-            return grads[0], grads[1], None, grads[2], grads[3]
+            return grads[0], grads[1], None, grads[2], grads[3], None
         projected = weight is not None
         with torch.enable_grad():
             leaves = [gram.detach().requires_grad_(need_rows),
@@ -235,7 +246,7 @@ class _PackedAttention(torch.autograd.Function):
         dw = next(found) if projected and need_w else None
         db = dout.sum((0, 1)) if bias is not None and need_b else None
         if not need_rows:
-            return None, dt, None, dw, db
+            return None, dt, None, dw, db, None
         drows = empty(*rows.shape, like=rows)
         if projected:
             torch.bmm(dout, mixed.detach(), out=drows[..., 2 * c:])
@@ -250,7 +261,7 @@ class _PackedAttention(torch.autograd.Function):
             dfull[:, :c, c:] += dgram[:, 0]
             qk = rows[..., :2 * c]
             torch.bmm(qk, dfull + dfull.transpose(1, 2), out=drows[..., :2 * c])
-            return drows, dt, None, dw, db
+            return drows, dt, None, dw, db, None
         torch.mul(rows[..., :2 * c], (2.0 * dsumsq).unsqueeze(1), out=drows[..., :2 * c])
         for q, k, dq, dk, dg in zip(_per_head(rows[..., :c], heads),
                                     _per_head(rows[..., c:2 * c], heads),
@@ -259,7 +270,7 @@ class _PackedAttention(torch.autograd.Function):
                                     _per_head(dgram, heads)):
             dq.baddbmm_(k, dg.transpose(1, 2))
             dk.baddbmm_(q, dg)
-        return drows, dt, None, dw, db
+        return drows, dt, None, dw, db, None
 
 
 def _packed_differentiable(rows: torch.Tensor, temperature: torch.Tensor, heads: int,
@@ -274,14 +285,15 @@ def _packed_differentiable(rows: torch.Tensor, temperature: torch.Tensor, heads:
 
 
 def _packed_rows(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
-                 weight: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
+                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """The packed training path: qkv (B, 3C, H, W) channels-fastest -> (B, C, H, W)
     channels_last view (see :class:`_PackedAttention`); with ``weight`` (C, C) and ``bias``
-    the 1x1 projection of the attention output."""
+    the 1x1 projection of the attention output; ``sumsq`` (B, 2C): [q | k]'s sums of squares
+    over H * W if known."""
     b, c3, h, w = qkv.shape
     rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, c3)           # a view (channels-fastest)
-    out = _PackedAttention.apply(rows, temperature.reshape(-1), heads, weight, bias)[0]
+    out = _PackedAttention.apply(rows, temperature.reshape(-1), heads, weight, bias, sumsq)[0]
     return out.view(b, h, w, c3 // 3).permute(0, 3, 1, 2)
 
 
@@ -735,13 +747,27 @@ def packs(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
             and select(impl, qkv) == "reference")
 
 
+def packs_with_sumsq(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
+                     impl: str | None = None) -> bool:
+    """Whether :class:`_PackedAttention` would use given sums of squares of q and k for a qkv
+    like this one (it packs, and q k^T and the sums do not come from one gram of [q | k]:
+    several heads or more than ``FULL_GRAM_MAX_CHANNELS`` channels)."""
+    return not _full_gram(qkv.shape[1] // 3, heads) and packs(qkv, temperature, heads, impl)
+
+
 def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads: int,
                              impl: str | None = None,
                              project_weight: torch.Tensor | None = None,
-                             project_bias: torch.Tensor | None = None) -> torch.Tensor:
+                             project_bias: torch.Tensor | None = None,
+                             sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """qkv: (B, 3C, H, W) with q, k, v as consecutive channel thirds -> (B, C, H, W);
     ``project_weight`` (C, C, 1, 1) and ``project_bias`` (C,): the 1x1 convolution applied to
-    the attention output, if any (MDTA's project_out).
+    the attention output, if any (MDTA's project_out); ``sumsq`` (B, 2C): the sums of squares
+    of qkv's first 2C channels (q and k) over H * W, if the caller has them
+    (:func:`irblocks.conv.depthwise3x3_sumsq` computes them while writing qkv). The packed path
+    uses them in place of its own pass over q and k; they must be those of ``qkv`` (no
+    gradient flows through this argument: qkv's gradient already holds their term); elsewhere
+    they are ignored.
 
     Same value as ``channel_attention(*qkv.chunk(3, dim=1), temperature, heads)`` (then
     ``F.conv2d(out, project_weight, project_bias)``). On the reference path while training on
@@ -758,9 +784,13 @@ def channel_attention_packed(qkv: torch.Tensor, temperature: torch.Tensor, heads
     if project_weight is not None and tuple(project_weight.shape) != (c, c, 1, 1):
         raise ValueError(f"channel_attention_packed: project_weight must be ({c}, {c}, 1, 1) "
                          f"for qkv of {3 * c} channels, got {tuple(project_weight.shape)}")
+    if sumsq is not None and tuple(sumsq.shape) != (qkv.shape[0], 2 * c):
+        raise ValueError(f"channel_attention_packed: sumsq must be ({qkv.shape[0]}, {2 * c}) "
+                         f"(q and k's sums of squares per image), got {tuple(sumsq.shape)}")
     if packs(qkv, temperature, heads, impl):
         weight = None if project_weight is None else project_weight.flatten(1)
-        return _packed_rows(qkv, temperature, heads, weight, project_bias)
+        return _packed_rows(qkv, temperature, heads, weight, project_bias,
+                            None if sumsq is None else sumsq.to(qkv.dtype))
     q, k, v = qkv.chunk(3, dim=1)
     out = channel_attention(q, k, v, temperature, heads, impl=impl)
     return out if project_weight is None else F.conv2d(out, project_weight, project_bias)

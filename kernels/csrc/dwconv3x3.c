@@ -74,23 +74,59 @@ static inline void taps(const float *base, const float *zeros, int64_t y, int64_
      + t5[c] * weight[5 * stride + c] + t6[c] * weight[6 * stride + c]                 \
      + t7[c] * weight[7 * stride + c] + t8[c] * weight[8 * stride + c])
 
+/* Adds to image_sum[0 .. summed) the sums of squares over a row's width pixels of its first
+ * summed channels (row: (width, channels), just written, in L2): sixteen channels at a time
+ * in a register across the row (float), then added to the double sums. */
+static void add_row_sumsq(const float *row, int64_t width, int64_t channels, int64_t summed,
+                          double *image_sum)
+{
+    for (int64_t block = 0; block < summed; block += LANES) {
+        const int64_t c0 = block_begin(block, summed);
+        if (summed < LANES || (block > 0 && c0 != block)) {    /* scalar: a partial block */
+            for (int64_t c = block; c < summed; ++c) {
+                float total = 0.0f;
+                for (int64_t x = 0; x < width; ++x)
+                    total += row[x * channels + c] * row[x * channels + c];
+                image_sum[c] += (double)total;
+            }
+            break;
+        }
+        lanes_t total = (lanes_t){0};
+        for (int64_t x = 0; x < width; ++x) {
+            const lanes_t v = load_lanes(row + x * channels + c0);
+            total += v * v;
+        }
+        for (int j = 0; j < LANES; ++j)
+            image_sum[c0 + j] += (double)total[j];
+    }
+}
+
 /* Depthwise 3x3 of input (B, H, W, channels) + bias, then either written as is (gate 0, output
  * (B, H, W, channels)) or gated, gelu(z1) * z2 over the two halves (gate 1, output
- * (B, H, W, channels / 2)). Rows split over the threads. */
+ * (B, H, W, channels / 2)). Ungated, with sumsq_channels > 0, also the sums of squares of the
+ * output's first sumsq_channels channels over each image's pixels into sumsq
+ * (B, sumsq_channels): float sums per row, double sums per thread and image, threads added in
+ * order (deterministic for a given thread count). Rows split over the threads. */
 static int depthwise_forward(const float *input, const float *weight, int64_t weight_stride,
-                             const float *bias, float *output, int64_t batch, int64_t height,
+                             const float *bias, float *output, float *sumsq,
+                             int64_t sumsq_channels, int64_t batch, int64_t height,
                              int64_t width, int64_t channels, int gate, int num_threads)
 {
     const int64_t half = channels / 2, out_channels = gate ? half : channels;
+    const int threads = num_threads < 1 ? 1 : num_threads;
+    const int64_t summed = gate || !sumsq ? 0 : sumsq_channels;
     float *zeros = calloc((size_t)channels, sizeof(float));
     float *no_bias = calloc((size_t)channels, sizeof(float));
-    if (!zeros || !no_bias) {
+    /* per thread: a double sum per image */
+    double *image_sums = calloc((size_t)(threads * batch * summed), sizeof(double));
+    if (!zeros || !no_bias || !image_sums) {
         free(zeros);
         free(no_bias);
+        free(image_sums);
         return 1;
     }
     const float *shift = bias ? bias : no_bias;
-    #pragma omp parallel for num_threads(num_threads) schedule(static)
+    #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < batch * height; ++row) {
         const int64_t image = row / height, y = row % height;
         const float *base = input + image * height * width * channels;
@@ -124,9 +160,19 @@ static int depthwise_forward(const float *input, const float *weight, int64_t we
                 }
             }
         }
+        if (summed)
+            add_row_sumsq(output + row * width * out_channels, width, out_channels, summed,
+                          image_sums + (omp_get_thread_num() * batch + image) * summed);
+    }
+    for (int64_t i = 0; i < batch * summed; ++i) {
+        double total = 0.0;
+        for (int thread = 0; thread < threads; ++thread)
+            total += image_sums[thread * batch * summed + i];
+        sumsq[i] = (float)total;
     }
     free(zeros);
     free(no_bias);
+    free(image_sums);
     return 0;
 }
 
@@ -152,8 +198,8 @@ int dwconv_gelu_gate_forward(
     int64_t channels,        /* C, channels of each half */
     int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
 {
-    return depthwise_forward(input, weight, weight_stride, bias, output, batch, height, width,
-                             2 * channels, 1, num_threads);
+    return depthwise_forward(input, weight, weight_stride, bias, output, NULL, 0, batch, height,
+                             width, 2 * channels, 1, num_threads);
 }
 
 /* Columns per backward tile: the ring of three gate-gradient rows and the four input rows
@@ -481,22 +527,26 @@ int dwconv_gelu_gate_backward(
 }
 
 /*
- * Plain depthwise 3x3 convolution (zero padding 1), same layouts: input, output (B, H, W, C).
+ * Plain depthwise 3x3 convolution (zero padding 1), same layouts: input, output (B, H, W, C);
+ * optionally the sums of squares over each image's pixels of the output's first S channels
+ * (MDTA's q and k: their L2 norms over H * W) while each output pixel is still in L1.
  */
 int dwconv3x3_forward(
-    const float *input,      /* x, (B, H, W, C) */
-    const float *weight,     /* (9, weight_stride), tap-major */
-    int64_t weight_stride,   /* row stride of weight, >= C */
-    const float *bias,       /* (C,) or NULL */
-    float *output,           /* (B, H, W, C), written */
-    int64_t batch,           /* B */
-    int64_t height,          /* H */
-    int64_t width,           /* W */
-    int64_t channels,        /* C */
-    int num_threads)         /* OpenMP threads (torch.get_num_threads()) */
+    const float *input,        /* x, (B, H, W, C) */
+    const float *weight,       /* (9, weight_stride), tap-major */
+    int64_t weight_stride,     /* row stride of weight, >= C */
+    const float *bias,         /* (C,) or NULL */
+    float *output,             /* (B, H, W, C), written */
+    float *sumsq,              /* (B, S), written, or NULL */
+    int64_t sumsq_channels,    /* S, 0 <= S <= C (the caller checks; unused without sumsq) */
+    int64_t batch,             /* B */
+    int64_t height,            /* H */
+    int64_t width,             /* W */
+    int64_t channels,          /* C */
+    int num_threads)           /* OpenMP threads (torch.get_num_threads()) */
 {
-    return depthwise_forward(input, weight, weight_stride, bias, output, batch, height, width,
-                             channels, 0, num_threads);
+    return depthwise_forward(input, weight, weight_stride, bias, output, sumsq, sumsq_channels,
+                             batch, height, width, channels, 0, num_threads);
 }
 
 int dwconv3x3_backward(

@@ -10,7 +10,13 @@ import torch
 
 from irblocks.kernels import _cpu_build
 from irblocks.kernels._dispatch import out_format
-from irblocks.kernels.dwconv3x3 import LIBRARY, dwconv3x3, dwconv3x3_reference, tap_major
+from irblocks.kernels.dwconv3x3 import (
+    LIBRARY,
+    dwconv3x3,
+    dwconv3x3_reference,
+    dwconv3x3_sumsq,
+    tap_major,
+)
 from tests._compare import assert_rel_close, rel_error
 from tests.kernels.kutil import LAYOUTS, grads, make
 
@@ -109,3 +115,41 @@ def test_shape_errors():
 def test_gradcheck_reference_float64():
     x, weight, bias = [t.detach().double().requires_grad_() for t in _inputs(1, 3, 3, 4)]
     assert torch.autograd.gradcheck(dwconv3x3_reference, (x, weight, bias))
+
+
+@pytest.mark.parametrize("c,summed,shape", [(5, 3, (2, 5, 7)), (16, 16, (1, 4, 4)),
+                                            (37, 24, (2, 9, 40)), (96, 64, (2, 3, 5)),
+                                            (288, 192, (2, 6, 6)), (12, 0, (1, 3, 3))])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sums_of_squares_match_reference(c, summed, shape, threads):
+    """dwconv3x3_sumsq: y is dwconv3x3's, and the sums of squares of y's first channels over
+    each image's pixels equal float64 ones within 1e-5 (float per row, double per image);
+    full and partial 16-channel blocks, several images, thread counts that split an image."""
+    b, h, w = shape
+    x, weight, bias = _inputs(b, c, h, w, scale=2.0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, sumsq = dwconv3x3_sumsq(x, weight, bias, summed, impl="cpu")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y, dwconv3x3(x, weight, bias, impl="cpu"))
+    ref = dwconv3x3_reference(*[t.detach().double() for t in (x, weight, bias)])
+    want = ref[:, :summed].square().sum((2, 3))
+    assert sumsq.shape == (b, summed) and sumsq.dtype == torch.float32
+    assert not sumsq.requires_grad
+    if summed:
+        assert rel_error(sumsq.double(), want) < 1e-5
+    (gx,) = torch.autograd.grad(y.square().sum(), x)       # y's gradient is unaffected
+    (gx_ref,) = torch.autograd.grad(dwconv3x3(x, weight, bias, impl="cpu").square().sum(), x)
+    assert torch.equal(gx, gx_ref)
+
+
+def test_sums_of_squares_off_the_kernel_and_errors():
+    x, weight, bias = _inputs(2, 6, 5, 4, layout="nchw")    # the reference path
+    y, sumsq = dwconv3x3_sumsq(x, weight, bias, 4)
+    assert rel_error(sumsq, y.detach()[:, :4].square().sum((2, 3))) < 1e-6
+    assert not sumsq.requires_grad
+    with pytest.raises(ValueError, match="sums of squares of 7 channels requested, expected 0 "
+                                         "to C=6"):
+        dwconv3x3_sumsq(x, weight, bias, 7)

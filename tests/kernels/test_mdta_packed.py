@@ -180,3 +180,72 @@ def test_packed_projection_off_the_packed_path_and_shape_errors():
     with pytest.raises(ValueError, match=r"project_weight must be \(4, 4, 1, 1\) for qkv of 12 "
                                          r"channels, got \(4, 4\)"):
         channel_attention_packed(qkv, torch.ones(1), 1, project_weight=weight.flatten(1))
+
+
+@pytest.mark.parametrize("c,heads,project", [(70, 1, True), (12, 3, False), (8, 2, True)])
+def test_packed_with_sums_of_squares_from_the_depthwise_conv(c, heads, project, monkeypatch):
+    """MDTA's chain with q and k's sums of squares from the depthwise 3x3
+    (depthwise3x3_sumsq -> channel_attention_packed(..., sumsq=)): output and the gradients
+    of the input, the depthwise weight and bias, the temperature and the projection equal the
+    chain that lets the attention sum them itself; a wrong sumsq changes the output (it is
+    used)."""
+    from irblocks.conv import depthwise3x3_sumsq, depthwise_conv2d
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
+    torch.manual_seed(0)
+    x = _qkv(2, c, 9, 11)
+    dw_w = (torch.randn(3 * c, 1, 3, 3) / 3).requires_grad_()
+    dw_b = (torch.randn(3 * c) * 0.1).requires_grad_()
+    t = torch.linspace(0.5, 1.7, heads).requires_grad_()
+    weight = _projection(c, True)[0] if project else None
+    leaves = [v for v in (x, dw_w, dw_b, t, weight) if v is not None]
+    assert mdta.packs_with_sumsq(x, t, heads)
+
+    def chain(given: bool, scale: float = 1.0):
+        if given:
+            qkv, sumsq = depthwise3x3_sumsq(x, dw_w, dw_b, 2 * c)
+            assert sumsq is not None        # the C kernel ran and summed
+            sumsq = sumsq * scale
+        else:
+            qkv, sumsq = depthwise_conv2d(x, dw_w, dw_b), None
+        return channel_attention_packed(qkv, t, heads, project_weight=weight, sumsq=sumsq)
+
+    out, want = chain(True), chain(False)
+    grad = torch.randn_like(out)
+    got_g = torch.autograd.grad(out, leaves, grad)
+    want_g = torch.autograd.grad(want, leaves, grad)
+    assert rel_error(out, want) < 2e-6
+    for a, r in zip(got_g, want_g):
+        assert rel_error(a, r) < 1e-5
+    assert rel_error(chain(True, 4.0), want) > 1e-3
+    with pytest.raises(ValueError, match=rf"sumsq must be \(2, {2 * c}\) \(q and k's sums of "
+                                         rf"squares per image\), got \(2, {c}\)"):
+        channel_attention_packed(x, t, heads, sumsq=torch.ones(2, c))
+
+
+def test_mdta_takes_the_sums_of_squares_from_its_depthwise_conv(monkeypatch):
+    """MDTA (fast, training, channels_last CPU) asks the depthwise 3x3 for q and k's sums of
+    squares where the packed attention uses them (several heads, or one head above
+    FULL_GRAM_MAX_CHANNELS channels) and not where it forms one gram of [q | k]; its output and
+    every parameter's gradient equal the official execution's."""
+    import copy
+
+    import irblocks.mdta as mdta_block
+    from irblocks import set_execution
+    calls = []
+    real = mdta_block.depthwise3x3_sumsq
+    monkeypatch.setattr(mdta_block, "depthwise3x3_sumsq",
+                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(mdta, "PACKED_MIN_PIXELS", 0)
+    for dim, heads, asked in ((8, 2, [16]), (8, 1, []), (72, 1, [144])):
+        calls.clear()
+        torch.manual_seed(0)
+        block = mdta_block.MDTA(dim, heads, bias=True)
+        official = set_execution(copy.deepcopy(block), "official")
+        x = torch.randn(2, dim, 6, 7).contiguous(memory_format=torch.channels_last)
+        out, ref = block(x), official(x)
+        assert calls == asked
+        assert rel_error(out, ref) < 2e-6
+        grad = torch.randn_like(ref)
+        for a, r in zip(torch.autograd.grad(out, list(block.parameters()), grad),
+                        torch.autograd.grad(ref, list(official.parameters()), grad)):
+            assert rel_error(a, r) < 1e-5
