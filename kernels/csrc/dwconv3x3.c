@@ -135,6 +135,8 @@ static int depthwise_forward(const float *input, const float *weight, int64_t we
             taps(base, zeros, y, x, height, width, channels, tap);
             TAP_LOCALS(tap);
             float *restrict out = output + (row * width + x) * out_channels;
+            prefetch_pixel(y + 2 < height ? base + ((y + 2) * width + x) * channels : NULL,
+                           channels);
             if (gate) {
                 /* full vectors only: the last block overlaps the one before it (same values
                  * written twice); a scalar remainder of GELUs cost as much as the vectors */
@@ -223,6 +225,10 @@ static void gate_gradient_row(const float *base, const float *grad_base, const f
         TAP_LOCALS(tap);
         const float *restrict dy = grad_base + (y * width + x) * channels;
         float *restrict g = ring_row + (x - x0) * channels2;
+        if (y + 2 < height) {             /* the input and dy of the row read next */
+            prefetch_pixel(base + ((y + 2) * width + x) * channels2, channels2);
+            prefetch_pixel(dy + width * channels, channels);
+        }
         for (int64_t block = 0; block < channels; block += LANES) {   /* as in the forward */
             const int64_t c0 = block_begin(block, channels);
             const int64_t count = channels < LANES ? channels : LANES;
