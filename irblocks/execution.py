@@ -9,10 +9,10 @@ float tolerance. ``"fast"`` (default) restores our defaults: channels_last, and 
 skip-split, AnyIR's fusion; ``irblocks/conv.py``), and GatedDA with BatchNorm folded into
 its weights (channels_last input; ``GatedDegradationAdaptation._forward_folded``),
 GDFN's hidden width zero-padded to a multiple of 16 on its C path (``irblocks/gdfn.py``) and
-MDTA's attention on strided views of the qkv rows with one input-gradient tensor and its
-output projection folded in while training (``channel_attention_packed``), with the same
-gradients
-(tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
+MDTA's attention on strided views of the qkv rows with one input-gradient tensor, its
+output projection folded in and q and k's sums of squares taken from the depthwise 3x3's C
+forward while training (``channel_attention_packed``, ``irblocks.conv.depthwise3x3_sumsq``),
+with the same gradients (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
 tests/kernels/test_mdta_packed.py).
 
 Every execution switch (this one, ``impl`` / ``IRBLOCKS_KERNELS``, memory format,
