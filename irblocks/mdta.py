@@ -51,7 +51,8 @@ class MDTA(nn.Module):
             dw, po = self.qkv_dwconv, self.project_out
             sumsq = None
             if packs_with_sumsq(qkv, self.temperature, self.heads):
-                # q and k's sums of squares from the depthwise 3x3 that writes them
+                # q and k's sums of squares from the depthwise 3x3 that writes them (asked of
+                # the 1x1's output: the 3x3's has its shape and layout; either answer is correct)
                 qkv, sumsq = depthwise3x3_sumsq(qkv, dw.weight, dw.bias, 2 * self.dim)
             else:
                 qkv = depthwise_conv2d(qkv, dw.weight, dw.bias)

@@ -117,9 +117,10 @@ static int depthwise_forward(const float *input, const float *weight, int64_t we
     const int64_t summed = gate || !sumsq ? 0 : sumsq_channels;
     float *zeros = calloc((size_t)channels, sizeof(float));
     float *no_bias = calloc((size_t)channels, sizeof(float));
-    /* per thread: a double sum per image */
-    double *image_sums = calloc((size_t)(threads * batch * summed), sizeof(double));
-    if (!zeros || !no_bias || !image_sums) {
+    /* per thread: a double sum per image (none without sums: calloc(0) may return NULL) */
+    double *image_sums = summed ? calloc((size_t)(threads * batch * summed), sizeof(double))
+                                : NULL;
+    if (!zeros || !no_bias || (summed && !image_sums)) {
         free(zeros);
         free(no_bias);
         free(image_sums);
@@ -535,7 +536,7 @@ int dwconv_gelu_gate_backward(
 /*
  * Plain depthwise 3x3 convolution (zero padding 1), same layouts: input, output (B, H, W, C);
  * optionally the sums of squares over each image's pixels of the output's first S channels
- * (MDTA's q and k: their L2 norms over H * W) while each output pixel is still in L1.
+ * (MDTA's q and k: their L2 norms over H * W), per row while the row just written is in L2.
  */
 int dwconv3x3_forward(
     const float *input,        /* x, (B, H, W, C) */
