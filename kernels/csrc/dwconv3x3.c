@@ -404,13 +404,17 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
 }
 
 /* Input gradient of row y, columns [x0, x1): the transposed convolution of g (taps mirrored).
- * g_rows[k] holds row y + k - 1 (NULL outside the image) from column g_x0 to g_x1. */
+ * g_rows[k] holds row y + k - 1 (NULL outside the image) from column g_x0 to g_x1.
+ * ahead[0], ahead[1]: rows (column 0 first) whose pixel x is prefetched into L2 with pixel x,
+ * or NULL. */
 static void input_gradient_tile(const float *const g_rows[3], int64_t g_x0, int64_t g_x1,
                                 const float *weight, int64_t weight_stride, const float *zeros,
-                                float *grad_row,
+                                float *grad_row, const float *const ahead[2],
                                 int64_t x0, int64_t x1, int64_t channels2)
 {
     for (int64_t x = x0; x < x1; ++x) {
+        for (int k = 0; k < 2; ++k)
+            prefetch_pixel_l2(ahead[k] ? ahead[k] + x * channels2 : NULL, channels2);
         const float *tap[9];
         for (int ky = 0; ky < 3; ++ky) {
             for (int kx = 0; kx < 3; ++kx) {
@@ -510,8 +514,10 @@ int dwconv_gelu_gate_backward(
                     }
                     weight_gradient_tile(base, g_rows[1], g_x0, zeros, partial, sum, y, x0, x1,
                                          height, width, channels2);
+                    const float *const no_rows[2] = {NULL, NULL};   /* gate_gradient_row's */
                     input_gradient_tile(g_rows, g_x0, g_x1, weight, weight_stride, zeros,
-                                        grad_input + row * width * channels2, x0, x1, channels2);
+                                        grad_input + row * width * channels2, no_rows, x0, x1,
+                                        channels2);
                 }
             }
         }
@@ -605,8 +611,14 @@ int dwconv3x3_backward(
                         g_rows[k] = yy < 0 || yy >= height ? NULL
                                                            : grad_base + yy * width * channels;
                     }
+                    /* x and dy two rows down: the next row's sums and taps read them */
+                    const int below = y + 2 < height;
+                    const float *const ahead[2] = {
+                        below ? base + (y + 2) * width * channels : NULL,
+                        below ? grad_base + (y + 2) * width * channels : NULL};
                     input_gradient_tile(g_rows, 0, width, weight, weight_stride, zeros,
-                                        grad_input + row * width * channels, 0, width, channels);
+                                        grad_input + row * width * channels, ahead, 0, width,
+                                        channels);
                 }
             }
         }
