@@ -73,29 +73,27 @@ static inline float lanes_sum(lanes_t v)
 }
 
 /* Software prefetch of one pixel's `channels` floats (every 64-byte line) into all cache
- * levels (prefetch_pixel) or into L2 only (prefetch_pixel_l2); NULL: nothing. The depthwise
- * 3x3 loops walk rows of (W, C) pixels and ask for the pixel two rows below the one they
- * read: the hardware prefetcher, given nine interleaved tap streams, left them waiting on
- * memory. Restormer's whole training step, paired order-alternated rounds (2026-11-30): the
- * forward and GDFN's gate backward into all levels 0.970 / 0.978 / 1.007 against none; the
- * plain 3x3 backward's two streams (input and dy) into L2 only 0.967 / 0.985, into all
- * levels 1.031 (they evicted its L1 working set). */
-static inline void prefetch_pixel(const float *pixel, int64_t channels)
+ * levels (all_levels 1) or into L2 only (0); NULL: nothing. The depthwise 3x3 loops walk rows
+ * of (W, C) pixels and ask for the pixel two rows below the one they read: the hardware
+ * prefetcher, given nine interleaved tap streams, left them waiting on memory. Restormer's
+ * whole training step, paired order-alternated rounds (2026-11-30): the forward and GDFN's
+ * gate backward into all levels 0.970 / 0.978 / 1.007 against none; the plain 3x3
+ * backward's two streams (input and dy) into L2 only 0.967 / 0.985, into all levels 1.031
+ * (they evicted its L1 working set). Call with a constant all_levels: once inlined, the
+ * branch folds (the prefetch's locality must be a compile-time constant). */
+static inline __attribute__((always_inline)) void prefetch_pixel(const float *pixel,
+                                                                 int64_t channels,
+                                                                 int all_levels)
 {
     if (!pixel)
         return;
     const char *bytes = (const char *)pixel;
-    for (int64_t offset = 0; offset < channels * (int64_t)sizeof(float); offset += 64)
-        __builtin_prefetch(bytes + offset, 0, 3);
-}
-
-static inline void prefetch_pixel_l2(const float *pixel, int64_t channels)
-{
-    if (!pixel)
-        return;
-    const char *bytes = (const char *)pixel;
-    for (int64_t offset = 0; offset < channels * (int64_t)sizeof(float); offset += 64)
-        __builtin_prefetch(bytes + offset, 0, 2);
+    for (int64_t offset = 0; offset < channels * (int64_t)sizeof(float); offset += 64) {
+        if (all_levels)
+            __builtin_prefetch(bytes + offset, 0, 3);
+        else
+            __builtin_prefetch(bytes + offset, 0, 2);
+    }
 }
 
 /* First item of block `block` when `items` are split into `blocks` contiguous blocks. */

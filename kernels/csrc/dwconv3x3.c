@@ -137,7 +137,7 @@ static int depthwise_forward(const float *input, const float *weight, int64_t we
             TAP_LOCALS(tap);
             float *restrict out = output + (row * width + x) * out_channels;
             prefetch_pixel(y + 2 < height ? base + ((y + 2) * width + x) * channels : NULL,
-                           channels);
+                           channels, 1);
             if (gate) {
                 /* full vectors only: the last block overlaps the one before it (same values
                  * written twice); a scalar remainder of GELUs cost as much as the vectors */
@@ -227,8 +227,8 @@ static void gate_gradient_row(const float *base, const float *grad_base, const f
         const float *restrict dy = grad_base + (y * width + x) * channels;
         float *restrict g = ring_row + (x - x0) * channels2;
         if (y + 2 < height) {             /* the input and dy of the row read next */
-            prefetch_pixel(base + ((y + 2) * width + x) * channels2, channels2);
-            prefetch_pixel(dy + width * channels, channels);
+            prefetch_pixel(base + ((y + 2) * width + x) * channels2, channels2, 1);
+            prefetch_pixel(dy + width * channels, channels, 1);
         }
         for (int64_t block = 0; block < channels; block += LANES) {   /* as in the forward */
             const int64_t c0 = block_begin(block, channels);
@@ -414,7 +414,7 @@ static void input_gradient_tile(const float *const g_rows[3], int64_t g_x0, int6
 {
     for (int64_t x = x0; x < x1; ++x) {
         for (int k = 0; k < 2; ++k)
-            prefetch_pixel_l2(ahead[k] ? ahead[k] + x * channels2 : NULL, channels2);
+            prefetch_pixel(ahead[k] ? ahead[k] + x * channels2 : NULL, channels2, 0);
         const float *tap[9];
         for (int ky = 0; ky < 3; ++ky) {
             for (int kx = 0; kx < 3; ++kx) {
