@@ -83,13 +83,12 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     ``F.conv2d(x, weight, bias, padding=padding, groups=C)``; on CPU with autograd the input
     gradient runs as a forward convolution and the weight gradient as a compiled C kernel, or
     a 3x3 runs the compiled one-pass kernel (see the module docstring)."""
-    k = weight.shape[-1]
-    p = k // 2 if padding is None else padding
-    if not _fast_depthwise(x, weight, p):
-        return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
-    if k == 3 and runs_cpu_kernel(x, weight, bias):
+    p = weight.shape[-1] // 2 if padding is None else padding
+    if _one_pass_3x3(x, weight, bias, p):
         return dwconv3x3(x, weight, bias)
-    return _DepthwiseConv.apply(x, weight, bias, p)
+    if _fast_depthwise(x, weight, p):
+        return _DepthwiseConv.apply(x, weight, bias, p)
+    return F.conv2d(x, weight, bias, padding=p, groups=weight.shape[0])
 
 
 def _fast_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
@@ -102,14 +101,20 @@ def _fast_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool
             and not torch.is_autocast_enabled(x.device.type))   # backward would mix dtypes
 
 
+def _one_pass_3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  padding: int) -> bool:
+    """Whether :func:`depthwise_conv2d` runs the compiled one-pass 3x3 kernel."""
+    return (weight.shape[-1] == 3 and _fast_depthwise(x, weight, padding)
+            and runs_cpu_kernel(x, weight, bias))
+
+
 def depthwise3x3_sumsq(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`depthwise_conv2d` of a 3x3 (padding 1) and, when the one-pass C kernel runs it,
     the sums of squares of the output's first ``channels`` channels over each image's pixels
     (B, channels), summed while each output pixel is in cache (MDTA's q and k: see
     :func:`irblocks.kernels.mdta.channel_attention_packed`); otherwise (y, None)."""
-    if weight.shape[-2:] == (3, 3) and _fast_depthwise(x, weight, 1) and runs_cpu_kernel(
-            x, weight, bias):
+    if _one_pass_3x3(x, weight, bias, 1):
         return dwconv3x3_sumsq(x, weight, bias, channels)
     return depthwise_conv2d(x, weight, bias), None
 

@@ -176,12 +176,16 @@ def dwconv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
               impl: str | None = None) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, 3, 3), bias (C,) or None -> (B, C, H, W): depthwise 3x3
     convolution, stride 1, zero padding 1 (``F.conv2d(..., padding=1, groups=C)``)."""
-    if x.dim() != 4:
-        raise ValueError(f"{NAME}: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    check_depthwise3x3(NAME, x.shape[1], weight, bias)
+    _check_input(x, weight, bias)
     if runs_cpu_kernel(x, weight, bias, impl):
         return _Dwconv3x3Cpu.apply(x, weight, bias, 0)[0]
     return dwconv3x3_reference(x, weight, bias)
+
+
+def _check_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{NAME}: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
+    check_depthwise3x3(NAME, x.shape[1], weight, bias)
 
 
 def dwconv3x3_sumsq(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -189,12 +193,10 @@ def dwconv3x3_sumsq(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """:func:`dwconv3x3` and the sums of squares of its output's first ``channels`` channels
     over each image's pixels: y (B, C, H, W) as :func:`dwconv3x3`, sumsq (B, channels) =
     ``y[:, :channels].square().sum((2, 3))``, not differentiable (MDTA's q and k norms:
-    :func:`irblocks.kernels.mdta.channel_attention_packed` takes them). The C kernel sums while
-    each output pixel is in L1 (float per row, double per image); elsewhere the reference
+    :func:`irblocks.kernels.mdta.channel_attention_packed` takes them). The C kernel sums each
+    row while it is in L2 (float per row, double per image); elsewhere the reference
     convolution and ``square().sum()``."""
-    if x.dim() != 4:
-        raise ValueError(f"{NAME}: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    check_depthwise3x3(NAME, x.shape[1], weight, bias)
+    _check_input(x, weight, bias)
     if not 0 <= channels <= x.shape[1]:
         raise ValueError(f"{NAME}: sums of squares of {channels} channels requested, expected "
                          f"0 to C={x.shape[1]}")
