@@ -8,7 +8,8 @@ Implementations
   with :mod:`irblocks.kernels.dwconv3x3`)
   for float32 CPU tensors. Forward: reads p once, writes y; z never reaches memory.
   Backward: recomputes z three rows at a time in a cache-resident ring, writes dp and sums the
-  weight and bias gradients in one pass. Saved for backward: p only (the eager chain saves
+  weight and bias gradients in one pass; dp of :data:`~irblocks.kernels.dwconv3x3.STREAM_MIN_BYTES`
+  or more goes out with non-temporal stores. Saved for backward: p only (the eager chain saves
   five tensors of the hidden width). Forward + backward, 2 threads, pytest-benchmark
   medians (2026-11-30): 9.8 vs 36.2 ms at 2x224x128x128, 49.8 vs 136 ms at 2x510x128x128
   against the reference (GDFN's two dense halves). Inputs whose channels are not the
@@ -35,7 +36,7 @@ from irblocks.registry import register
 from ._cpu_build import address, check_status
 from ._cpu_build import applies as cpu_applies
 from ._dispatch import empty, reference_grads, select
-from .dwconv3x3 import LIBRARY, check_depthwise3x3, library, tap_major
+from .dwconv3x3 import LIBRARY, check_depthwise3x3, library, streams, tap_major
 
 __all__ = ["dwconv_gelu_gate", "dwconv_gelu_gate_reference"]
 
@@ -96,6 +97,7 @@ def _backward_cpu(p: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None
             h,
             w,
             c2 // 2,
+            streams(dp),
             torch.get_num_threads(),
         )
         check_status(status, NAME, "backward")

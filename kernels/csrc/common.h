@@ -9,6 +9,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -31,6 +34,35 @@ static inline lanes_t load_lanes(const float *source)
 static inline void store_lanes(float *target, lanes_t value)
 {
     memcpy(target, &value, sizeof value);
+}
+
+/* Non-temporal store of one vector to a 64-byte aligned target: the line goes to memory
+ * without being read first or kept in cache (AVX-512 one store, AVX two; elsewhere a plain
+ * store). For outputs too large to stay in cache until their consumer reads them: GDFN's
+ * gate backward and the depthwise 3x3 backward write their input gradient this way from
+ * STREAM_MIN_BYTES (kernels/dwconv3x3.py) on. A thread that streamed calls stream_fence()
+ * before its results are read. */
+static inline void stream_lanes(float *target, lanes_t value)
+{
+#if defined(__AVX512F__)
+    _mm512_stream_ps(target, (__m512)value);
+#elif defined(__AVX__)
+    __m256 half[2];
+    memcpy(half, &value, sizeof value);
+    _mm256_stream_ps(target, half[0]);
+    _mm256_stream_ps(target + 8, half[1]);
+#else
+    store_lanes(target, value);
+#endif
+}
+
+/* Orders this thread's earlier stream_lanes() stores before its later stores (an OpenMP
+ * barrier alone does not fence non-temporal stores). */
+static inline void stream_fence(void)
+{
+#if defined(__SSE__)
+    _mm_sfence();
+#endif
 }
 
 /* First channel of the LANES-wide block that starts at `block` in a loop over `channels`: the

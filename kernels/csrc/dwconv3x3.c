@@ -12,7 +12,10 @@
  * walked in column tiles so the ring and the input rows it reads stay in L2; rows and columns
  * beside a band or tile are recomputed. Weight/bias gradients: float sums per 16 channels in
  * registers within a tile, double sums per band, bands added in order (deterministic for a
- * given thread count).
+ * given thread count). The input gradient of either backward (this one and the plain 3x3's
+ * below) goes out with non-temporal stores when the caller asks (tensors of at least
+ * STREAM_MIN_BYTES, kernels/dwconv3x3.py, which outgrow the caches before the 1x1
+ * convolution's backward reads them).
  *
  * GELU's erf is Abramowitz & Stegun 7.1.26 with a Cephes-style expf, the formulation of
  * ATen's vectorised CPU erf (absolute error <= 1.5e-7), written in plain arithmetic so the
@@ -406,12 +409,14 @@ static void weight_gradient_tile(const float *base, const float *g_row, int64_t 
 /* Input gradient of row y, columns [x0, x1): the transposed convolution of g (taps mirrored).
  * g_rows[k] holds row y + k - 1 (NULL outside the image) from column g_x0 to g_x1.
  * ahead[0], ahead[1]: rows (column 0 first) whose pixel x is prefetched into L2 with pixel x,
- * or NULL. */
+ * or NULL. stream: written with non-temporal stores (stream_lanes) where the row is 64-byte
+ * aligned and LANES divides the channels, else plain stores. */
 static void input_gradient_tile(const float *const g_rows[3], int64_t g_x0, int64_t g_x1,
                                 const float *weight, int64_t weight_stride, const float *zeros,
                                 float *grad_row, const float *const ahead[2],
-                                int64_t x0, int64_t x1, int64_t channels2)
+                                int64_t x0, int64_t x1, int64_t channels2, int stream)
 {
+    stream = stream && channels2 % LANES == 0 && ((uintptr_t)grad_row & 63) == 0;
     for (int64_t x = x0; x < x1; ++x) {
         for (int k = 0; k < 2; ++k)
             prefetch_pixel(ahead[k] ? ahead[k] + x * channels2 : NULL, channels2, 0);
@@ -426,6 +431,16 @@ static void input_gradient_tile(const float *const g_rows[3], int64_t g_x0, int6
         }
         TAP_LOCALS(tap);
         float *restrict dp = grad_row + x * channels2;
+        if (stream) {
+            for (int64_t c0 = 0; c0 < channels2; c0 += LANES) {
+                lanes_t value;
+                #pragma omp simd
+                for (int64_t j = 0; j < LANES; ++j)
+                    value[j] = CONV9(weight, weight_stride, c0 + j);
+                stream_lanes(dp + c0, value);
+            }
+            continue;
+        }
         for (int64_t block = 0; block < channels2; block += LANES) {   /* full vectors */
             const int64_t c0 = block_begin(block, channels2);
             const int64_t count = channels2 < LANES ? channels2 : LANES;
@@ -458,6 +473,7 @@ int dwconv_gelu_gate_backward(
     int64_t height,            /* H */
     int64_t width,             /* W */
     int64_t channels,          /* C, channels of each half */
+    int stream,                /* 1: grad_input written with non-temporal stores */
     int num_threads)           /* OpenMP threads (torch.get_num_threads()) */
 {
     const int64_t channels2 = 2 * channels, rows = batch * height;
@@ -517,10 +533,11 @@ int dwconv_gelu_gate_backward(
                     const float *const no_rows[2] = {NULL, NULL};   /* gate_gradient_row's */
                     input_gradient_tile(g_rows, g_x0, g_x1, weight, weight_stride, zeros,
                                         grad_input + row * width * channels2, no_rows, x0, x1,
-                                        channels2);
+                                        channels2, stream);
                 }
             }
         }
+        stream_fence();
     }
     for (int64_t i = 0; i < 10 * channels2; ++i) {
         double total = 0.0;
@@ -574,6 +591,7 @@ int dwconv3x3_backward(
     int64_t height,            /* H */
     int64_t width,             /* W */
     int64_t channels,          /* C */
+    int stream,                /* 1: grad_input written with non-temporal stores */
     int num_threads)           /* OpenMP threads (torch.get_num_threads()) */
 {
     const int64_t rows = batch * height;
@@ -618,10 +636,11 @@ int dwconv3x3_backward(
                         below ? grad_base + (y + 2) * width * channels : NULL};
                     input_gradient_tile(g_rows, 0, width, weight, weight_stride, zeros,
                                         grad_input + row * width * channels, ahead, 0, width,
-                                        channels);
+                                        channels, stream);
                 }
             }
         }
+        stream_fence();
     }
     for (int64_t i = 0; i < 10 * channels; ++i) {
         double total = 0.0;

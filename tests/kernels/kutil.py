@@ -34,7 +34,7 @@ import torch
 
 __all__ = ["SHAPES", "SMALL_SHAPES", "LAYOUTS", "EXTRA_LAYOUTS", "ALL_LAYOUTS", "TOL", "tol",
            "make", "make_like", "grads", "both_paths", "assert_close", "case_id", "cases",
-           "c_kernel_or_skip"]
+           "c_kernel_or_skip", "StreamSpy"]
 
 # (B, H, W): channel count is chosen by each test (kernels have constraints such as C % heads).
 SHAPES: list[tuple[int, int, int]] = [
@@ -184,3 +184,27 @@ def c_kernel_or_skip(library: str) -> None:
 
     if _cpu_build.load(library) is None:
         pytest.skip(f"C kernel unavailable here: {_cpu_build.unavailable(library)}")
+
+
+class StreamSpy:
+    """Stands in for a compiled library (``kernels/csrc``) and records the ``stream`` argument
+    (the one before the thread count) of each call to the entry point ``name``; every other
+    attribute is the library's own. Install with ``monkeypatch.setattr(module, "library",
+    spy)`` on the kernel module that calls ``library()``."""
+
+    def __init__(self, library, name: str):
+        self.library, self.name, self.streams = library, name, []
+
+    def __call__(self):             # the kernel modules call library()
+        return self
+
+    def __getattr__(self, attr: str):
+        entry = getattr(self.library, attr)
+        if attr != self.name:
+            return entry
+
+        def call(*args):
+            self.streams.append(args[-2])
+            return entry(*args)
+
+        return call

@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from irblocks.kernels import _cpu_build
+from irblocks.kernels import dwconv3x3 as dwconv3x3_module
 from irblocks.kernels._dispatch import out_format
 from irblocks.kernels.dwconv3x3 import (
     LIBRARY,
+    STREAM_MIN_BYTES,
     dwconv3x3,
     dwconv3x3_reference,
     dwconv3x3_sumsq,
+    streams,
     tap_major,
 )
 from tests._compare import assert_rel_close, rel_error
-from tests.kernels.kutil import LAYOUTS, grads, make
+from tests.kernels.kutil import LAYOUTS, StreamSpy, grads, make
 
 pytestmark = pytest.mark.skipif(
     _cpu_build.load(LIBRARY) is None,
@@ -69,6 +72,32 @@ def test_thread_counts(threads):
         _check(_inputs(1, 18, 7, 5))
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("c, streamed", [(48, 1), (18, 1), (48, 0)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streamed_input_gradient_is_the_plain_one(monkeypatch, c, streamed, threads):
+    # from STREAM_MIN_BYTES on, dx goes out with non-temporal stores (C a multiple of 16;
+    # 18 keeps plain stores inside the kernel): bitwise the same values, every element
+    # written (NaN-prefilled outputs), the flag reaches the kernel
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    inputs = _inputs(2, c, 9, 40)
+    run = lambda *a: dwconv3x3(*a, impl="cpu")          # noqa: E731
+    out_plain, g_plain = _run(run, inputs)
+    spy = StreamSpy(dwconv3x3_module.library(), "dwconv3x3_backward")
+    monkeypatch.setattr(dwconv3x3_module, "library", spy)
+    monkeypatch.setattr(dwconv3x3_module, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
+    out, g = _run(run, inputs)
+    assert spy.streams == [streamed]
+    for a, b in zip([out, *g], [out_plain, *g_plain]):
+        assert torch.equal(a, b)
+
+
+def test_streams_from_the_threshold():
+    below = torch.empty(STREAM_MIN_BYTES // 4 - 1)
+    assert (streams(None), streams(below), streams(torch.empty(STREAM_MIN_BYTES // 4))) == (
+        0, 0, 1)
+    assert streams(torch.empty(STREAM_MIN_BYTES // 8, dtype=torch.float64)) == 1
 
 
 def test_only_the_needed_gradients():

@@ -14,10 +14,12 @@ import torch
 
 import irblocks
 from irblocks.kernels import _cpu_build, _dispatch
+from irblocks.kernels import dwconv3x3 as dwconv3x3_module
+from irblocks.kernels import dwconv_gelu_gate as gate_module
 from irblocks.kernels.dwconv3x3 import LIBRARY
 from irblocks.kernels.dwconv_gelu_gate import dwconv_gelu_gate, dwconv_gelu_gate_reference
 from tests._compare import assert_rel_close, graph_node_names, rel_error
-from tests.kernels.kutil import LAYOUTS, grads, make
+from tests.kernels.kutil import LAYOUTS, StreamSpy, grads, make
 
 RTOL = 1e-5
 
@@ -77,6 +79,24 @@ def test_thread_counts_split_rows_inside_images(threads):
         _check(_inputs(1, 18, 7, 5))
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("c2, streamed", [(64, 1), (34, 1), (64, 0)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streamed_input_gradient_is_the_plain_one(monkeypatch, c2, streamed, threads):
+    # from STREAM_MIN_BYTES on, dp goes out with non-temporal stores (2C a multiple of 16;
+    # 34 keeps plain stores inside the kernel): bitwise the same values, every element
+    # written (NaN-prefilled outputs), the flag reaches the kernel
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    inputs = _inputs(2, c2, 9, 70)
+    out_plain, g_plain = _run("cpu", inputs)
+    spy = StreamSpy(gate_module.library(), "dwconv_gelu_gate_backward")
+    monkeypatch.setattr(gate_module, "library", spy)
+    monkeypatch.setattr(dwconv3x3_module, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
+    out, g = _run("cpu", inputs)
+    assert spy.streams == [streamed]
+    for a, b in zip([out, *g], [out_plain, *g_plain]):
+        assert torch.equal(a, b)
 
 
 def test_saturated_and_tiny_inputs():
