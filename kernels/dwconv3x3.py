@@ -74,11 +74,14 @@ STREAM_MIN_BYTES = 32 * 2**20
 """Size from which the two backward kernels of this library (the depthwise 3x3's and GDFN's
 gate) write their input gradient with non-temporal stores (``stream_lanes`` in
 ``csrc/common.h``): straight to memory, without reading each line first, where a tensor
-this large has left the caches before the 1x1 convolution's backward reads it. Restormer's
-whole training step, paired order-alternated rounds (2026-11-30): 0.985 against plain
-stores (AnyIR 0.956); streaming every size 0.962 / 0.983 (AnyIR 0.995), and 1.010 against
-this threshold. The gate backward alone at 2 x 512 x 128 x 128: 31.4 -> 26.8 ms (2 threads).
-Values are the same either way (bitwise)."""
+this large has left the caches before the 1x1 convolution's backward reads it. Measured
+2026-11-30 on Restormer's training step (2 threads), paired order-alternated rounds in one
+process: per-op times from ``torch.profiler`` against plain stores, gate backward 0.824,
+3x3 backward 0.914, the GEMMs that read the gradients 0.987 (8 rounds); whole steps 0.962
+and 0.983 streaming every size, 0.985 from 32 MiB (AnyIR 0.995, 0.956) on a quieter host,
+0.989 and 1.015 (AnyIR 1.012) on a busy one (quartiles +-4%). Streaming from 4 MiB instead:
+kernels unchanged (1.000, 0.976), GEMMs 1.018. The gate backward alone at 2 x 512 x 128 x
+128: 31.4 -> 26.8 ms. Values are the same either way (bitwise)."""
 
 
 def streams(grad_input: torch.Tensor | None) -> int:
