@@ -26,8 +26,10 @@ def test_fast_and_official_training_step_give_the_same_gradients(name, hw):
 
 def test_same_gradients_with_streamed_input_gradients(monkeypatch):
     # the depthwise 3x3 backward kernels stream their input gradients from STREAM_MIN_BYTES;
-    # forced here for every size (48 x 48, batch 2: GDFN's padded hidden width, every channel
-    # count a multiple of 16, so the streaming stores run)
+    # forced here for every size. At 48 x 48, batch 2, the first level's GDFN runs its hidden
+    # width padded to a multiple of 16 (2 x 32 channels) and MDTA's qkv has 48, 96 and 192
+    # channels below the first level, so the streaming stores run there; the other widths
+    # (24, 84, 170, 340) fall back to plain stores inside the kernel
     from irblocks.kernels import dwconv3x3
 
     monkeypatch.setattr(dwconv3x3, "STREAM_MIN_BYTES", 0)

@@ -56,8 +56,9 @@ static inline void stream_lanes(float *target, lanes_t value)
 #endif
 }
 
-/* Orders this thread's earlier stream_lanes() stores before its later stores (an OpenMP
- * barrier alone does not fence non-temporal stores). */
+/* Orders this thread's earlier stream_lanes() stores before its later stores: non-temporal
+ * stores are weakly ordered, so each thread fences before the parallel region ends rather
+ * than relying on how the OpenMP runtime implements its barrier. */
 static inline void stream_fence(void)
 {
 #if defined(__SSE__)
