@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     # registry, errors, execution switches
     "InputError": "irblocks.errors",
     "set_execution": "irblocks.execution",
+    "keep_freed_memory": "irblocks.allocator",
     "Guidance": "irblocks.guidance", "GuidanceError": "irblocks.guidance",
     "GuidedBlock": "irblocks.guidance",
     # auxiliary losses

@@ -35,10 +35,13 @@ class Command:
     """A subcommand: its one-line help and ``"module:function"``, the function that adds its
     arguments to an ``argparse`` parser and sets ``func`` (``parser.set_defaults(func=run)``;
     ``run(args)`` returns the exit status). The module is imported only when the command runs.
-    ``raw`` commands get the remaining arguments unparsed (``function(argv) -> int``)."""
+    ``raw`` commands get the remaining arguments unparsed (``function(argv) -> int``).
+    ``runs_networks`` commands keep freed memory in the heap before they run
+    (:func:`irblocks.allocator.keep_freed_memory`; ``IRBLOCKS_MALLOC=system`` turns it off)."""
     help: str
     setup: str
     raw: bool = False
+    runs_networks: bool = False
 
 
 # Adding a subcommand: one line here, plus a ``setup_<name>(parser)`` in your module that
@@ -58,14 +61,14 @@ COMMANDS: dict[str, Command] = {
                      "-h)",
                      "irblocks.bench:main", raw=True),
     "train": Command("train a recipe's model (single process, or multi-GPU/-node under torchrun)",
-                     "irblocks.train.cli:setup_train"),
+                     "irblocks.train.cli:setup_train", runs_networks=True),
     "eval": Command("per-task PSNR/SSIM of a checkpoint (table + JSON)",
-                    "irblocks.train.cli:setup_eval"),
+                    "irblocks.train.cli:setup_eval", runs_networks=True),
     "restore": Command("restore image files or folders with a checkpoint",
-                       "irblocks.train.cli:setup_restore"),
+                       "irblocks.train.cli:setup_restore", runs_networks=True),
     "demo": Command("train anyir-tiny on noisy natural images for ~2 minutes and restore a "
                     "held-out one",
-                    "irblocks.train.cli:setup_demo"),
+                    "irblocks.train.cli:setup_demo", runs_networks=True),
     "export": Command("export a recipe or trained run to ONNX (dynamic batch, height, width)",
                       "irblocks.export:setup_export"),
     "plot": Command("loss / PSNR / learning-rate curves of a training run as a PNG",
@@ -353,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
+        if c is not None and c.runs_networks:
+            from irblocks.allocator import keep_freed_memory
+            keep_freed_memory()
         code = int(args.func(args) or 0)
         sys.stdout.flush()            # a closed pipe surfaces here, not at interpreter exit
         return code

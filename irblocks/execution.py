@@ -15,8 +15,9 @@ forward while training (``channel_attention_packed``, ``irblocks.conv.depthwise3
 with the same gradients (tests/test_training_parity.py, tests/anyir/test_gated_da_folded.py,
 tests/kernels/test_mdta_packed.py).
 
-Every execution switch (this one, ``impl`` / ``IRBLOCKS_KERNELS``, memory format,
-checkpointing, the blocks' ``frequency`` / ``mode`` alternatives) is listed in one table:
+Every execution switch (this one, ``impl`` / ``IRBLOCKS_KERNELS``, ``IRBLOCKS_MALLOC``
+(``irblocks/allocator.py``), memory format, checkpointing, the blocks' ``frequency`` /
+``mode`` alternatives) is listed in one table:
 README.md, "Execution switches".
 """
 from __future__ import annotations
