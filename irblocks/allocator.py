@@ -61,7 +61,8 @@ def policy() -> str:
     """``$IRBLOCKS_MALLOC`` checked: ``"keep"`` (default) or ``"system"``."""
     value = os.environ.get(ENV, "keep").strip().lower() or "keep"
     if value not in POLICIES:
-        hint = [p for p in POLICIES if p[0] == value[:1]]
+        import difflib
+        hint = difflib.get_close_matches(value, POLICIES, n=1, cutoff=0.5)
         raise ValueError(f"${ENV} must be one of {POLICIES}, got {value!r}"
                          + (f"; did you mean {hint[0]!r}?" if hint else ""))
     return value
