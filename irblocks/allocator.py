@@ -5,15 +5,15 @@ Why: glibc serves every allocation above its mmap threshold (128 KiB, adapting u
 network are far larger, so each one is mapped, zero-filled page by page on first touch
 (a page fault per 4 KiB) and unmapped again, on every forward and backward. Measured on
 this project's 2-core CPU, full-size Restormer, our default execution, a process that runs
-nothing else (2026-12-01, 2 threads, medians; 3-4 runs each, the last one
+nothing else (2026-12-01, 2 threads, medians; 3-5 runs each, the last ones
 ``tests/benchmarks/test_bench_allocator.py``):
 
 ==============================================  =================  ===============
 ``IRBLOCKS_MALLOC``                             ``system``         ``keep``
 ==============================================  =================  ===============
 forward 1x3x256x256 (``no_grad``)               2.41-2.61 s        1.67-1.78 s
-  page faults per forward                       742,000-981,000    3-2,053
-  peak memory above the built model             570-585 MiB        593-668 MiB
+  page faults per forward                       742,000-999,000    3-2,053
+  peak memory above the built model             570-600 MiB        593-669 MiB
 training step 2x3x128x128 (AdamW)               2.69-3.33 s        2.53-2.63 s
   page faults per step                          153,000-854,000    8-13
   peak memory above the built model             3.94-4.24 GB       4.15-4.40 GB

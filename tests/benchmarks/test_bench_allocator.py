@@ -21,16 +21,14 @@ import textwrap
 import pytest
 import torch
 
+from tests.benchmarks._util import PROC_MEMORY, median
+
 NAME = "restormer"
 WORKLOADS = {"forward": (1, 256, 6), "train": (2, 128, 8)}     # batch, size, steps
 
-_SCRIPT = textwrap.dedent("""
+_SCRIPT = PROC_MEMORY + textwrap.dedent("""
     import json, resource, sys, time
     import torch, irblocks
-
-    def status(key):                                    # kB figures of /proc/self/status
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
 
     applied = irblocks.keep_freed_memory()
     name, workload = sys.argv[1], sys.argv[2]
@@ -50,8 +48,7 @@ _SCRIPT = textwrap.dedent("""
             opt.step()
 
     base = status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:       # reset the peak (VmHWM)
-        f.write("5")
+    reset_peak()
     times, faults = [], []
     for _ in range(steps):
         f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
@@ -59,12 +56,8 @@ _SCRIPT = textwrap.dedent("""
         times.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     print(json.dumps({"applied": applied, "times": times, "faults": faults,
-                      "peak_mb": (status("VmHWM") - base) / 1024}))
+                      "peak_mb": (status("VmHWM") - base) / 2**20}))
 """)
-
-
-def _median(values: list) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _run(policy: str, workload: str) -> dict:
@@ -93,8 +86,8 @@ def test_allocator_policy(benchmark, workload):
         steps = [t for r in results for t in r["times"][1:]]     # first step: warm-up
         faults = [f for r in results for f in r["faults"][1:]]
         summary[policy] = {"applied": all(r["applied"] for r in results),
-                           "step_s": round(_median(steps), 3),
-                           "faults_per_step": _median(faults),
+                           "step_s": round(median(steps), 3),
+                           "faults_per_step": median(faults),
                            "peak_mb": round(max(r["peak_mb"] for r in results), 1)}
     benchmark.extra_info.update(summary)
     speedup = summary["system"]["step_s"] / summary["keep"]["step_s"]

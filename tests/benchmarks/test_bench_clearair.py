@@ -15,21 +15,16 @@ import sys
 
 import pytest
 
-_SCRIPT = r"""
+from tests.benchmarks._util import PROC_MEMORY
+
+_SCRIPT = PROC_MEMORY + r"""
 import sys, time, torch, irblocks
 torch.set_num_threads(1)
 size, ckpt = int(sys.argv[1]), sys.argv[2] == "1"
 torch.manual_seed(0)
 m = irblocks.create_model("clearair", checkpoint=ckpt).train()
 x = torch.rand(1, 3, size, size)
-def status(key):
-    for ln in open("/proc/self/status"):
-        if ln.startswith(key):
-            return int(ln.split()[1]) * 1024
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-except OSError:
-    pass
+reset_peak()
 base = status("VmRSS")
 t = time.perf_counter()
 m(x).mean().backward()

@@ -35,6 +35,7 @@ import pytest
 import torch
 
 import irblocks
+from tests.benchmarks._util import PROC_MEMORY, median
 
 MODELS = ["restormer", "promptir", "anyir"]
 _MEANS: dict = {}
@@ -77,12 +78,8 @@ def test_model_forward(benchmark, name, size, style):
 
 TRAIN_BATCH, TRAIN_SIZE, TRAIN_ROUNDS = 2, 128, 7
 
-_PEAK_SCRIPT = textwrap.dedent("""
+_PEAK_SCRIPT = PROC_MEMORY + textwrap.dedent("""
     import sys, torch, irblocks
-
-    def status(key):                                    # kB figures of /proc/self/status
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
 
     torch.set_num_threads(1)
     name, style, batch, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -90,8 +87,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
     model = irblocks.set_execution(irblocks.create_model(name).train(), style)
     x, y = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
     base = status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:       # reset the peak (VmHWM) to the current RSS
-        f.write("5")
+    reset_peak()
     (model(x) - y).abs().mean().backward()
     print(status("VmHWM") - base)
 """)
@@ -107,7 +103,7 @@ def peak_train_rss_mb(name: str, style: str, batch: int = TRAIN_BATCH,
     if out.returncode != 0:
         raise RuntimeError(f"peak memory subprocess for {name} ({style}) failed: "
                            f"{out.stderr[-500:]}")
-    return int(out.stdout.split()[-1]) / 1024
+    return int(out.stdout.split()[-1]) / 2**20
 
 
 def _train_step(model, x, y, wall: list, cpu: list) -> None:
@@ -116,10 +112,6 @@ def _train_step(model, x, y, wall: list, cpu: list) -> None:
     (model(x) - y).abs().mean().backward()
     wall.append(time.perf_counter() - t)
     cpu.append(time.process_time() - c)
-
-
-def _median(values: list) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _paired_ratios(official: list, fast: list) -> list:
@@ -150,12 +142,12 @@ def test_model_train_step(benchmark, name, style):
     benchmark.pedantic(lambda: _train_step(models[style], x, y, wall[style], cpu[style]),
                        setup=lambda: _train_step(models[other], x, y, wall[other], cpu[other]),
                        rounds=TRAIN_ROUNDS, warmup_rounds=1, iterations=1)
-    med = {s: _median(v[1:]) for s, v in wall.items()}            # first step of each: warm-up
-    med_cpu = {s: _median(v[1:]) for s, v in cpu.items()}
+    med = {s: median(v[1:]) for s, v in wall.items()}            # first step of each: warm-up
+    med_cpu = {s: median(v[1:]) for s, v in cpu.items()}
     assert len(wall["official"]) == len(wall["fast"])              # one pair per round
     paired = _paired_ratios(wall["official"][1:], wall["fast"][1:])
     benchmark.extra_info["cpu_s"] = round(med_cpu[style], 3)
-    benchmark.extra_info["paired_speedup"] = round(_median(paired), 3)
+    benchmark.extra_info["paired_speedup"] = round(median(paired), 3)
     benchmark.extra_info["peak_rss_mb"] = round(peak_train_rss_mb(name, style), 1)
     benchmark.extra_info["speedup"] = round(med["official"] / med["fast"], 3)
     benchmark.extra_info["cpu_speedup"] = round(med_cpu["official"] / med_cpu["fast"], 3)
@@ -164,7 +156,7 @@ def test_model_train_step(benchmark, name, style):
           f"{other} alternating): official / fast = {med['official'] / med['fast']:.2f}x wall "
           f"({med['official']:.2f} s vs {med['fast']:.2f} s, {torch.get_num_threads()} threads), "
           f"{med_cpu['official'] / med_cpu['fast']:.2f}x CPU time; per round "
-          f"{_median(paired):.2f}x (quartiles {paired[len(paired) // 4]:.2f}x-"
+          f"{median(paired):.2f}x (quartiles {paired[len(paired) // 4]:.2f}x-"
           f"{paired[3 * len(paired) // 4]:.2f}x) (target: >= 2x)")
     fast, off = _MEANS.get((name, "train", "fast")), _MEANS.get((name, "train", "official"))
     if fast and off:

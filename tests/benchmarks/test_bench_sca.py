@@ -18,12 +18,12 @@ import sys
 import pytest
 import torch
 
-from tests.benchmarks._util import compiled_or_skip
+from tests.benchmarks._util import PROC_MEMORY, compiled_or_skip
 
 C, HEADS = 48, 4
 SIZES = (64, 128)
 
-_SCRIPT = r"""
+_SCRIPT = PROC_MEMORY + r"""
 import sys, time, torch, irblocks
 from irblocks.guidance import Guidance
 from irblocks.registry import build
@@ -36,14 +36,7 @@ img = torch.rand(1, 3, size, size)
 masks = build({"type": "kmeans_regions", "k": 16}, "prior")(img)["masks"]
 x = torch.randn(1, 48, size, size, requires_grad=True).contiguous(memory_format=torch.channels_last)
 g = Guidance({"prior.masks": masks})
-def status(key):
-    for ln in open("/proc/self/status"):
-        if ln.startswith(key):
-            return int(ln.split()[1]) * 1024
-try:   # reset the peak-RSS mark (VmHWM) so setup does not count
-    open("/proc/self/clear_refs", "w").write("5")
-except OSError:
-    pass
+reset_peak()                 # setup does not count
 base = status("VmRSS")
 t = time.perf_counter()
 blk(x, g).square().mean().backward()
